@@ -1,0 +1,44 @@
+"""torchinit: weight initialization for PyTorch, a drop-in for ``torch.nn.init`` and more.
+
+Change one import::
+
+    import torchinit as init      # instead of: from torch.nn import init
+    init.kaiming_normal_(w, nonlinearity="gelu")
+    init.trunc_normal_std_(w, std=0.02)          # cut at +-2 sigma, std exactly 0.02
+    init.variance_scaling_(w, 1.0, "fan_avg", "uniform", in_dims=0, out_dims=1)
+"""
+
+from torchinit.basic import constant_, dirac_, eye_, normal_, ones_, uniform_, zeros_
+from torchinit.fans import Fans, fans
+from torchinit.gain import calculate_gain, variance_gain
+from torchinit.structured import orthogonal_, sparse_
+from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
+from torchinit.variance import (
+    kaiming_normal_,
+    kaiming_uniform_,
+    lecun_normal_,
+    lecun_uniform_,
+    variance_scaling_,
+    xavier_normal_,
+    xavier_uniform_,
+)
+
+__version__ = "0.1.0"
+
+#: The functions of torch.nn.init 2.13, same names, parameters and defaults.
+TORCH_NN_INIT = (
+    "calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)  # fmt: skip
+
+__all__ = [
+    *TORCH_NN_INIT,
+    "Fans",
+    "fans",
+    "variance_gain",
+    "trunc_normal_std_",
+    "truncated_std_factor",
+    "variance_scaling_",
+    "lecun_uniform_",
+    "lecun_normal_",
+]

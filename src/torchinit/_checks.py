@@ -1,0 +1,93 @@
+"""Argument checks and the in-place target contract shared by every initializer.
+
+This is the lowest module of the package: it imports nothing from torchinit.
+Every public initializer follows the same contract, implemented here once:
+
+* the target is a ``torch.Tensor`` (``nn.Parameter`` included) or a NumPy float
+  array, which is viewed zero-copy through :func:`torch.from_numpy`;
+* all arguments are validated before anything is written, so a call that
+  raises leaves the tensor bit-for-bit unchanged;
+* zero-element and meta tensors are returned untouched;
+* writes happen under ``torch.no_grad()`` so parameters get no autograd history.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__: list[str] = []
+
+
+def choice(name: str, value: Any, valid: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming ``name``."""
+    valid = tuple(valid)
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+    return value
+
+
+def real_number(name: str, value: Any) -> float:
+    """Return ``value`` as a float; bools, non-numbers and NaN raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+            value = value.item()
+        else:
+            raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+    return value
+
+
+def finite(name: str, value: Any) -> float:
+    value = real_number(name, value)
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return value
+
+
+def non_negative(name: str, value: Any) -> float:
+    value = finite(name, value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
+    return value
+
+
+def is_numpy_array(x: Any) -> bool:
+    # Checked by module name so NumPy stays an optional dependency.
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
+
+
+def as_tensor(target: Any, name: str = "tensor") -> Tensor:
+    """The torch view of an initializer's target (zero-copy for NumPy arrays)."""
+    if isinstance(target, Tensor):
+        return target
+    if is_numpy_array(target):
+        if not target.flags.writeable:
+            raise ValueError(f"{name} is a read-only NumPy array; it cannot be initialized in place")
+        if target.dtype.kind not in "fc":
+            raise TypeError(f"{name} must be a floating-point array; got NumPy dtype {target.dtype}")
+        try:
+            return torch.from_numpy(target)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}: this NumPy array cannot be viewed by torch in place ({err})") from None
+    raise TypeError(f"{name} must be a torch.Tensor or a NumPy array; got {type(target).__name__}")
+
+
+def float_tensor(target: Any, name: str = "tensor", *, complex_ok: bool = True) -> Tensor:
+    """``as_tensor`` plus a floating-point (optionally complex) dtype check."""
+    t = as_tensor(target, name)
+    if t.is_floating_point() or (complex_ok and t.is_complex()):
+        return t
+    kinds = "floating-point or complex" if complex_ok else "real floating-point"
+    raise TypeError(f"{name} must have a {kinds} dtype; got {t.dtype}")
+
+
+def nothing_to_write(t: Tensor) -> bool:
+    """Zero-element and meta tensors have no values to initialize: the call is a no-op."""
+    return t.numel() == 0 or t.is_meta

@@ -1,0 +1,141 @@
+"""Elementary fills with torch.nn.init's signatures: uniform, normal, constants, identities.
+
+Each is bit-identical to its ``torch.nn.init`` twin given the same generator
+(the same RNG call on the same tensor), and follows the contract of
+:mod:`torchinit._checks`: validated first, a no-op on zero-element and meta
+tensors, no autograd history, NumPy arrays in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchinit._checks import as_tensor, finite, float_tensor, non_negative, nothing_to_write
+
+__all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_"]
+
+
+def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    r"""Fill ``tensor`` from the uniform distribution :math:`\mathcal{U}(a, b)`.
+
+    Defaults: ``a=0``, ``b=1``. Requires ``a < b``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> uniform_(w, -0.1, 0.1)
+    """
+    t = float_tensor(tensor)
+    a, b = finite("a", a), finite("b", b)
+    if not a < b:
+        raise ValueError(f"a must be less than b; got a={a}, b={b}")
+    if not nothing_to_write(t):
+        with torch.no_grad():
+            t.uniform_(a, b, generator=generator)
+    return tensor
+
+
+def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    r"""Fill ``tensor`` from the normal distribution :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
+
+    Defaults: ``mean=0``, ``std=1``. Requires ``std >= 0``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> normal_(w, std=0.02)
+    """
+    t = float_tensor(tensor)
+    mean, std = finite("mean", mean), non_negative("std", std)
+    if not nothing_to_write(t):
+        with torch.no_grad():
+            t.normal_(mean, std, generator=generator)
+    return tensor
+
+
+def constant_(tensor: Tensor, val: float) -> Tensor:
+    r"""Fill ``tensor`` with the value ``val``: :math:`w_{ij\ldots} = \text{val}`.
+
+    Works on any dtype (integer buffers included), as in torch.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> constant_(w, 0.3)
+    """
+    t = as_tensor(tensor)
+    if isinstance(val, bool) or not isinstance(val, (int, float, complex, Tensor)):
+        raise TypeError(f"val must be a number; got {type(val).__name__}")
+    if not nothing_to_write(t):
+        with torch.no_grad():
+            t.fill_(val)
+    return tensor
+
+
+def ones_(tensor: Tensor) -> Tensor:
+    r"""Fill ``tensor`` with ones.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> ones_(w)
+    """
+    return constant_(tensor, 1)
+
+
+def zeros_(tensor: Tensor) -> Tensor:
+    r"""Fill ``tensor`` with zeros.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> zeros_(w)
+    """
+    return constant_(tensor, 0)
+
+
+def eye_(tensor: Tensor) -> Tensor:
+    r"""Fill a 2-D ``tensor`` with the identity: :math:`w_{ij} = [i = j]`.
+
+    Rectangular weights keep as many inputs as possible, as in torch.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> eye_(w)
+    """
+    t = as_tensor(tensor)
+    if t.dim() != 2:
+        raise ValueError(f"tensor must have 2 dims for eye_; got {t.dim()} (shape {tuple(t.shape)})")
+    if not nothing_to_write(t):
+        with torch.no_grad():
+            t.zero_()
+            t.diagonal().fill_(1)
+    return tensor
+
+
+def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
+    r"""Fill a 3-, 4- or 5-D conv weight with the Dirac delta: identity at the kernel centre.
+
+    :math:`w[g\,o + d,\ d,\ \lfloor k/2 \rfloor\ldots] = 1` for each group ``g`` and
+    ``d < min(out/groups, in)``; every other entry is 0. Default ``groups=1``.
+
+    Example:
+        >>> w = torch.empty(24, 8, 3, 3)
+        >>> dirac_(w, groups=3)
+    """
+    t = as_tensor(tensor)
+    if t.dim() not in (3, 4, 5):
+        raise ValueError(f"tensor must have 3, 4 or 5 dims for dirac_; got {t.dim()} (shape {tuple(t.shape)})")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int; got {groups!r}")
+    if t.shape[0] % groups:
+        raise ValueError(f"groups={groups} must divide dim 0 of the tensor (size {t.shape[0]})")
+    if nothing_to_write(t):
+        return tensor
+    per_group = t.shape[0] // groups
+    d = torch.arange(min(per_group, t.shape[1]), device=t.device)
+    rows = (torch.arange(groups, device=t.device)[:, None] * per_group + d[None, :]).reshape(-1)
+    cols = d.repeat(groups)
+    centre: tuple[Any, ...] = tuple(s // 2 for s in t.shape[2:])
+    with torch.no_grad():
+        t.zero_()
+        t[(rows, cols) + centre] = 1
+    return tensor

@@ -1,0 +1,254 @@
+r"""The variance-scaling family: one core, every named scheme a one-line specialization.
+
+.. math::
+
+    \sigma = \text{gain} / \sqrt{\text{fan}}, \qquad \text{gain} = \sqrt{\text{scale}}
+
+with ``fan`` one of
+
+============  ===============================================
+mode          fan
+============  ===============================================
+fan_in        :math:`n_\text{in}`
+fan_out       :math:`n_\text{out}`
+fan_avg       :math:`(n_\text{in} + n_\text{out}) / 2`
+fan_geo_avg   :math:`\sqrt{n_\text{in}\, n_\text{out}}`
+============  ===============================================
+
+and the weight drawn from ``normal`` :math:`\mathcal{N}(0, \sigma^2)`, ``uniform``
+:math:`\mathcal{U}(\pm\sqrt3\sigma)` or ``truncated_normal`` (cut at :math:`\pm 2`
+std of the underlying normal, whose std is :math:`\sigma / 0.8796\ldots`, so the
+result's std is exactly :math:`\sigma`). Fans come from :mod:`torchinit.fans`,
+gains from :mod:`torchinit.gain`; this module holds neither.
+
+The arithmetic of :math:`\sigma` follows torch's (``gain / sqrt(fan)``,
+``gain * sqrt(2 / (fan_in + fan_out))``) so xavier and kaiming stay
+bit-identical to ``torch.nn.init``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from torchinit._checks import choice, finite, float_tensor, non_negative, nothing_to_write
+from torchinit.fans import Dims, Fans, resolve
+from torchinit.gain import Nonlinearity, calculate_gain
+from torchinit.truncnorm import trunc_normal_std_
+
+__all__ = [
+    "MODES",
+    "DISTRIBUTIONS",
+    "variance_scaling_",
+    "scaled_std",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "lecun_uniform_",
+    "lecun_normal_",
+]
+
+MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
+DISTRIBUTIONS = ("truncated_normal", "normal", "uniform")
+
+
+def scaled_std(gain: float, f: Fans, mode: str) -> float:
+    """The target std ``gain / sqrt(fan)`` for ``mode``, in torch's arithmetic."""
+    if mode == "fan_in":
+        return gain / math.sqrt(f.fan_in)
+    if mode == "fan_out":
+        return gain / math.sqrt(f.fan_out)
+    if mode == "fan_avg":
+        return gain * math.sqrt(2.0 / float(f.fan_in + f.fan_out))
+    return gain / math.sqrt(math.sqrt(f.fan_in * f.fan_out))
+
+
+def _init(
+    target: Any,
+    gain: float,
+    mode: str,
+    distribution: str,
+    in_dims: Dims,
+    out_dims: Dims,
+    generator: torch.Generator | None,
+) -> Any:
+    """The one place where a fan-based initializer validates, computes sigma and writes."""
+    choice("mode", mode, MODES)
+    choice("distribution", distribution, DISTRIBUTIONS)
+    gain = non_negative("gain", gain)
+    written, f = resolve(target, in_dims, out_dims)
+    t = float_tensor(written, complex_ok=distribution != "truncated_normal")
+    if nothing_to_write(t):
+        return written
+    fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
+    if fan <= 0:
+        raise ValueError(f"mode={mode!r} needs a positive fan; fans are {tuple(f)}")
+    std = scaled_std(gain, f, mode)
+    with torch.no_grad():
+        if distribution == "normal":
+            t.normal_(0, std, generator=generator)
+        elif distribution == "uniform":
+            bound = math.sqrt(3.0) * std
+            t.uniform_(-bound, bound, generator=generator)
+        else:
+            trunc_normal_std_(t, std, 2.0, generator=generator)
+    return written
+
+
+def variance_scaling_(
+    tensor: Tensor,
+    scale: float = 1.0,
+    mode: str = "fan_in",
+    distribution: str = "truncated_normal",
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Fill ``tensor`` with variance :math:`\text{scale} / \text{fan}` (the core of every fan-based scheme).
+
+    :math:`\sigma = \sqrt{\text{scale}/\text{fan}}` with ``fan`` chosen by ``mode``
+    (``fan_in``, ``fan_out``, ``fan_avg``, ``fan_geo_avg``), drawn from
+    ``distribution`` (``truncated_normal``, ``normal``, ``uniform``); see the
+    module docstring. Defaults: ``scale=1``, ``mode='fan_in'``,
+    ``distribution='truncated_normal'`` (JAX's and Keras's defaults).
+
+    ``tensor`` may also be a Linear, ConvNd, ConvTransposeNd or Embedding
+    module: its ``weight`` is filled with the module's own fans (groups and
+    transposition included), and the weight is returned.
+
+    Example:
+        >>> w = torch.empty(256, 128)
+        >>> variance_scaling_(w, 2.0, "fan_in", "normal")  # == kaiming_normal_(w)
+        >>> variance_scaling_(w, in_dims=0, out_dims=1)  # a weight used as x @ w
+    """
+    scale = non_negative("scale", scale)
+    return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, generator)
+
+
+def xavier_uniform_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""Glorot & Bengio (2010), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{6/(n_\text{in}+n_\text{out})})`.
+
+    ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> xavier_uniform_(w, gain=calculate_gain("relu"))
+    """
+    return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, generator)
+
+
+def xavier_normal_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""Glorot & Bengio (2010), normal: :math:`\mathcal{N}(0,\ \text{gain}^2 \cdot 2/(n_\text{in}+n_\text{out}))`.
+
+    ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> xavier_normal_(w)
+    """
+    return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, generator)
+
+
+def kaiming_uniform_(
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: Nonlinearity = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""He et al. (2015), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{3/\text{fan}})`.
+
+    ``gain = calculate_gain(nonlinearity, a)``, so any activation name, module
+    or callable works. ``mode`` also accepts ``fan_avg`` and ``fan_geo_avg``.
+    Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> kaiming_uniform_(w, mode="fan_in", nonlinearity="relu")
+    """
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, generator)
+
+
+def kaiming_normal_(
+    tensor: Tensor,
+    a: float = 0,
+    mode: str = "fan_in",
+    nonlinearity: Nonlinearity = "leaky_relu",
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""He et al. (2015), normal: :math:`\mathcal{N}(0,\ \text{gain}^2/\text{fan})`.
+
+    ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> kaiming_normal_(w, mode="fan_out", nonlinearity="gelu")
+    """
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, generator)
+
+
+def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
+    # As in torch, ``a`` is leaky_relu's negative slope and is ignored for other nonlinearities.
+    return calculate_gain(nonlinearity, a if nonlinearity == "leaky_relu" else None)
+
+
+def lecun_uniform_(
+    tensor: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""LeCun et al. (1998), uniform: :math:`\mathcal{U}(\pm\sqrt{3/n_\text{in}})`, variance :math:`1/n_\text{in}`.
+
+    ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> lecun_uniform_(w)
+    """
+    return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, generator)
+
+
+def lecun_normal_(
+    tensor: Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    in_dims: Dims = None,
+    out_dims: Dims = None,
+) -> Tensor:
+    r"""LeCun et al. (1998), normal: :math:`\mathcal{N}(0, 1/n_\text{in})` (not truncated).
+
+    ``variance_scaling_(tensor, 1, 'fan_in', 'normal')``. For JAX's truncated
+    variant use ``variance_scaling_(tensor)``.
+
+    Example:
+        >>> w = torch.empty(3, 5)
+        >>> lecun_normal_(w)
+    """
+    return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, generator)
