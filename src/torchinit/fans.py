@@ -156,16 +156,9 @@ def module_fans(module: nn.Module) -> Fans:
     raise TypeError(f"fans of {type(module).__name__} are not defined; supported modules: {_FAN_MODULES}")
 
 
-def resolve(target: Any, in_dims: Dims, out_dims: Dims) -> tuple[Any, Fans]:
-    """The tensor an initializer writes and its fans.
-
-    A supported module stands for its ``weight`` with the module's own fans;
-    anything else is a tensor (or NumPy array) with the axis spec given.
-    """
+def weight_of(target: Any) -> Any:
+    """What an initializer writes: a supported module's ``weight``, else the target itself."""
     if isinstance(target, nn.Module):
-        f = fans(target, in_dims=in_dims, out_dims=out_dims)
-        return target.weight, f
-    t = as_tensor(target)
-    return target, tensor_fans(tuple(t.shape), in_dims, out_dims)
-
-
+        module_fans(target)  # raises TypeError for unsupported modules
+        return target.weight
+    return target

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from torchinit._checks import choice, finite, float_tensor, non_negative, nothing_to_write
-from torchinit.fans import Dims, Fans, resolve
+from torchinit.fans import Dims, Fans, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
 from torchinit.truncnorm import trunc_normal_std_
 
@@ -80,10 +80,11 @@ def _init(
     choice("mode", mode, MODES)
     choice("distribution", distribution, DISTRIBUTIONS)
     gain = non_negative("gain", gain)
-    written, f = resolve(target, in_dims, out_dims)
+    written = weight_of(target)
     t = float_tensor(written, complex_ok=distribution != "truncated_normal")
     if nothing_to_write(t):
         return written
+    f = fans(target, in_dims=in_dims, out_dims=out_dims)
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
     if fan <= 0:
         raise ValueError(f"mode={mode!r} needs a positive fan; fans are {tuple(f)}")

@@ -1,0 +1,23 @@
+import math
+
+import pytest
+import torch
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def ks_critical(n: int, alpha: float = 1e-6) -> float:
+    """Kolmogorov-Smirnov critical value (asymptotic, one sample) at significance ``alpha``."""
+    return math.sqrt(-math.log(alpha / 2) / (2 * n))
+
+
+def std_tolerance(n: int, kurtosis: float = 3.0, sigmas: float = 6.0) -> float:
+    """Relative tolerance of a sample std from n draws: sigmas * sqrt((kurtosis - 1) / (4 n))."""
+    return sigmas * math.sqrt((kurtosis - 1) / (4 * n))
+
+
+@pytest.fixture
+def g():
+    return gen(0)

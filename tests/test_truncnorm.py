@@ -1,0 +1,136 @@
+import math
+import warnings
+
+import pytest
+import torch
+
+import torchinit as ti
+from torchinit import truncnorm
+from conftest import gen, ks_critical, std_tolerance
+
+SQ2 = math.sqrt(2.0)
+
+
+def phi_cdf(x):
+    return 0.5 * math.erfc(-x / SQ2)
+
+
+def trunc_cdf(x: torch.Tensor, mean, std, a, b):
+    z = (x.double() - mean) / std
+    lo, hi = phi_cdf((a - mean) / std), phi_cdf((b - mean) / std)
+    return ((0.5 * torch.erfc(-z / SQ2)) - lo) / (hi - lo)
+
+
+def ks_stat(x: torch.Tensor, cdf) -> float:
+    xs, _ = torch.sort(x.reshape(-1).double())
+    n = xs.numel()
+    f = cdf(xs)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(torch.maximum(i / n - f, f - (i - 1) / n).max())
+
+
+def test_std_factor_constant():
+    assert ti.truncated_std_factor(2.0) == pytest.approx(0.87962566103423978, rel=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("std", [0.02, 0.002, 0.001])
+def test_bounds_exact_and_no_pile(dtype, std):
+    # known-failures.md item 4: +-2 std bounds, small std, low precision
+    a, b = -2 * std, 2 * std
+    n = 1 << 20
+    w = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.0, std, a, b, generator=gen())
+    x = w.double()
+    assert bool((x >= a).all()) and bool((x <= b).all())
+    # The edge value may hold the mass of (hi - half a spacing, b]: density * width, no more.
+    for bound, side in ((b, 1), (a, -1)):
+        edge = float(x.max()) if side > 0 else float(x.min())
+        count = int((x == edge).sum())
+        spacing = abs(float(torch.nextafter(torch.tensor(edge, dtype=dtype),
+                                            torch.tensor(0.0, dtype=dtype))) - edge)
+        width = abs(bound - edge) + spacing / 2
+        mass_density = math.exp(-0.5 * ((bound) / std) ** 2) / (std * math.sqrt(2 * math.pi)) / math.erf(2 / SQ2)
+        inner_density = math.exp(-0.5 * ((abs(bound) - spacing) / std) ** 2) / (std * math.sqrt(2 * math.pi)) / math.erf(2 / SQ2)
+        expected = n * max(mass_density, inner_density) * width
+        assert count <= expected + 6 * math.sqrt(expected) + 6, (edge, count, expected)
+
+
+CASES = [  # (mean, std, a, b): exercising the polynomial, rejection and exact inverse-CDF samplers
+    (0.0, 1.0, -2.0, 2.0),
+    (0.0, 1.0, -0.5, 0.5),
+    (1.0, 2.0, -1.0, 7.0),
+    (0.0, 1.0, -1.0, 10.0),
+    (0.0, 1.0, -5.0, 4.5),
+    (0.0, 1.0, 3.0, 5.0),
+    (0.0, 1.0, -math.inf, -1.5),
+    (0.0, 1.0, 0.0, math.inf),
+    (0.5, 0.01, 0.49, 0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mean,std,a,b", CASES)
+def test_distribution_ks(mean, std, a, b, dtype):
+    n = 200_000
+    w = ti.trunc_normal_(torch.empty(n, dtype=dtype), mean, std, a, b, generator=gen(1))
+    assert bool((w.double() >= a).all() and (w.double() <= b).all())
+    assert ks_stat(w, lambda x: trunc_cdf(x, mean, std, a, b)) < ks_critical(n)
+
+
+def test_all_three_samplers_are_exercised():
+    kinds = set()
+    for mean, std, a, b in CASES:
+        for dtype in (torch.float32, torch.float64):
+            s = truncnorm._choose_sampler((a - mean) / std, (b - mean) / std, dtype, mean, std, 16, torch.device("cpu"))
+            kinds.add(type(s).__name__ if not hasattr(s, "func") else s.func.__name__)
+    assert kinds == {"_PolySampler", "_fill_rejection", "_fill_inverse_cdf"}
+
+
+def test_multiple_chunks_and_noncontiguous(monkeypatch):
+    monkeypatch.setattr(truncnorm, "CHUNK", 1000)
+    base = torch.zeros(300, 40)
+    view = base[:, ::2]  # not contiguous
+    ti.trunc_normal_(view, 0.0, 1.0, -1.0, 1.0, generator=gen())
+    assert bool((base[:, 1::2] == 0).all())
+    assert bool((view.abs() <= 1).all()) and view.std() > 0.4
+    assert ks_stat(view, lambda x: trunc_cdf(x, 0.0, 1.0, -1.0, 1.0)) < ks_critical(view.numel())
+
+
+@pytest.mark.parametrize("k", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trunc_normal_std_has_requested_std(k, dtype):
+    n = 1 << 21
+    w = ti.trunc_normal_std_(torch.empty(n, dtype=dtype), std=0.02, k=k, generator=gen(2)).double()
+    sigma_u = 0.02 / ti.truncated_std_factor(k)
+    assert bool((w.abs() <= k * sigma_u).all())
+    assert float(w.std()) == pytest.approx(0.02, rel=std_tolerance(n, kurtosis=3.0) + (2**-8 if dtype == torch.bfloat16 else 0))
+    assert abs(float(w.mean())) < 6 * 0.02 / math.sqrt(n)
+
+
+def test_seeded_reproducible():
+    a = ti.trunc_normal_(torch.empty(5000), std=0.5, generator=gen(4))
+    b = ti.trunc_normal_(torch.empty(5000), std=0.5, generator=gen(4))
+    c = ti.trunc_normal_(torch.empty(5000), std=0.5, generator=gen(5))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_warns_when_nothing_is_truncated():
+    with pytest.warns(UserWarning, match="nothing is truncated"):
+        ti.trunc_normal_(torch.empty(10), std=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ti.trunc_normal_(torch.empty(10), std=0.02, a=-0.04, b=0.04)
+        ti.trunc_normal_(torch.empty(10), std=1.0, a=-math.inf, b=math.inf)
+        ti.trunc_normal_(torch.empty(10), std=0.02, a=-math.inf, b=0.01)
+
+
+def test_zero_std_and_errors():
+    assert bool((ti.trunc_normal_(torch.empty(5), 0.3, 0.0, 0.0, 1.0) == 0.3).all())
+    with pytest.raises(ValueError, match="mean"):
+        ti.trunc_normal_(torch.empty(5), 3.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="no torch.bfloat16 value"):
+        ti.trunc_normal_(torch.empty(5, dtype=torch.bfloat16), 1.0, 1.0, 1.0001, 1.0002)
+    with pytest.raises(ValueError, match="underflows"):
+        ti.trunc_normal_(torch.empty(5, dtype=torch.float64), 0.0, 1.0, 50.0, 60.0)
+    with pytest.raises(ValueError, match="k must be > 0"):
+        ti.trunc_normal_std_(torch.empty(5), 1.0, k=0.0)
