@@ -30,7 +30,14 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_WIDTHS", "DEFAULT_DEPTH", "DEFAULT_OUT_FEATURES", "ResidualBlock", "ResidualMLP", "build_default_model"]
+__all__ = [
+    "DEFAULT_WIDTHS",
+    "DEFAULT_DEPTH",
+    "DEFAULT_OUT_FEATURES",
+    "ResidualBlock",
+    "ResidualMLP",
+    "build_default_model",
+]
 
 #: Width of each stage; the input width is the first one.
 DEFAULT_WIDTHS: tuple[int, ...] = (64, 128, 256, 128, 64, 32)
