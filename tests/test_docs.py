@@ -1,14 +1,20 @@
-"""Every public function documents its formula, defaults and an example."""
+"""Every public function documents its formula, defaults and a runnable example."""
 
+import doctest
+import importlib
 import inspect
+import pkgutil
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 import torchinit as ti
 
 PUBLIC = [n for n in ti.__all__ if inspect.isfunction(getattr(ti, n))]
 ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted(m.name for m in pkgutil.iter_modules(ti.__path__, "torchinit.") if m.name != "torchinit.__main__")
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -21,6 +27,20 @@ def test_docstring_has_formula_defaults_example(name):
                 if p.default is not p.empty and p.default is not None and p.name not in ("generator",)]
     for p in defaults:
         assert p.name in doc or "Default" in doc, (name, p.name)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_examples_run(module):
+    """The docstring examples are doctests: they run and print what they say."""
+    mod = importlib.import_module(module)
+    globs = {**vars(mod), "torch": torch, "nn": nn, **{n: getattr(ti, n) for n in ti.__all__}}
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = [t for t in finder.find(mod, module, globs=globs) if t.examples]
+    for test in tests:
+        torch.manual_seed(0)
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {module}"
 
 
 @pytest.mark.parametrize("page", ["fans.md", "gain.md", "truncated_normal.md"])

@@ -24,8 +24,9 @@ def orthogonal_(tensor: Tensor, gain: float = 1, generator: torch.Generator | No
     unitary matrix (phase fix :math:`R_{ii}/|R_{ii}|`). Default ``gain=1``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> orthogonal_(w)
+        >>> w = orthogonal_(torch.empty(3, 5), gain=2.0)
+        >>> torch.allclose(w @ w.T, 4 * torch.eye(3), atol=1e-5)
+        True
     """
     t = float_tensor(tensor)
     gain = finite("gain", gain)
@@ -60,8 +61,9 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
     ``0 <= sparsity < 1``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> sparse_(w, sparsity=0.1)
+        >>> w = sparse_(torch.empty(10, 4), sparsity=0.3)
+        >>> (w == 0).sum(0)  # ceil(0.3 * 10) zeros per column
+        tensor([3, 3, 3, 3])
     """
     t = float_tensor(tensor)
     sparsity = real_number("sparsity", sparsity)

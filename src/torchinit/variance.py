@@ -123,9 +123,11 @@ def variance_scaling_(
     transposition included), and the weight is returned.
 
     Example:
-        >>> w = torch.empty(256, 128)
-        >>> variance_scaling_(w, 2.0, "fan_in", "normal")  # == kaiming_normal_(w)
-        >>> variance_scaling_(w, in_dims=0, out_dims=1)  # a weight used as x @ w
+        >>> g = torch.Generator()
+        >>> a = variance_scaling_(torch.empty(256, 128), 2.0, "fan_in", "normal", generator=g.manual_seed(0))
+        >>> torch.equal(a, kaiming_normal_(torch.empty(256, 128), generator=g.manual_seed(0)))
+        True
+        >>> w = variance_scaling_(torch.empty(256, 128), in_dims=0, out_dims=1)  # a weight used as x @ w: fan_in 256
     """
     scale = non_negative("scale", scale)
     return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, generator)
@@ -144,8 +146,9 @@ def xavier_uniform_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> xavier_uniform_(w, gain=calculate_gain("relu"))
+        >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
+        >>> bool(w.abs().max() <= 2**0.5 * (6 / 80) ** 0.5)
+        True
     """
     return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, generator)
 
@@ -163,8 +166,9 @@ def xavier_normal_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> xavier_normal_(w)
+        >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
+        >>> round(w.std().item() / (2 / 800) ** 0.5, 2)
+        1.0
     """
     return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, generator)
 
@@ -186,8 +190,10 @@ def kaiming_uniform_(
     Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> kaiming_uniform_(w, mode="fan_in", nonlinearity="relu")
+        >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
+        >>> bool(w.abs().max() <= (6 / 50) ** 0.5)
+        True
+        >>> w = kaiming_uniform_(nn.ConvTranspose2d(16, 64, 3))  # the layer's true fans: fan_in = 16 * 3 * 3
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, generator)
 
@@ -207,8 +213,10 @@ def kaiming_normal_(
     ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> kaiming_normal_(w, mode="fan_out", nonlinearity="gelu")
+        >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
+        ...                     generator=torch.Generator().manual_seed(0))
+        >>> round(w.std().item() * 500**0.5 / calculate_gain("gelu"), 2)
+        1.0
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, generator)
 
@@ -230,8 +238,9 @@ def lecun_uniform_(
     ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> lecun_uniform_(w)
+        >>> w = lecun_uniform_(torch.empty(30, 50))
+        >>> bool(w.abs().max() <= (3 / 50) ** 0.5)
+        True
     """
     return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, generator)
 
@@ -249,7 +258,8 @@ def lecun_normal_(
     variant use ``variance_scaling_(tensor)``.
 
     Example:
-        >>> w = torch.empty(3, 5)
-        >>> lecun_normal_(w)
+        >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
+        >>> round(w.std().item() * 500**0.5, 2)
+        1.0
     """
     return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, generator)
