@@ -11,6 +11,7 @@ Change one import::
 from torchinit.basic import constant_, dirac_, eye_, normal_, ones_, uniform_, zeros_
 from torchinit.fans import Fans, fans
 from torchinit.gain import calculate_gain, variance_gain
+from torchinit.glass import glass_, glass_layout, glassInit, glassInit_
 from torchinit.structured import orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
 from torchinit.variance import (
@@ -41,4 +42,8 @@ __all__ = [
     "variance_scaling_",
     "lecun_uniform_",
     "lecun_normal_",
+    "glass_",
+    "glass_layout",
+    "glassInit_",
+    "glassInit",
 ]

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from torchinit._checks import as_tensor, is_numpy_array
 
-__all__ = ["Fans", "fans", "Dims"]
+__all__ = ["Fans", "fans", "Dims", "Layout", "module_layout", "resolve_dims"]
 
 #: An axis spec: one dim, several dims, or ``...`` for "every dim not named on the other side".
 Dims = Union[int, tuple[int, ...], list[int], type(Ellipsis), None]
@@ -102,35 +102,42 @@ def tensor_fans(shape: tuple[int, ...], in_dims: Dims = None, out_dims: Dims = N
             )
         in_set, out_set = {1}, {0}
     else:
-        if in_dims is None:
-            in_dims = ...
-        if out_dims is None:
-            out_dims = ...
-        if in_dims is ... and out_dims is ...:
-            raise ValueError("in_dims and out_dims cannot both be ... (Ellipsis)")
-        if in_dims is ...:
-            out_set = _dim_set("out_dims", out_dims, ndim)
-            in_set = set(range(ndim)) - out_set
-        elif out_dims is ...:
-            in_set = _dim_set("in_dims", in_dims, ndim)
-            out_set = set(range(ndim)) - in_set
-        else:
-            in_set = _dim_set("in_dims", in_dims, ndim)
-            out_set = _dim_set("out_dims", out_dims, ndim)
-            both = in_set & out_set
-            if both:
-                raise ValueError(f"dims {sorted(both)} are named in both in_dims and out_dims")
+        in_t, out_t = resolve_dims(ndim, ... if in_dims is None else in_dims, ... if out_dims is None else out_dims)
+        in_set, out_set = set(in_t), set(out_t)
     receptive = math.prod(shape[d] for d in range(ndim) if d not in in_set and d not in out_set)
     fan_in = math.prod(shape[d] for d in in_set) * receptive
     fan_out = math.prod(shape[d] for d in out_set) * receptive
     return Fans(fan_in, fan_out)
 
 
-def _dim_set(name: str, dims: Dims, ndim: int) -> set[int]:
+def resolve_dims(ndim: int, in_dims: Dims, out_dims: Dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The input and output dims of an ``ndim``-dim tensor, each in the order given.
+
+    One side may be ``...``: every dim not named on the other side, ascending.
+    Raises ValueError when both are ``...``, a dim is out of range or named
+    twice, or a dim is on both sides.
+    """
+    if in_dims is ... and out_dims is ...:
+        raise ValueError("in_dims and out_dims cannot both be ... (Ellipsis)")
+    if in_dims is ...:
+        out_t = dim_tuple("out_dims", out_dims, ndim)
+        return tuple(d for d in range(ndim) if d not in out_t), out_t
+    in_t = dim_tuple("in_dims", in_dims, ndim)
+    if out_dims is ...:
+        return in_t, tuple(d for d in range(ndim) if d not in in_t)
+    out_t = dim_tuple("out_dims", out_dims, ndim)
+    both = sorted(set(in_t) & set(out_t))
+    if both:
+        raise ValueError(f"dims {both} are named in both in_dims and out_dims")
+    return in_t, out_t
+
+
+def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:
+    """``dims`` (an int or a tuple/list of ints) as non-negative dims, in the order given."""
     items = (dims,) if isinstance(dims, int) and not isinstance(dims, bool) else dims
     if not isinstance(items, (tuple, list)):
         raise TypeError(f"{name} must be an int, a tuple of ints or ... (Ellipsis); got {dims!r}")
-    out: set[int] = set()
+    out: list[int] = []
     for d in items:
         if isinstance(d, bool) or not isinstance(d, int):
             raise TypeError(f"{name} must contain ints; got {d!r}")
@@ -139,21 +146,54 @@ def _dim_set(name: str, dims: Dims, ndim: int) -> set[int]:
         d %= ndim
         if d in out:
             raise ValueError(f"{name} names dim {d} twice")
-        out.add(d)
-    return out
+        out.append(d)
+    return tuple(out)
+
+
+class Layout(NamedTuple):
+    """How a layer's weight is laid out: which dims index inputs and outputs, and how many groups.
+
+    ``groups`` splits dim 0 into equal chunks, each an independent map with the
+    same ``in_dims``/``out_dims``; dims named on neither side are the kernel
+    (receptive field).
+    """
+
+    in_dims: tuple[int, ...]
+    out_dims: tuple[int, ...]
+    groups: int = 1
+
+
+def module_layout(module: nn.Module) -> Layout:
+    """The weight layout of a Linear, ConvNd, ConvTransposeNd or Embedding layer.
+
+    ==================  ===================  =======  ========  ======
+    layer               weight               in_dims  out_dims  groups
+    ==================  ===================  =======  ========  ======
+    Linear              (out, in)            1        0         1
+    ConvNd              (out, in/g, k...)    1        0         g
+    ConvTransposeNd     (in, out/g, k...)    0        1         g
+    Embedding           (num, dim)           0        1         1
+    ==================  ===================  =======  ========  ======
+    """
+    if isinstance(module, nn.Linear):
+        return Layout((1,), (0,))
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return Layout((0,), (1,), module.groups) if module.transposed else Layout((1,), (0,), module.groups)
+    if isinstance(module, nn.Embedding):
+        return Layout((0,), (1,))
+    raise TypeError(f"the weight layout of {type(module).__name__} is not known; supported modules: {_FAN_MODULES}")
+
+
+def group_shape(shape: tuple[int, ...], groups: int) -> tuple[int, ...]:
+    """The shape of one group's block: dim 0 divided by ``groups``."""
+    return (shape[0] // groups, *shape[1:])
 
 
 def module_fans(module: nn.Module) -> Fans:
     """Fans of a supported layer from its own layout, groups and transposition included."""
-    if isinstance(module, nn.Linear):
-        return Fans(module.in_features, module.out_features)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        k = math.prod(module.kernel_size)
-        g = module.groups
-        return Fans(module.in_channels // g * k, module.out_channels // g * k)
-    if isinstance(module, nn.Embedding):
-        return Fans(module.num_embeddings, module.embedding_dim)
-    raise TypeError(f"fans of {type(module).__name__} are not defined; supported modules: {_FAN_MODULES}")
+    layout = module_layout(module)
+    shape = group_shape(tuple(module.weight.shape), layout.groups)
+    return tensor_fans(shape, layout.in_dims, layout.out_dims)
 
 
 def weight_of(target: Any) -> Any:
