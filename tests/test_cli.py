@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import torchinit
 from torchinit.cli import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, main
@@ -143,3 +144,28 @@ def test_python_m_bad_option():
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "--format" in proc.stderr and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize("scheme", ["glass", "glass-isometric"])
+def test_glass_schemes_change_only_the_shortcuts(scheme):
+    from torchinit._demo_model import build_default_model
+    from torchinit.cli import init_model
+
+    default = build_default_model(depth=1, seed=1)
+    model = init_model(build_default_model(depth=1, seed=1), scheme, torch.Generator().manual_seed(1))
+    before, after = dict(default.named_parameters()), dict(model.named_parameters())
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    shortcuts = {name for name in after if ".shortcut." in name}
+    assert changed == shortcuts and shortcuts
+    if scheme == "glass-isometric":
+        for name in shortcuts:
+            w = after[name].detach().double()
+            gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+            assert torch.allclose(gram, torch.eye(gram.shape[0], dtype=torch.float64), atol=1e-6)
+
+
+def test_glass_shortcuts_carry_more_gradient_than_default(capsys):
+    code, out, _ = run_main(capsys, "compare", "--schemes", "default,glass,glass-isometric", "--format", "json")
+    assert code == 0
+    grad = {d["scheme"]: d["input_grad_norm"] for d in json.loads(out)}
+    assert grad["default"] < grad["glass"] < grad["glass-isometric"]

@@ -53,10 +53,16 @@ DEFAULT_BATCH = 256
 
 
 class Scheme(NamedTuple):
-    """An initialization scheme: a one-line description and the weight initializer (None: keep torch's)."""
+    """An initialization scheme: a one-line description and its weight initializers.
+
+    ``init_weight`` fills every Linear weight (and the biases are zeroed); None
+    keeps torch's. ``init_shortcut``, when given, fills the projection shortcuts
+    instead (the layers that change the width).
+    """
 
     description: str
     init_weight: Callable[[Tensor, torch.Generator], object] | None
+    init_shortcut: Callable[[Tensor, torch.Generator], object] | None = None
 
 
 _RELU_GAIN = torchinit.calculate_gain("relu")
@@ -73,6 +79,14 @@ SCHEMES: dict[str, Scheme] = {
     "orthogonal": Scheme(
         "orthogonal_(gain=calculate_gain('relu'))",
         lambda w, g: torchinit.orthogonal_(w, gain=_RELU_GAIN, generator=g),
+    ),
+    "glass": Scheme(
+        "shortcuts glass_(); the rest as 'default'", None, lambda w, g: torchinit.glass_(w, generator=g)
+    ),
+    "glass-isometric": Scheme(
+        "shortcuts glass_(isometric=True, zero_mean=False); the rest as 'default'",
+        None,
+        lambda w, g: torchinit.glass_(w, zero_mean=False, isometric=True),
     ),
 }
 
@@ -98,10 +112,12 @@ class CompareResult:
 
 
 def init_model(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
-    """Apply ``scheme`` to every ``nn.Linear`` weight of ``model`` (in module order); zero the biases.
+    """Apply ``scheme`` to the ``nn.Linear`` layers of ``model`` (in module order).
 
     ``'default'`` leaves the model as PyTorch constructed it (weights and biases).
-    Every other scheme draws all weights from ``generator`` and sets biases to 0.
+    Schemes with ``init_weight`` draw every weight from ``generator`` and set the
+    biases to 0; schemes with ``init_shortcut`` (glass) re-initialize only the
+    projection shortcuts and keep torch's init elsewhere.
 
     Example:
         >>> model = build_default_model(depth=1, seed=0)
@@ -111,11 +127,13 @@ def init_model(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}; got {scheme!r}")
-    init_weight = SCHEMES[scheme].init_weight
-    if init_weight is None:
-        return model
-    for layer in model.modules():
-        if isinstance(layer, nn.Linear):
+    init_weight, init_shortcut = SCHEMES[scheme].init_weight, SCHEMES[scheme].init_shortcut
+    for name, layer in model.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        if init_shortcut is not None and name.rsplit(".", 1)[-1] == "shortcut":
+            init_shortcut(layer.weight, generator)
+        elif init_weight is not None:
             init_weight(layer.weight, generator)
             if layer.bias is not None:
                 torchinit.zeros_(layer.bias)
@@ -190,7 +208,7 @@ def format_table(results: Sequence[CompareResult], model: ResidualMLP, *, seed: 
         >>> print(format_table(rows, build_default_model(1), seed=0, batch=8))  # doctest: +ELLIPSIS
         model: residual MLP (no norm) ...
     """
-    header = ("scheme", "weight init (every Linear)", "output std", "input grad norm", "exploded", "vanished")
+    header = ("scheme", "weight init", "output std", "input grad norm", "exploded", "vanished")
     rows = [
         (r.scheme, r.init, _fmt(r.output_std), _fmt(r.input_grad_norm), "yes" if r.exploded else "no",
          "yes" if r.vanished else "no")
@@ -214,7 +232,7 @@ def format_table(results: Sequence[CompareResult], model: ResidualMLP, *, seed: 
         *(line(r) for r in rows),
         "",
         "output std: std of all output entries; input grad norm: ||d loss / d x||, Frobenius over the batch. "
-        "Biases are 0 except for 'default'.",
+        "Biases are 0 except for 'default' and the glass schemes, which keep torch's init outside the shortcuts.",
         f"exploded: non-finite output or gradient, or output std > {EXPLODE_STD:.0e}; "
         f"vanished: output std < {VANISH_STD:.0e} or input grad norm < {VANISH_GRAD:.0e}",
     ]
