@@ -194,9 +194,10 @@ def _glass(
         entries = tent_entries(O, I, (math.sqrt(O / I) if O <= I else 1.0) if gain is None else gain)
     index = _tensor_index(entries, shape, in_dims, out_dims, layout.groups, centre_tap)
     values = entries.values.repeat(layout.groups)
-    if zero_mean:
-        signs = torch.randint(0, 2, (values.numel(),), generator=generator, dtype=torch.int8)
-        values = torch.where(signs.bool(), values, -values)
+    if zero_mean:  # one sign per non-zero, from the generator's device (as torch.nn.init draws on the tensor's)
+        device = t.device if generator is None else generator.device
+        signs = torch.randint(0, 2, (values.numel(),), generator=generator, dtype=torch.int8, device=device)
+        values = torch.where(signs.bool().cpu(), values, -values)
     with torch.no_grad():
         t.zero_()
         t.index_put_(tuple(i.to(t.device) for i in index), values.to(device=t.device, dtype=t.dtype))
