@@ -1,6 +1,7 @@
 """Every public function documents its formula, defaults and a runnable example."""
 
 import doctest
+import re
 import importlib
 import importlib.util
 import inspect
@@ -68,3 +69,32 @@ def test_glass_evidence_page_is_generated_and_agrees():
         for got, want in zip(shown, [float(sv.min()), float(sv.max()), evidence.condition(sv)]):
             assert got == pytest.approx(want, rel=5e-3), (name, row)
     assert (ROOT / "docs" / "img" / "glass_spectra.png").stat().st_size > 10_000
+
+
+NUMBER = r"(?<![\w.=-])\d+(?:\.\d+)?(?![\w.])"
+
+
+def _matches(text: str, measured: list[float]) -> bool:
+    """``text`` is one of ``measured``, as printed or rounded to the digits ``text`` shows."""
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return any(abs(m - float(text)) <= 0.5 * 10**-decimals + 1e-9 for m in measured)
+
+
+def test_readme_speed_numbers_come_from_the_benchmark_results():
+    """Each row of the README's speed tables quotes one row of benchmarks/results/cpu.md (its call cell aside),
+    and every other number in the Speed section is a number of cpu.md."""
+    readme = (ROOT / "README.md").read_text()
+    speed = readme[readme.index("## Speed"):readme.index("## Glass init")]
+    results = (ROOT / "benchmarks" / "results" / "cpu.md").read_text()
+    result_rows = [[float(x) for x in re.findall(NUMBER, line)] for line in results.splitlines() if line.startswith("| `")]
+    table_rows = [line for line in speed.splitlines() if line.startswith("| `")]
+    assert len(table_rows) >= 8
+    for line in table_rows:
+        quoted = re.findall(NUMBER, line.split("|", 2)[2])  # not the call cell
+        assert len(quoted) >= 5, line
+        assert any(all(_matches(q, row) for q in quoted) for row in result_rows), line
+    prose = "\n".join(line for line in speed.splitlines() if not line.startswith("|"))
+    measured = [x for row in result_rows for x in row]
+    for text in re.findall(r"(\d+(?:\.\d+)?)(?: ms|×)", prose):
+        assert _matches(text, measured), text
+    assert "make bench" in readme and "make demo" in readme and "make test" in readme
