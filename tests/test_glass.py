@@ -107,6 +107,16 @@ def test_compat_signatures_are_the_reference():
         assert ours == theirs
 
 
+def test_glass_signature():
+    P = inspect.Parameter
+    want = [("tensor_or_module", P.empty, P.POSITIONAL_OR_KEYWORD), ("in_dims", ..., P.POSITIONAL_OR_KEYWORD),
+            ("out_dims", 0, P.POSITIONAL_OR_KEYWORD), ("gain", None, P.POSITIONAL_OR_KEYWORD),
+            ("zero_mean", True, P.POSITIONAL_OR_KEYWORD), ("sparse", False, P.POSITIONAL_OR_KEYWORD),
+            ("isometric", False, P.KEYWORD_ONLY), ("generator", None, P.KEYWORD_ONLY)]
+    got = [(p.name, p.default, p.kind) for p in inspect.signature(ti.glass_).parameters.values()]
+    assert got == want
+
+
 def test_compat_in_place_and_out_of_place():
     w = torch.zeros(4, 8)
     assert ti.glassInit_(w, zeroMean=False) is w and bool(w.any())

@@ -66,7 +66,7 @@ class _Entries(NamedTuple):
 
 
 def glass_(
-    tensor: Any,
+    tensor_or_module: Any,
     in_dims: Dims = ...,
     out_dims: Dims = 0,
     gain: float | None = None,
@@ -84,7 +84,7 @@ def glass_(
     ``W[r(c), c] = g / sqrt(|cell r(c)|)``, ``r(c) = floor((2c + 1) n / (2N))``.
 
     Args:
-        tensor: a weight tensor, or a Linear, ConvNd or ConvTransposeNd module
+        tensor_or_module: a weight tensor, or a Linear, ConvNd or ConvTransposeNd module
             (its ``weight`` is filled using the module's layout; see :func:`glass_layout`).
         in_dims: the dims summed over (inputs): an int, a tuple, or ``...`` (every
             dim not in ``out_dims``). Default ``...``.
@@ -106,14 +106,16 @@ def glass_(
         >>> torch.allclose(w @ w.T, torch.eye(3))
         True
     """
-    if isinstance(tensor, nn.Module):
+    if isinstance(tensor_or_module, nn.Module):
+        module = tensor_or_module
         if in_dims is not ... or out_dims != 0:
             raise ValueError("in_dims/out_dims apply to tensors; a module's dims come from its own layout")
-        layout = glass_layout(tensor)
-        return _glass(tensor.weight, layout, gain, zero_mean, sparse, isometric, generator,
-                      centre_tap=isometric and _has_kernel_in(tensor, layout))
-    t = float_tensor(tensor, complex_ok=False)
-    return _glass(tensor, _tensor_layout(t.dim(), in_dims, out_dims), gain, zero_mean, sparse, isometric, generator)
+        layout = glass_layout(module)
+        return _glass(module.weight, layout, gain, zero_mean, sparse, isometric, generator,
+                      centre_tap=isometric and _has_kernel_in(module, layout))
+    t = float_tensor(tensor_or_module, complex_ok=False)
+    layout = _tensor_layout(t.dim(), in_dims, out_dims)
+    return _glass(tensor_or_module, layout, gain, zero_mean, sparse, isometric, generator)
 
 
 def glass_layout(module: nn.Module) -> Layout:
