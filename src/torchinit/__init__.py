@@ -8,11 +8,11 @@ Change one import::
     init.variance_scaling_(w, 1.0, "fan_avg", "uniform", in_dims=0, out_dims=1)
 """
 
-from torchinit.basic import constant_, dirac_, eye_, normal_, ones_, uniform_, zeros_
+from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
 from torchinit.fans import Fans, fans
 from torchinit.gain import calculate_gain, variance_gain
 from torchinit.glass import glass_, glass_layout, glassInit, glassInit_
-from torchinit.structured import orthogonal_, sparse_
+from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
 from torchinit.variance import (
     kaiming_normal_,
@@ -42,6 +42,9 @@ __all__ = [
     "variance_scaling_",
     "lecun_uniform_",
     "lecun_normal_",
+    "identity_",
+    "delta_orthogonal_",
+    "hadamard_",
     "glass_",
     "glass_layout",
     "glassInit_",

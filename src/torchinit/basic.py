@@ -15,7 +15,7 @@ from torch import Tensor
 
 from torchinit._checks import as_tensor, finite, float_tensor, non_negative, nothing_to_write
 
-__all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_"]
+__all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
@@ -110,11 +110,7 @@ def eye_(tensor: Tensor) -> Tensor:
     t = as_tensor(tensor)
     if t.dim() != 2:
         raise ValueError(f"tensor must have 2 dims for eye_; got {t.dim()} (shape {tuple(t.shape)})")
-    if not nothing_to_write(t):
-        with torch.no_grad():
-            t.zero_()
-            t.diagonal().fill_(1)
-    return tensor
+    return _channel_identity(tensor, 1, 1)
 
 
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
@@ -131,6 +127,38 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     t = as_tensor(tensor)
     if t.dim() not in (3, 4, 5):
         raise ValueError(f"tensor must have 3, 4 or 5 dims for dirac_; got {t.dim()} (shape {tuple(t.shape)})")
+    return _channel_identity(tensor, groups, 1)
+
+
+def identity_(tensor: Tensor, gain: float = 1.0, *, groups: int = 1) -> Tensor:
+    r"""Fill a 2- to 5-D weight with the (partial) identity times ``gain``, square or not.
+
+    For each group ``g`` of ``out/groups`` outputs and ``in`` inputs (the weight's dim 1),
+    :math:`w[g\,o + d,\ d,\ c] = \text{gain}` for ``d < min(out/groups, in)``, at the kernel's
+    centre tap ``c = (k // 2, ...)`` for conv weights; every other entry is 0. So the first
+    ``min(in, out)`` channels pass through unchanged (times ``gain``) and the rest are
+    zero: extra outputs start dead and extra inputs are dropped. For torch's exact
+    behaviour use :func:`eye_` (2-D) and :func:`dirac_` (conv); ``identity_`` is both, with
+    a gain. Defaults: ``gain=1``, ``groups=1``.
+
+    Example:
+        >>> identity_(torch.empty(3, 2), gain=0.5)
+        tensor([[0.5000, 0.0000],
+                [0.0000, 0.5000],
+                [0.0000, 0.0000]])
+        >>> w = identity_(torch.empty(8, 4, 3, 3))  # 4 channels pass through at the centre tap
+        >>> w[:4, :, 1, 1].equal(torch.eye(4)), int(w.count_nonzero())
+        (True, 4)
+    """
+    t = as_tensor(tensor)
+    if t.dim() not in (2, 3, 4, 5):
+        raise ValueError(f"tensor must have 2 to 5 dims for identity_; got {t.dim()} (shape {tuple(t.shape)})")
+    return _channel_identity(tensor, groups, finite("gain", gain))
+
+
+def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
+    """Zero ``tensor`` and put ``value`` on each group's channel diagonal, at the kernel centre."""
+    t = as_tensor(tensor)
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be a positive int; got {groups!r}")
     if t.shape[0] % groups:
@@ -144,5 +172,5 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     centre: tuple[Any, ...] = tuple(s // 2 for s in t.shape[2:])
     with torch.no_grad():
         t.zero_()
-        t[(rows, cols) + centre] = 1
+        t[(rows, cols) + centre] = value
     return tensor

@@ -50,7 +50,7 @@ class Fans(NamedTuple):
     fan_out: int
 
 
-def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None) -> Fans:
+def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1) -> Fans:
     """Fan-in and fan-out of a tensor (or NumPy array) or of a layer.
 
     For a tensor, ``out_dims`` defaults to 0 and ``in_dims`` to 1 (torch's
@@ -61,17 +61,24 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None) -> Fans:
     For a module (Linear, ConvNd, ConvTransposeNd, Embedding) the layer's own
     layout is used, groups included; ``in_dims``/``out_dims`` are not accepted.
 
+    ``blocks`` splits dim 0 into that many equal chunks and returns the fans of
+    one chunk, as if it were its own tensor: a fused weight such as
+    MultiheadAttention's packed ``in_proj_weight`` (3 blocks) or an LSTM's
+    ``weight_hh`` (4 blocks, one per gate).
+
     Args:
         x: a tensor, NumPy array or supported ``nn.Module``.
         in_dims: the dims that index the inputs: an int, a tuple of ints or ``...``.
         out_dims: the dims that index the outputs: an int, a tuple of ints or ``...``.
+        blocks: the number of equal chunks along dim 0 (default 1).
 
     Returns:
         ``Fans(fan_in, fan_out)``.
 
     Raises:
         ValueError: a tensor with fewer than 2 dims and no explicit dims, a dim
-            out of range, a dim named twice, or both sides ``...``.
+            out of range, a dim named twice, both sides ``...``, or ``blocks``
+            that does not divide dim 0.
         TypeError: an unsupported module, or dims that are not ints.
 
     Example:
@@ -81,13 +88,16 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None) -> Fans:
         Fans(fan_in=64, fan_out=128)
         >>> fans(nn.Conv2d(64, 128, 3, groups=8))
         Fans(fan_in=72, fan_out=144)
+        >>> fans(nn.MultiheadAttention(64, 8).in_proj_weight, blocks=3)  # q, k, v: each (64, 64)
+        Fans(fan_in=64, fan_out=64)
     """
     if isinstance(x, nn.Module):
         if in_dims is not None or out_dims is not None:
             raise ValueError("in_dims/out_dims apply to tensors; a module's fans come from its own layout")
-        return module_fans(x)
+        return module_fans(x, blocks)
     if isinstance(x, Tensor) or is_numpy_array(x):
-        return tensor_fans(tuple(as_tensor(x, "x").shape), in_dims, out_dims)
+        shape = block_shape(tuple(as_tensor(x, "x").shape), blocks, "blocks")
+        return tensor_fans(shape, in_dims, out_dims)
     raise TypeError(f"x must be a tensor, a NumPy array or one of: {_FAN_MODULES}; got {type(x).__name__}")
 
 
@@ -184,15 +194,22 @@ def module_layout(module: nn.Module) -> Layout:
     raise TypeError(f"the weight layout of {type(module).__name__} is not known; supported modules: {_FAN_MODULES}")
 
 
-def group_shape(shape: tuple[int, ...], groups: int) -> tuple[int, ...]:
-    """The shape of one group's block: dim 0 divided by ``groups``."""
-    return (shape[0] // groups, *shape[1:])
+def block_shape(shape: tuple[int, ...], parts: int, name: str = "blocks") -> tuple[int, ...]:
+    """The shape of one of ``parts`` equal chunks along dim 0 (``name`` is the argument, for errors)."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"{name} must be a positive int; got {parts!r}")
+    if parts == 1:
+        return shape
+    if not shape or shape[0] % parts:
+        size = f"size {shape[0]}" if shape else "a 0-dim tensor"
+        raise ValueError(f"{name}={parts} must divide dim 0 of the tensor ({size}) into equal chunks")
+    return (shape[0] // parts, *shape[1:])
 
 
-def module_fans(module: nn.Module) -> Fans:
+def module_fans(module: nn.Module, blocks: int = 1) -> Fans:
     """Fans of a supported layer from its own layout, groups and transposition included."""
     layout = module_layout(module)
-    shape = group_shape(tuple(module.weight.shape), layout.groups)
+    shape = block_shape(block_shape(tuple(module.weight.shape), blocks, "blocks"), layout.groups, "groups")
     return tensor_fans(shape, layout.in_dims, layout.out_dims)
 
 

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._checks import finite, float_tensor, nothing_to_write
-from torchinit.fans import Dims, Layout, group_shape, module_layout, resolve_dims
+from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dims
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
 
@@ -180,7 +180,7 @@ def _glass(
                          "non-zero per long-side index")
     if gain is not None:
         gain = finite("gain", gain)
-    shape = group_shape(tuple(t.shape), layout.groups)
+    shape = block_shape(tuple(t.shape), layout.groups, "groups")
     in_dims, out_dims = layout.in_dims, layout.out_dims
     if centre_tap:  # only the channels are mapped; the kernel keeps one tap
         in_dims = tuple(d for d in in_dims if d < 2)

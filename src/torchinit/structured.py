@@ -1,64 +1,202 @@
-"""Structured initializers with torch.nn.init's signatures: orthogonal and sparse."""
+r"""Structured initializers: orthogonal (per block), delta-orthogonal, ZerO/Hadamard and sparse.
+
+The orthogonal family gives every layer a flat singular-value spectrum, the
+condition for dynamical isometry (Saxe et al., 2014; Xiao et al., 2018):
+
+* :func:`orthogonal_` (torch's signature, bit-identical for float32/float64;
+  bf16/fp16 via float32; complex tensors unitary), with ``blocks`` for fused weights;
+* :func:`delta_orthogonal_`: a semi-orthogonal channel map at a conv kernel's centre tap;
+* :func:`hadamard_`: ZerO (Zhao et al., 2022), deterministic;
+* :func:`sparse_`: Martens (2010), with the zero mask drawn from the generator too.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
+from torchinit.basic import identity_
+from torchinit.fans import block_shape
 
-__all__ = ["orthogonal_", "sparse_"]
+__all__ = ["orthogonal_", "delta_orthogonal_", "hadamard_", "sparse_", "haar_semi_orthogonal"]
 
 
-def orthogonal_(tensor: Tensor, gain: float = 1, generator: torch.Generator | None = None) -> Tensor:
-    r"""Fill ``tensor`` with a (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2013).
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32/float64/complex compute in their own dtype; bf16/fp16 (no CPU QR) in float32."""
+    return dtype if dtype in (torch.float32, torch.float64) or dtype.is_complex else torch.float32
+
+
+def haar_semi_orthogonal(
+    blocks: int, rows: int, cols: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+) -> Tensor:
+    r"""``blocks`` independent Haar-distributed (rows, cols) matrices with orthonormal rows or columns.
+
+    Each is the Q factor of a standard Gaussian matrix (transposed when rows <
+    cols) with the sign (phase, for complex) of :math:`R_{ii}` folded in (Mezzadri,
+    2007). The Gaussian is drawn in one ``normal_`` call on a (blocks, rows, cols)
+    tensor, so ``blocks=1`` draws exactly what ``torch.nn.init.orthogonal_`` draws.
+
+    Example:
+        >>> q = haar_semi_orthogonal(2, 3, 5, torch.float64, torch.device("cpu"), None)
+        >>> torch.allclose(q @ q.mT, torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
+        True
+    """
+    g = torch.empty((blocks, rows, cols), dtype=dtype, device=device).normal_(0, 1, generator=generator)
+    if blocks == 1:  # the unbatched call keeps bit-identity with torch.nn.init.orthogonal_
+        g = g[0]
+    if rows < cols:
+        g = g.mT
+    q, r = torch.linalg.qr(g)
+    d = torch.diagonal(r, dim1=-2, dim2=-1)
+    q *= (torch.sgn(d) if q.is_complex() else d.sign()).unsqueeze(-2)
+    if rows < cols:
+        q = q.mT
+    return q.reshape(blocks, rows, cols)
+
+
+def orthogonal_(
+    tensor: Tensor, gain: float = 1, generator: torch.Generator | None = None, *, blocks: int = 1
+) -> Tensor:
+    r"""Fill ``tensor`` with a (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2014).
 
     The weight is viewed as ``(rows, cols) = (size(0), numel / size(0))``. With
     :math:`G` a standard Gaussian matrix (transposed when rows < cols) and
     :math:`G = QR`, the result is :math:`\text{gain}\cdot Q\,\operatorname{diag}(\operatorname{sign} R_{ii})`,
     which is Haar-distributed (Mezzadri, 2007): :math:`W W^\top = \text{gain}^2 I` when
     rows <= cols, else :math:`W^\top W = \text{gain}^2 I`. Bit-identical to torch for
-    float32/float64; bf16/fp16 are computed in float32, complex tensors get a
+    float32/float64; bf16/fp16 are computed in float32 and rounded, complex tensors get a
     unitary matrix (phase fix :math:`R_{ii}/|R_{ii}|`). Default ``gain=1``.
+
+    ``blocks`` (keyword-only, default 1) splits dim 0 into that many equal chunks, each
+    its own orthogonal matrix: ``orthogonal_(lstm.weight_hh_l0, blocks=4)`` makes every
+    gate's (hidden, hidden) block orthogonal, where one orthogonal (4 hidden, hidden)
+    matrix leaves each block far from it.
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), gain=2.0)
         >>> torch.allclose(w @ w.T, 4 * torch.eye(3), atol=1e-5)
+        True
+        >>> w = orthogonal_(torch.empty(8, 4), blocks=2)  # two 4 x 4 orthogonal blocks
+        >>> torch.allclose(w[:4] @ w[:4].T, torch.eye(4), atol=1e-5)
         True
     """
     t = float_tensor(tensor)
     gain = finite("gain", gain)
     if t.dim() < 2:
         raise ValueError(f"tensor must have at least 2 dims for orthogonal_; got shape {tuple(t.shape)}")
+    rows = block_shape(tuple(t.shape), blocks)[0]
     if nothing_to_write(t):
         return tensor
-    rows = t.size(0)
-    cols = t.numel() // rows
-    compute = t.dtype if t.dtype in (torch.float32, torch.float64) or t.is_complex() else torch.float32
+    cols = t.numel() // t.size(0)
     with torch.no_grad():
-        g = torch.empty((rows, cols), dtype=compute, device=t.device).normal_(0, 1, generator=generator)
-        if rows < cols:
-            g = g.t()
-        q, r = torch.linalg.qr(g)
-        d = torch.diagonal(r)
-        q *= torch.sgn(d) if q.is_complex() else d.sign()
-        if rows < cols:
-            q = q.t()
+        q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype), t.device, generator)
         t.copy_(q.reshape(t.shape))
         t.mul_(gain)
     return tensor
 
 
-def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
-    r"""Fill a 2-D ``tensor`` as a sparse matrix (Martens, 2010).
+def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None) -> Tensor:
+    r"""Fill a 3-, 4- or 5-D conv weight with the delta-orthogonal kernel (Xiao et al., 2018).
 
-    Every entry is drawn from :math:`\mathcal{N}(0, \text{std}^2)`, then
-    :math:`\lceil \text{sparsity} \cdot \text{rows} \rceil` entries of each column are
-    set to zero. Unlike torch, the zero pattern is drawn from ``generator`` too,
-    so a seeded call is fully reproducible. Default ``std=0.01``;
-    ``0 <= sparsity < 1``.
+    :math:`W[:, :, c] = \text{gain}\cdot Q` at the centre tap :math:`c = (k_1 // 2, \ldots)`
+    and 0 elsewhere, with :math:`Q` a Haar (out, in) matrix with orthonormal rows
+    (out <= in) or columns (out >= in), as in :func:`orthogonal_`. The convolution is
+    then ``gain`` times an isometry (out >= in) or co-isometry (out <= in): every
+    singular value of the (circular) convolution operator equals ``gain``. Default
+    ``gain=1``; bf16/fp16 computed in float32, complex tensors unitary.
+
+    Example:
+        >>> w = delta_orthogonal_(torch.empty(16, 8, 3, 3), gain=2.0)
+        >>> centre = w[:, :, 1, 1]
+        >>> torch.allclose(centre.T @ centre, 4 * torch.eye(8), atol=1e-5), int(w.count_nonzero()) == 128
+        (True, True)
+    """
+    t = float_tensor(tensor)
+    gain = finite("gain", gain)
+    if t.dim() not in (3, 4, 5):
+        raise ValueError(f"tensor must have 3, 4 or 5 dims for delta_orthogonal_; got shape {tuple(t.shape)}")
+    if nothing_to_write(t):
+        return tensor
+    out, inp = t.shape[:2]
+    q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype), t.device, generator)[0]
+    with torch.no_grad():
+        t.zero_()
+        t[(slice(None), slice(None)) + _centre(t)] = q * gain
+    return tensor
+
+
+def _centre(t: Tensor) -> tuple[int, ...]:
+    """The centre tap of a conv weight's kernel: ``k // 2`` in each spatial dim."""
+    return tuple(k // 2 for k in t.shape[2:])
+
+
+def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
+    r"""ZerO initialization (Zhao et al., "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones", TMLR 2022).
+
+    For a weight with ``out`` outputs and ``in`` inputs (a 2-D ``(out, in)`` matrix, or a
+    conv weight's channel map at the kernel's centre tap, zeros elsewhere):
+
+    * ``out <= in``: the partial identity :math:`W_{ij} = [i = j]` (the identity when square);
+    * ``out > in``: :math:`W = c\, I^*_{out \times 2^m} H_m I^*_{2^m \times in}`, with
+      :math:`m = \lceil \log_2 out \rceil`, :math:`c = 2^{-(m-1)/2}`, :math:`I^*` the partial
+      identities that keep the first rows/columns, and :math:`H_m` the Sylvester Hadamard
+      matrix, :math:`(H_m)_{ij} = (-1)^{\operatorname{popcount}(i \,\&\, j)}`. Only the
+      ``out x in`` corner of :math:`H_m` is computed. It has full column rank for every
+      ``out > in``, so the layer is injective.
+
+    Everything is then multiplied by ``gain`` (default 1). Deterministic: no random numbers.
+
+    Example:
+        >>> hadamard_(torch.empty(4, 2))  # m = 2, c = 2 ** -0.5
+        tensor([[ 0.7071,  0.7071],
+                [ 0.7071, -0.7071],
+                [ 0.7071,  0.7071],
+                [ 0.7071, -0.7071]])
+        >>> hadamard_(torch.empty(2, 3))
+        tensor([[1., 0., 0.],
+                [0., 1., 0.]])
+    """
+    t = float_tensor(tensor)
+    gain = finite("gain", gain)
+    if t.dim() not in (2, 3, 4, 5):
+        raise ValueError(f"tensor must have 2 to 5 dims for hadamard_; got shape {tuple(t.shape)}")
+    out, inp = t.shape[:2]
+    if out <= inp or nothing_to_write(t):
+        return identity_(tensor, gain)
+    m = math.ceil(math.log2(out))
+    scale = gain * 2.0 ** (-(m - 1) / 2)
+    rows = torch.arange(out, device=t.device)
+    cols = torch.arange(inp, device=t.device)
+    step = max(1, (1 << 22) // inp)  # row chunks of ~4M entries bound the integer temporaries
+    with torch.no_grad():
+        t.zero_()
+        centre = t[(slice(None), slice(None)) + _centre(t)]  # a view: the whole 2-D weight, or the centre tap
+        for start in range(0, out, step):
+            r = rows[start : start + step]
+            centre[r] = (1 - 2 * _parity(r[:, None] & cols[None, :])).to(t.dtype) * scale
+    return tensor
+
+
+def _parity(x: Tensor) -> Tensor:
+    """popcount(x) mod 2, elementwise, for non-negative int64 ``x``."""
+    for shift in (32, 16, 8, 4, 2, 1):
+        x = x ^ (x >> shift)
+    return x & 1
+
+
+def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
+    r"""Fill ``tensor`` as a sparse matrix (Martens, 2010).
+
+    The weight is viewed as ``(rows, cols) = (size(0), numel / size(0))`` (conv weights
+    included). Every entry is drawn from :math:`\mathcal{N}(0, \text{std}^2)`, then
+    :math:`\lceil \text{sparsity} \cdot \text{rows} \rceil` entries of each column,
+    chosen uniformly at random, are set to zero, as in torch. Unlike torch, the zero
+    pattern is drawn from ``generator`` too, so a seeded call is reproducible whatever
+    the global seed. Default ``std=0.01``; ``0 <= sparsity < 1``.
 
     Example:
         >>> w = sparse_(torch.empty(10, 4), sparsity=0.3)
@@ -70,16 +208,22 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
     std = non_negative("std", std)
-    if t.dim() != 2:
-        raise ValueError(f"tensor must have 2 dims for sparse_; got shape {tuple(t.shape)}")
+    if t.dim() < 2:
+        raise ValueError(f"tensor must have at least 2 dims for sparse_; got shape {tuple(t.shape)}")
     if nothing_to_write(t):
         return tensor
-    rows, cols = t.shape
+    rows = t.size(0)
+    cols = t.numel() // rows
     num_zeros = math.ceil(sparsity * rows)
+    in_place = t.is_contiguous()
     with torch.no_grad():
-        t.normal_(0, std, generator=generator)
+        m = t.view(rows, cols) if in_place else torch.empty((rows, cols), dtype=t.dtype, device=t.device)
+        m.normal_(0, std, generator=generator)
         if num_zeros:
-            keys = torch.rand((rows, cols), generator=generator, device=t.device)
-            zero_rows = keys.argsort(dim=0)[:num_zeros]  # a random subset of rows, per column
-            t.scatter_(0, zero_rows, 0.0)
+            # a uniformly random subset of rows per column: the smallest of i.i.d. keys (selection, not a sort)
+            keys = torch.rand((cols, rows), generator=generator, device=t.device)
+            zero_rows = keys.topk(num_zeros, dim=1, largest=False, sorted=False).indices
+            m.scatter_(0, zero_rows.T, 0.0)
+        if not in_place:
+            t.copy_(m.view(t.shape))
     return tensor

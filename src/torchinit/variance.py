@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from torchinit._checks import choice, finite, float_tensor, non_negative, nothing_to_write
-from torchinit.fans import Dims, Fans, fans, weight_of
+from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
 from torchinit.truncnorm import trunc_normal_std_
 
@@ -74,6 +74,7 @@ def _init(
     distribution: str,
     in_dims: Dims,
     out_dims: Dims,
+    blocks: int,
     generator: torch.Generator | None,
 ) -> Any:
     """The one place where a fan-based initializer validates, computes sigma and writes."""
@@ -82,9 +83,10 @@ def _init(
     gain = non_negative("gain", gain)
     written = weight_of(target)
     t = float_tensor(written, complex_ok=distribution != "truncated_normal")
+    block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if nothing_to_write(t):
         return written
-    f = fans(target, in_dims=in_dims, out_dims=out_dims)
+    f = fans(target, in_dims=in_dims, out_dims=out_dims, blocks=blocks)
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
     if fan <= 0:
         raise ValueError(f"mode={mode!r} needs a positive fan; fans are {tuple(f)}")
@@ -108,6 +110,7 @@ def variance_scaling_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Fill ``tensor`` with variance :math:`\text{scale} / \text{fan}` (the core of every fan-based scheme).
@@ -122,6 +125,15 @@ def variance_scaling_(
     module: its ``weight`` is filled with the module's own fans (groups and
     transposition included), and the weight is returned.
 
+    Fused weights: ``blocks`` splits dim 0 into equal chunks, each initialized as if it
+    were its own tensor. ``xavier_uniform_(mha.in_proj_weight, blocks=3)`` gives q, k
+    and v the variance of three separate (E, E) weights (one (3E, E) matrix gets
+    fan_out = 3E, half that variance); LSTMs have 4 blocks, GRUs 3.
+
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
+
     Example:
         >>> g = torch.Generator()
         >>> a = variance_scaling_(torch.empty(256, 128), 2.0, "fan_in", "normal", generator=g.manual_seed(0))
@@ -130,7 +142,7 @@ def variance_scaling_(
         >>> w = variance_scaling_(torch.empty(256, 128), in_dims=0, out_dims=1)  # a weight used as x @ w: fan_in 256
     """
     scale = non_negative("scale", scale)
-    return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, generator)
+    return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, blocks, generator)
 
 
 def xavier_uniform_(
@@ -140,17 +152,22 @@ def xavier_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""Glorot & Bengio (2010), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{6/(n_\text{in}+n_\text{out})})`.
 
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
+
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
 
     Example:
         >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
         >>> bool(w.abs().max() <= 2**0.5 * (6 / 80) ** 0.5)
         True
     """
-    return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, generator)
+    return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, blocks, generator)
 
 
 def xavier_normal_(
@@ -160,17 +177,22 @@ def xavier_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""Glorot & Bengio (2010), normal: :math:`\mathcal{N}(0,\ \text{gain}^2 \cdot 2/(n_\text{in}+n_\text{out}))`.
 
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
+
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
 
     Example:
         >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
         >>> round(w.std().item() / (2 / 800) ** 0.5, 2)
         1.0
     """
-    return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, generator)
+    return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, blocks, generator)
 
 
 def kaiming_uniform_(
@@ -182,6 +204,7 @@ def kaiming_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""He et al. (2015), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{3/\text{fan}})`.
 
@@ -189,13 +212,17 @@ def kaiming_uniform_(
     or callable works. ``mode`` also accepts ``fan_avg`` and ``fan_geo_avg``.
     Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
 
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
+
     Example:
         >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
         >>> bool(w.abs().max() <= (6 / 50) ** 0.5)
         True
         >>> w = kaiming_uniform_(nn.ConvTranspose2d(16, 64, 3))  # the layer's true fans: fan_in = 16 * 3 * 3
     """
-    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, generator)
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator)
 
 
 def kaiming_normal_(
@@ -207,10 +234,15 @@ def kaiming_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""He et al. (2015), normal: :math:`\mathcal{N}(0,\ \text{gain}^2/\text{fan})`.
 
     ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
+
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
 
     Example:
         >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
@@ -218,7 +250,7 @@ def kaiming_normal_(
         >>> round(w.std().item() * 500**0.5 / calculate_gain("gelu"), 2)
         1.0
     """
-    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, generator)
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, blocks, generator)
 
 
 def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
@@ -232,17 +264,22 @@ def lecun_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""LeCun et al. (1998), uniform: :math:`\mathcal{U}(\pm\sqrt{3/n_\text{in}})`, variance :math:`1/n_\text{in}`.
 
     ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
+
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
 
     Example:
         >>> w = lecun_uniform_(torch.empty(30, 50))
         >>> bool(w.abs().max() <= (3 / 50) ** 0.5)
         True
     """
-    return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, generator)
+    return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, blocks, generator)
 
 
 def lecun_normal_(
@@ -251,15 +288,20 @@ def lecun_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    blocks: int = 1,
 ) -> Tensor:
     r"""LeCun et al. (1998), normal: :math:`\mathcal{N}(0, 1/n_\text{in})` (not truncated).
 
     ``variance_scaling_(tensor, 1, 'fan_in', 'normal')``. For JAX's truncated
     variant use ``variance_scaling_(tensor)``.
 
+    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
+    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
+    chunks, each scaled by its own fans.
+
     Example:
         >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
         >>> round(w.std().item() * 500**0.5, 2)
         1.0
     """
-    return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, generator)
+    return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, blocks, generator)
