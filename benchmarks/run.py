@@ -14,6 +14,7 @@ implementation in a fresh subprocess. The markdown goes to
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import inspect
@@ -44,7 +45,7 @@ Fill = Callable[[Tensor, torch.Generator], object]
 
 SEED = 0
 REPEATS = 11
-TORCH_TRUNC_REPEATS = 3  # torch's trunc_normal_ takes seconds on 32M values
+SLOW_REPEATS = 3  # for calls that take seconds (torch's trunc_normal_, glassinit, big QRs)
 TARGET = 1.5  # the project's bar for trunc_normal_: at most 1.5x normal_
 THREADS = torch.get_num_threads()  # the machine default, read before anything changes it
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu.md"
@@ -67,6 +68,7 @@ class Case:
     ref: str = "normal_"  # a key of REFS
     dtype: torch.dtype = torch.float32
     theirs_repeats: int = REPEATS
+    ours_repeats: int = REPEATS
 
     def impl(self, name: str) -> Fill:
         return {"ours": self.ours, "theirs": self.theirs, "ref": REFS[self.ref]}[name]  # type: ignore[return-value]
@@ -111,10 +113,15 @@ def twin(name: str, shape: tuple[int, ...], ref: str, *args: object, **kw: objec
     return Case(name, shape, lambda t, g: ours(t, *args, **kw), lambda t, g: theirs(t, *args, **kw), ref)
 
 
+def slow(case: Case) -> Case:
+    """The same case, timed SLOW_REPEATS times for both implementations."""
+    return dataclasses.replace(case, theirs_repeats=SLOW_REPEATS, ours_repeats=SLOW_REPEATS)
+
+
 def trunc(label: str, dtype: torch.dtype = torch.float32, **kw: float) -> Case:
     """A trunc_normal_ row on 32M values; torch's twin gets fewer repeats."""
     return Case(label, N32M, lambda t, g: ti.trunc_normal_(t, generator=g, **kw),
-                lambda t, g: tinit.trunc_normal_(t, generator=g, **kw), "normal_", dtype, TORCH_TRUNC_REPEATS)  # fmt: skip
+                lambda t, g: tinit.trunc_normal_(t, generator=g, **kw), "normal_", dtype, SLOW_REPEATS)  # fmt: skip
 
 
 def fmt_ms(v: float | None) -> str:
@@ -198,10 +205,19 @@ GROUPS = [
     ),
     Group(
         "Structured",
-        "`orthogonal_` is dominated by the QR of a Gaussian matrix; `sparse_` uses sparsity 0.1, std 0.01.",
+        "`orthogonal_` is dominated by the QR of a Gaussian matrix; the 4096² and 32000×512 rows are timed "
+        f"{SLOW_REPEATS} times (after one warm-up) for both implementations. `orthogonal_(blocks=4)` makes four "
+        "independent 1024×1024 orthogonal blocks (an LSTM's gates); its torch column is one orthogonal_ of the "
+        "whole 4096×1024 tensor, the best torch can do. `identity_` is timed against torch's `eye_`. `sparse_` "
+        "uses sparsity 0.1, std 0.01.",
         [
             twin("orthogonal_", (1024, 1024), "normal_"),
             twin("orthogonal_", (2048, 2048), "normal_"),
+            slow(twin("orthogonal_", (4096, 4096), "normal_")),
+            slow(twin("orthogonal_", (32000, 512), "normal_")),
+            Case("orthogonal_(blocks=4)", (4096, 1024), lambda t, g: ti.orthogonal_(t, generator=g, blocks=4),
+                 lambda t, g: tinit.orthogonal_(t, generator=g)),  # fmt: skip
+            Case("identity_", SQ, lambda t, g: ti.identity_(t), lambda t, g: tinit.eye_(t), "zero_"),
             twin("sparse_", (1024, 1024), "normal_", 0.1),
         ],
         TWIN_COLUMNS,
@@ -209,7 +225,7 @@ GROUPS = [
     Group(
         "trunc_normal_ on 32M values (32 × 1024 × 1024)",
         f"The project's target is torchinit ≤ {TARGET}× `normal_` on the same tensor. torch's `trunc_normal_` "
-        f"takes seconds here, so it is timed {TORCH_TRUNC_REPEATS} times (after one warm-up) instead of {REPEATS}. "
+        f"takes seconds here, so it is timed {SLOW_REPEATS} times (after one warm-up) instead of {REPEATS}. "
         "For `trunc_normal_std_(std=0.02)` the torch column is the same distribution in torch's terms: "
         f"`trunc_normal_(std=σ_u, a=-2σ_u, b=2σ_u)` with σ_u = 0.02 / 0.8796 = {SIGMA_U:.6f}.",
         [
@@ -219,7 +235,7 @@ GROUPS = [
             trunc("trunc_normal_(std=0.02, a=-0.04, b=0.04)", std=0.02, a=-0.04, b=0.04),
             Case("trunc_normal_std_(std=0.02)", N32M, lambda t, g: ti.trunc_normal_std_(t, std=0.02, generator=g),
                  lambda t, g: tinit.trunc_normal_(t, std=SIGMA_U, a=-2 * SIGMA_U, b=2 * SIGMA_U, generator=g),
-                 theirs_repeats=TORCH_TRUNC_REPEATS),  # fmt: skip
+                 theirs_repeats=SLOW_REPEATS),  # fmt: skip
             trunc("trunc_normal_(std=0.02, a=-0.04, b=0.04)", torch.bfloat16, std=0.02, a=-0.04, b=0.04),
         ],
         TRUNC_COLUMNS,
@@ -230,6 +246,9 @@ GROUPS = [
         [
             Case("lecun_uniform_", SQ, lambda t, g: ti.lecun_uniform_(t, generator=g), ref="uniform_"),
             Case("lecun_normal_", SQ, lambda t, g: ti.lecun_normal_(t, generator=g)),
+            Case("delta_orthogonal_", (512, 512, 3, 3), lambda t, g: ti.delta_orthogonal_(t, generator=g)),
+            Case("hadamard_", (8192, 2048), lambda t, g: ti.hadamard_(t), ref="zero_"),
+            Case("sparse_ (conv weight, sparsity 0.1)", (256, 128, 3, 3), lambda t, g: ti.sparse_(t, 0.1, generator=g)),
             *(
                 Case(f'variance_scaling_(distribution="{d}")', SQ,
                      lambda t, g, d=d: ti.variance_scaling_(t, 1.0, "fan_in", d, generator=g),
@@ -240,7 +259,6 @@ GROUPS = [
         NO_TWIN_COLUMNS,
     ),
 ]
-GLASS_REPEATS = 3  # glassinit 0.0.6 takes seconds per call on these weights
 GLASS_TARGET_SPEEDUP = 10.0  # issue 3: at least 10x faster than the reference ...
 GLASS_TARGET_MEMORY = 0.5  # ... with extra peak memory under half the weight's bytes
 
@@ -249,7 +267,7 @@ def glass(label: str, shape: tuple[int, ...], ours_kw: dict, ref_kw: dict | None
     """A glass_ row; ``ref_kw`` None means no glassinit twin (the isometric variant)."""
     theirs = None if ref_kw is None else (lambda t, g: glass_ref.glassInit_(t, **ref_kw))
     return Case(label, shape, lambda t, g: ti.glass_(t, generator=g, **ours_kw), theirs, "zero_",
-                theirs_repeats=GLASS_REPEATS)
+                theirs_repeats=SLOW_REPEATS)
 
 
 def weight_mib(r: Row) -> float:
@@ -278,7 +296,7 @@ if glass_ref is not None:
         "Glass init against the published glassinit 0.0.6",
         f"Issue 3's target: at least {GLASS_TARGET_SPEEDUP:g}× faster than the reference on 4096×16384, with "
         f"extra peak memory under {GLASS_TARGET_MEMORY:g}× the weight's bytes. glassinit takes seconds here, so it "
-        f"is timed {GLASS_REPEATS} times (after one warm-up) instead of {REPEATS}. torchinit draws its signs from "
+        f"is timed {SLOW_REPEATS} times (after one warm-up) instead of {REPEATS}. torchinit draws its signs from "
         "the benchmark's generator, glassinit from the global RNG. The isometric variant has no reference.",
         [
             glass("glass_()", WIDE, {}, {}),
@@ -355,7 +373,7 @@ def preallocated(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
 def run_case(index: int) -> Row:
     case = CASES[index]
     calls: dict[str, Fill] = {"ours": case.ours, "zero_": REFS["zero_"]}
-    repeats = {"ours": REPEATS, "zero_": REPEATS}
+    repeats = {"ours": case.ours_repeats, "zero_": REPEATS}
     if case.theirs:
         calls["theirs"], repeats["theirs"] = case.theirs, case.theirs_repeats
     if case.ref != "zero_":
@@ -401,7 +419,7 @@ def report(rows: list[Row], seconds: float) -> str:
         "",
         "**How it was measured.** Each row runs its calls on one preallocated tensor (same shape and dtype, "
         "the same tensor object for torchinit, torch, the floor and the reference). Every call runs once as a "
-        f"warm-up and then {REPEATS} times (torch's `trunc_normal_`: {TORCH_TRUNC_REPEATS}), the "
+        f"warm-up and then {REPEATS} times ({SLOW_REPEATS} for the slow calls each group's note names), the "
         "implementations interleaved round-robin; the tables show the **median** wall time "
         "(`time.perf_counter`) in ms. A `torch.Generator` is reseeded with the same seed before every call of "
         "either implementation. **zero_ floor** is `tensor.zero_()` on the same tensor: the memset floor, the "

@@ -12,6 +12,33 @@ from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, 
 from torchinit.fans import Fans, fans
 from torchinit.gain import calculate_gain, variance_gain
 from torchinit.glass import glass_, glass_layout, glassInit, glassInit_
+from torchinit.initializers import (
+    Constant,
+    DeltaOrthogonal,
+    Dirac,
+    Eye,
+    Glass,
+    Hadamard,
+    Identity,
+    Initializer,
+    KaimingNormal,
+    KaimingUniform,
+    LecunNormal,
+    LecunUniform,
+    Normal,
+    Ones,
+    Orthogonal,
+    Sparse,
+    TruncNormal,
+    TruncNormalStd,
+    Uniform,
+    VarianceScaling,
+    XavierNormal,
+    XavierUniform,
+    Zeros,
+)
+from torchinit.materialize import deferred, materialize_
+from torchinit.policy import InitReport, Policy
 from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
 from torchinit.variance import (
@@ -49,4 +76,10 @@ __all__ = [
     "glass_layout",
     "glassInit_",
     "glassInit",
-]
+    "Initializer", "Uniform", "Normal", "TruncNormal", "TruncNormalStd", "Constant", "Zeros", "Ones", "Eye", "Dirac",
+    "Identity", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal", "LecunUniform", "LecunNormal",
+    "VarianceScaling", "Orthogonal", "DeltaOrthogonal", "Sparse", "Hadamard", "Glass",
+    "Policy", "InitReport", "deferred", "materialize_", "presets",
+]  # fmt: skip
+
+from torchinit import presets  # noqa: E402  (presets build on everything above)

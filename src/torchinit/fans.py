@@ -40,7 +40,7 @@ __all__ = ["Fans", "fans", "Dims", "Layout", "module_layout", "resolve_dims"]
 #: An axis spec: one dim, several dims, or ``...`` for "every dim not named on the other side".
 Dims = Union[int, tuple[int, ...], list[int], type(Ellipsis), None]
 
-_FAN_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding"
+_FAN_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, transformers' Conv1D"
 
 
 class Fans(NamedTuple):
@@ -173,6 +173,15 @@ class Layout(NamedTuple):
     groups: int = 1
 
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """transformers' ``Conv1D`` (GPT-2): a linear layer whose weight is stored (in, out), ``y = x @ W + b``.
+
+    Recognized by name and shape so that transformers stays an optional dependency.
+    """
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, Tensor) and weight.dim() == 2
+
+
 def module_layout(module: nn.Module) -> Layout:
     """The weight layout of a Linear, ConvNd, ConvTransposeNd or Embedding layer.
 
@@ -183,13 +192,14 @@ def module_layout(module: nn.Module) -> Layout:
     ConvNd              (out, in/g, k...)    1        0         g
     ConvTransposeNd     (in, out/g, k...)    0        1         g
     Embedding           (num, dim)           0        1         1
+    Conv1D (GPT-2)      (in, out)            0        1         1
     ==================  ===================  =======  ========  ======
     """
     if isinstance(module, nn.Linear):
         return Layout((1,), (0,))
     if isinstance(module, nn.modules.conv._ConvNd):
         return Layout((0,), (1,), module.groups) if module.transposed else Layout((1,), (0,), module.groups)
-    if isinstance(module, nn.Embedding):
+    if isinstance(module, nn.Embedding) or is_transposed_linear(module):
         return Layout((0,), (1,))
     raise TypeError(f"the weight layout of {type(module).__name__} is not known; supported modules: {_FAN_MODULES}")
 

@@ -54,7 +54,7 @@ from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dim
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
 
-_GLASS_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d"
+_GLASS_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, transformers' Conv1D"
 
 
 class _Entries(NamedTuple):
@@ -121,7 +121,7 @@ def glass_(
 def glass_layout(module: nn.Module) -> Layout:
     """The dims glass init uses for a layer, one map per group.
 
-    * Linear ``(out, in)``: ``in_dims=(1,)``, ``out_dims=(0,)``.
+    * Linear ``(out, in)``: ``in_dims=(1,)``, ``out_dims=(0,)``; transformers' Conv1D ``(in, out)``: the reverse.
     * ConvNd ``(out, in/g, k...)``: in-channels and kernel dims are inputs, as in
       the published method: ``in_dims=(1, 2, ...)``, ``out_dims=(0,)``.
     * ConvTransposeNd ``(in, out/g, k...)``: in-channels are inputs (dim 0). The
@@ -134,10 +134,13 @@ def glass_layout(module: nn.Module) -> Layout:
         >>> glass_layout(nn.ConvTranspose2d(16, 8, 2, stride=2))
         Layout(in_dims=(0,), out_dims=(1, 2, 3), groups=1)
     """
-    if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+    if isinstance(module, nn.Embedding) or not isinstance(module, nn.Module):
         raise TypeError(f"glass_ of {type(module).__name__} is not defined; supported modules: {_GLASS_MODULES}")
-    layout = module_layout(module)
-    kernel = tuple(range(2, module.weight.dim()))
+    try:
+        layout = module_layout(module)
+    except TypeError:
+        raise TypeError(f"glass_ of {type(module).__name__} is not defined; supported modules: {_GLASS_MODULES}") from None
+    kernel = tuple(range(2, module.weight.dim())) if isinstance(module, nn.modules.conv._ConvNd) else ()
     if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.stride == module.kernel_size:
         return Layout(layout.in_dims, layout.out_dims + kernel, layout.groups)
     return Layout(layout.in_dims + kernel, layout.out_dims, layout.groups)

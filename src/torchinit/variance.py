@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchinit._checks import choice, finite, float_tensor, non_negative, nothing_to_write
+from torchinit._checks import choice, finite, float_tensor, non_negative
 from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
 from torchinit.truncnorm import trunc_normal_std_
@@ -84,12 +84,14 @@ def _init(
     written = weight_of(target)
     t = float_tensor(written, complex_ok=distribution != "truncated_normal")
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
-    if nothing_to_write(t):
+    if t.numel() == 0:
         return written
-    f = fans(target, in_dims=in_dims, out_dims=out_dims, blocks=blocks)
+    f = fans(target, in_dims=in_dims, out_dims=out_dims, blocks=blocks)  # validated on meta tensors too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
     if fan <= 0:
         raise ValueError(f"mode={mode!r} needs a positive fan; fans are {tuple(f)}")
+    if t.is_meta:
+        return written
     std = scaled_std(gain, f, mode)
     with torch.no_grad():
         if distribution == "normal":

@@ -1,0 +1,304 @@
+"""Ready-made policies for well-known models, each with its source.
+
+Every preset returns a :class:`~torchinit.Policy`; policies add up (``a + b``: the
+rules of ``b`` override those of ``a``), so a preset can be extended::
+
+    policy = presets.resnet() + presets.glass_shortcuts(isometric=True)
+
+Presets match layers by class and by their place in the model, as the original
+code does; each docstring says exactly which parameters it covers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
+
+from torchinit.basic import uniform_, zeros_
+from torchinit.fans import is_transposed_linear, tensor_fans
+from torchinit.initializers import (
+    Glass,
+    KaimingNormal,
+    Initializer,
+    Normal,
+    Ones,
+    TruncNormalStd,
+    VarianceScaling,
+    XavierUniform,
+    Zeros,
+)
+from torchinit.policy import Policy
+from torchinit.variance import kaiming_uniform_
+
+__all__ = ["torch_default", "gpt2", "resnet", "vit_jax", "fixup", "glass_shortcuts", "SHORTCUT_NAMES", "LastInBlock", "TorchWeight", "TorchBias"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _norms(weight: Initializer | None = None) -> list[tuple[type, dict[str, Initializer]]]:
+    """Normalization layers (LayerNorm, GroupNorm, BatchNorm, InstanceNorm): weight 1 (or ``weight``), bias 0."""
+    spec = {"weight": weight or Ones(), "bias": Zeros()}
+    return [(cls, spec) for cls in (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)]
+
+
+def torch_default() -> Policy:
+    """What PyTorch's constructors do, as rules (torch 2.13 ``reset_parameters``).
+
+    Linear and ConvNd (transposed too): weight ``kaiming_uniform_(a=sqrt(5))`` with
+    torch's *tensor* fans (its quirks for transposed and grouped convs included, so the
+    values are torch's), i.e. U(±1/sqrt(fan_in)); bias U(±1/sqrt(fan_in)). Embedding
+    N(0, 1); normalization layers 1 and 0. Source: ``torch/nn/modules/linear.py``,
+    ``conv.py``, ``sparse.py``, ``normalization.py``.
+
+    Example:
+        >>> report = torch_default().apply_(nn.Linear(4, 3))
+        >>> [row.initializer for row in report]
+        ['TorchWeight()', 'TorchBias()']
+    """
+    layer = {"weight": TorchWeight(), "bias": TorchBias()}
+    return Policy([
+        (nn.Linear, layer),
+        (nn.modules.conv._ConvNd, layer),
+        (nn.Embedding, {"weight": Normal()}),
+        *_norms(),
+    ])  # fmt: skip
+
+
+class TorchWeight(Initializer):
+    """torch's Linear/Conv weight default: ``kaiming_uniform_(w, a=sqrt(5))`` on the weight tensor.
+
+    U(±1/sqrt(fan_in)) with torch's tensor fans (not the layer's: this is what the
+    constructors do, transposed and grouped convs included). Used by :func:`torch_default`.
+    """
+
+    @staticmethod
+    def function(tensor: Tensor, *, generator=None) -> Tensor:  # type: ignore[override]
+        return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
+
+
+class TorchBias(Initializer):
+    """torch's Linear/Conv bias default: U(±1/sqrt(fan_in)), fan_in of the owning layer's weight tensor.
+
+    It needs the owning layer, which :class:`~torchinit.Policy` passes (``wants_owner``).
+    """
+
+    wants_owner = True
+
+    @staticmethod
+    def function(layer: nn.Module, *, generator=None) -> Tensor:  # type: ignore[override]
+        if not isinstance(layer, nn.Module):
+            raise TypeError("TorchBias initializes a layer's bias from its weight's fans; it needs the layer")
+        fan_in = tensor_fans(tuple(layer.weight.shape)).fan_in
+        if fan_in == 0:
+            return zeros_(layer.bias)
+        bound = 1 / math.sqrt(fan_in)
+        return uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+def gpt2(n_layer: int) -> Policy:
+    """GPT-2's initialization (Radford et al., 2019; as in nanoGPT and transformers' GPT2PreTrainedModel).
+
+    Every Linear / Conv1D weight and every Embedding N(0, 0.02), their biases 0,
+    LayerNorms weight 1 and bias 0, and the residual projections ``*.c_proj.weight``
+    N(0, 0.02/sqrt(2 n_layer)) (matched on the fully qualified name, so the depth
+    scaling cannot silently miss). Works on transformers' ``GPT2LMHeadModel`` (Conv1D
+    layers, tied ``lm_head``) and on nanoGPT (Linear layers, its own ``LayerNorm``).
+
+    Example:
+        >>> gpt2(12).rules[-1].spec
+        Normal(std=0.004082482904638631)
+    """
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
+        raise ValueError(f"n_layer must be a positive int; got {n_layer!r}")
+    weight, bias = Normal(std=0.02), Zeros()
+
+    def conv1d_weight(name: str, param: Tensor, module: nn.Module) -> bool:
+        return is_transposed_linear(module) and name.endswith(".weight")
+
+    def conv1d_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+        return is_transposed_linear(module) and name.endswith(".bias")
+
+    def layer_norm_weight(name: str, param: Tensor, module: nn.Module) -> bool:  # nanoGPT's own LayerNorm too
+        return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "weight"
+
+    def layer_norm_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+        return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "bias"
+
+    return Policy([
+        (nn.Linear, {"weight": weight, "bias": bias}),
+        (conv1d_weight, weight),
+        (conv1d_bias, bias),
+        (nn.Embedding, {"weight": weight}),
+        (layer_norm_weight, Ones()),
+        (layer_norm_bias, Zeros()),
+        ("*.c_proj.weight", Normal(std=0.02 / math.sqrt(2 * n_layer))),
+    ])  # fmt: skip
+
+
+def _is_layer_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__ in ("LayerNorm", "RMSNorm")
+
+
+def resnet(zero_init_residual: bool = True) -> Policy:
+    """ResNet (He et al., 2016), as torchvision's ``ResNet.__init__`` initializes it.
+
+    Conv weights ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``; BatchNorm /
+    GroupNorm weight 1 and bias 0. With ``zero_init_residual`` (Goyal et al., 2017), the
+    weight of the last BatchNorm of each residual branch is 0, so every block starts as
+    the identity: in each module with two or more BatchNorm children named ``bn1``,
+    ``bn2``, ... (torchvision's BasicBlock and Bottleneck), the highest-numbered one.
+    Linear layers keep their default (torchvision leaves ``fc`` to ``reset_parameters``).
+
+    Example:
+        >>> resnet().rules[0].spec["weight"]
+        KaimingNormal(mode='fan_out', nonlinearity='relu')
+    """
+    rules: list = [
+        (nn.modules.conv._ConvNd, {"weight": KaimingNormal(mode="fan_out", nonlinearity="relu")}),
+        *_norms(),
+    ]
+    if zero_init_residual:
+        rules.append((LastInBlock("bn", (nn.modules.batchnorm._BatchNorm,)), Zeros()))
+    return Policy(rules)
+
+
+class LastInBlock:
+    """Selects the weight of the highest-numbered child layer ``<prefix>N`` of each block.
+
+    A block is any module with two or more children named ``<prefix>1``, ``<prefix>2``, ...
+    of the given types (torchvision's BasicBlock has bn1, bn2; Bottleneck bn1..bn3). The
+    selection needs the whole model, so :class:`~torchinit.Policy` calls :meth:`bind`
+    with it before matching.
+
+    Example:
+        >>> block = nn.Module()
+        >>> block.bn1, block.bn2 = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        >>> select = LastInBlock("bn", (nn.BatchNorm2d,)).bind(nn.Sequential(block))
+        >>> select("0.bn2.weight", None, None), select("0.bn1.weight", None, None)
+        (True, False)
+    """
+
+    def __init__(self, prefix: str, kinds: tuple[type, ...]) -> None:
+        self.prefix, self.kinds = prefix, kinds
+        self.__name__ = f"last_{prefix}N_of_block"
+
+    def bind(self, model: nn.Module) -> Callable[[str, Tensor, nn.Module], bool]:
+        chosen = set()
+        for block_name, block in model.named_modules():
+            numbered = [(int(m.group(1)), name) for name, child in block.named_children()
+                        if isinstance(child, self.kinds) and (m := re.fullmatch(rf"{self.prefix}(\d+)", name))]
+            if len(numbered) >= 2:
+                last = max(numbered)[1]
+                chosen.add(f"{block_name}.{last}.weight" if block_name else f"{last}.weight")
+
+        def selector(name: str, param: Tensor, module: nn.Module) -> bool:
+            return name in chosen
+
+        selector.__name__ = self.__name__
+        return selector
+
+    def __call__(self, name: str, param: Tensor, module: nn.Module) -> bool:
+        raise TypeError(f"{self.__name__} needs the model: use it inside a Policy, which binds it")
+
+
+def vit_jax() -> Policy:
+    """ViT's JAX initialization (Dosovitskiy et al., 2021; big_vision / timm ``init_weights_vit_jax``).
+
+    Linear weights ``xavier_uniform_``, biases 0, but the MLP's biases N(0, 1e-6)
+    (``*.mlp.fc*.bias``); conv weights (the patch embedding) LeCun normal as JAX does it:
+    truncated normal with σ-relative bounds (±2σ, std exactly sqrt(1/fan_in));
+    ``pos_embed`` truncated normal with std 0.02 at ±2σ (σ-relative bounds, unlike torch's
+    absolute ``trunc_normal_(std=0.02)`` which truncates nothing); ``cls_token`` 0;
+    the classifier ``head`` 0; LayerNorms 1 and 0.
+
+    Example:
+        >>> vit_jax().rules[-3]
+        Rule(index=7, selector='*pos_embed', spec=TruncNormalStd(std=0.02))
+    """
+    return Policy([
+        (nn.Linear, {"weight": XavierUniform(), "bias": Zeros()}),
+        *_norms(),
+        ("*.mlp.fc*.bias", Normal(std=1e-6)),
+        (nn.modules.conv._ConvNd, {"weight": VarianceScaling(1.0, "fan_in", "truncated_normal"), "bias": Zeros()}),
+        ("*pos_embed", TruncNormalStd(std=0.02)),
+        ("*cls_token", Zeros()),
+        ("head.*", Zeros()),
+    ])  # fmt: skip
+
+
+def fixup(num_branches: int, branch_depth: int = 2) -> Policy:
+    """Fixup (Zhang et al., "Fixup Initialization: Residual Learning Without Normalization", ICLR 2019).
+
+    For a network of ``num_branches`` (L) residual branches of ``branch_depth`` (m)
+    layers, in the layout of the paper's code (blocks with ``conv1`` ... ``convm`` or
+    ``fc1`` ... ``fcm``, scalar ``bias*`` and ``scale`` parameters, a final ``fc``):
+
+    * the last layer of each branch (the highest-numbered ``convN``/``fcN`` of a block): 0;
+    * the other branch layers: He normal with fan_out (as the paper's code) scaled by
+      :math:`L^{-1/(2m-2)}`, i.e. variance :math:`2 L^{-1/(m-1)} / \\text{fan\\_out}`;
+    * every other conv (the stem, shortcuts): He normal, fan_out;
+    * scalar biases (``*bias1a`` ... names with ``bias``, one element) 0 and ``*scale`` 1;
+    * the classifier ``fc`` (top level): weight and bias 0.
+
+    Example:
+        >>> fixup(16).rules[1].spec
+        VarianceScaling(scale=0.125, mode='fan_out', distribution='normal')
+    """
+    for name, value in (("num_branches", num_branches), ("branch_depth", branch_depth)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    if branch_depth < 2:
+        raise ValueError(f"branch_depth must be >= 2 (Fixup scales all but the last layer); got {branch_depth}")
+    scale = 2.0 * num_branches ** (-1.0 / (branch_depth - 1))
+
+    def branch_layer(name: str, param: Tensor, module: nn.Module) -> bool:
+        parts = name.split(".")
+        return len(parts) >= 3 and bool(re.fullmatch(r"(conv|fc)\d+", parts[-2])) and parts[-1] == "weight"
+
+    def scalar_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+        return "bias" in name.rsplit(".", 1)[-1] and param.numel() == 1
+
+    def scalar_scale(name: str, param: Tensor, module: nn.Module) -> bool:
+        return name.rsplit(".", 1)[-1] == "scale" and param.numel() == 1
+
+    return Policy([
+        (nn.modules.conv._ConvNd, {"weight": KaimingNormal(mode="fan_out", nonlinearity="relu")}),
+        (branch_layer, VarianceScaling(scale, "fan_out", "normal")),
+        (LastInBlock("conv", _CONVS), Zeros()),
+        (LastInBlock("fc", (nn.Linear,)), Zeros()),
+        (scalar_bias, Zeros()),
+        (scalar_scale, Ones()),
+        ("fc.weight", Zeros()),
+        ("fc.bias", Zeros()),
+    ])  # fmt: skip
+
+
+#: Name components that mark a projection shortcut in common code (torchvision ``downsample``, ...).
+SHORTCUT_NAMES = ("shortcut", "downsample", "skip", "proj_skip", "residual_proj")
+
+
+def glass_shortcuts(isometric: bool = False, *, names: Sequence[str] = SHORTCUT_NAMES) -> Policy:
+    """Glass init on every projection shortcut: the Linear / conv weights under a module named in ``names``.
+
+    A weight matches when one of the components of its qualified name is in ``names``
+    (``layer2.0.downsample.0.weight``, ``blocks.3.shortcut.weight``). ``isometric=True``
+    uses the exactly semi-orthogonal variant (deterministic, ``zero_mean=False``).
+    Add it after a preset: ``presets.resnet() + presets.glass_shortcuts()``.
+
+    Example:
+        >>> glass_shortcuts(isometric=True).rules[0].spec
+        Glass(zero_mean=False, isometric=True)
+    """
+    names = tuple(names)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"names must be a non-empty sequence of strings; got {names!r}")
+    spec = Glass(zero_mean=False, isometric=True) if isometric else Glass()
+
+    def projection_shortcut(name: str, param: Tensor, module: nn.Module) -> bool:
+        layer = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_transposed_linear(module)
+        return layer and name.endswith(".weight") and any(part in names for part in name.split(".")[:-1])
+
+    return Policy([(projection_shortcut, spec)])
