@@ -1,0 +1,154 @@
+"""Deferred construction and materialize_ (issue 5, item 4)."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit as ti
+from conftest import gen
+
+
+class Rotary(nn.Module):
+    """A RoPE-style module: a non-persistent buffer computed in the constructor."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)), persistent=False)
+        self.proj = nn.Linear(dim, dim)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.rope = Rotary(dim)
+        self.attn = nn.MultiheadAttention(dim, 2)
+        self.norm = nn.LayerNorm(dim)
+        self.ls = LayerScale(dim)
+        self.lstm = nn.LSTM(dim, 8)
+
+
+def test_deferred_parameters_meta_buffers_real():
+    with ti.deferred():
+        block = Block()
+    assert all(p.is_meta for p in block.parameters())
+    assert not block.rope.inv_freq.is_meta
+    assert torch.equal(block.rope.inv_freq, Rotary(16).inv_freq)
+    assert not nn.Linear(2, 2).weight.is_meta  # the patch is gone after the context
+
+
+def test_materialize_no_meta_no_nan_and_sources():
+    with ti.deferred():
+        block = Block()
+    policy = ti.Policy([("ls.gamma", ti.Constant(1e-5))])
+    report = ti.materialize_(block, policy, generator=gen())
+    params = dict(block.named_parameters())
+    assert not any(p.is_meta for p in params.values())
+    assert all(bool(torch.isfinite(p).all()) for p in params.values())
+    rules = {r.name: r.rule for r in report}
+    assert rules["ls.gamma"] == "#0 'ls.gamma'" and bool((block.ls.gamma == 1e-5).all())
+    assert rules["attn.in_proj_weight"] == "reset_parameters"
+    assert next(r for r in report if r.name == "attn.in_proj_weight").initializer == "MultiheadAttention._reset_parameters()"
+    assert rules["lstm.weight_hh_l0"] == "reset_parameters"
+    e = 16  # MultiheadAttention: xavier_uniform_ on the packed (3E, E) in_proj, in_proj_bias 0
+    bound = math.sqrt(6 / (e + 3 * e))
+    assert float(block.attn.in_proj_weight.detach().abs().max()) <= bound
+    assert bool((block.attn.in_proj_bias == 0).all())
+    assert bool((block.norm.weight == 1).all()) and bool((block.norm.bias == 0).all())
+    assert float(block.lstm.weight_hh_l0.detach().abs().max()) <= 1 / math.sqrt(8)
+    out, _ = block.attn(torch.randn(3, 1, 16), torch.randn(3, 1, 16), torch.randn(3, 1, 16))
+    assert bool(torch.isfinite(out).all())
+
+
+def test_reset_sources_match_eager_construction():
+    torch.manual_seed(3)
+    eager = nn.Sequential(nn.Linear(6, 5), nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Embedding(7, 3))
+    with ti.deferred():
+        lazy = nn.Sequential(nn.Linear(6, 5), nn.Conv2d(3, 4, 3), nn.LayerNorm(4), nn.Embedding(7, 3))
+    torch.manual_seed(3)
+    ti.materialize_(lazy)  # no generator: the global RNG in module order, as the constructors draw
+    for (name, a), b in zip(eager.named_parameters(), lazy.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_unknown_values_strict_raises_before_allocating():
+    with ti.deferred():
+        block = Block()
+    with pytest.raises(ValueError, match=r"strict: the values of 1 parameter\(s\) are unknown .*ls.gamma"):
+        ti.materialize_(block, strict=True)
+    assert all(p.is_meta for p in block.parameters())  # nothing allocated
+
+
+def test_unknown_values_warn_and_are_zero():
+    with ti.deferred():
+        block = Block()
+    with pytest.warns(UserWarning, match="ls.gamma"):
+        report = ti.materialize_(block)
+    assert bool((block.ls.gamma == 0).all())
+    assert next(r for r in report if r.name == "ls.gamma").rule == "unknown"
+
+
+def test_policy_param_initialized_exactly_once_and_reset_skips_it():
+    calls = []
+
+    class Counting(ti.Normal):
+        def init(self, tensor, *, generator=None):
+            if not tensor.is_meta:
+                calls.append(tuple(tensor.shape))
+            return super().init(tensor, generator=generator)
+
+    with ti.deferred():
+        layer = nn.Linear(64, 32)
+    torch.manual_seed(0)
+    ti.materialize_(layer, ti.Policy([(nn.Linear, {"weight": Counting(std=0.5)})]), generator=gen(4))
+    assert calls == [(32, 64)]
+    assert float(layer.weight.detach().std()) > 0.4  # the policy's N(0, 0.5), not reset_parameters' U(+-1/8)
+    assert float(layer.bias.detach().abs().max()) <= 1 / 8  # the bias came from reset_parameters
+
+
+def test_materialize_is_deterministic_and_keeps_ties():
+    def build():
+        with ti.deferred():
+            m = nn.ModuleDict({"emb": nn.Embedding(20, 8), "head": nn.Linear(8, 20, bias=False)})
+        m["head"].weight = m["emb"].weight
+        return m
+
+    a, b = build(), build()
+    policy = ti.Policy([(nn.Embedding, {"weight": ti.Normal(std=0.02)})])
+    ti.materialize_(a, policy, device="cpu", generator=gen(9))
+    ti.materialize_(b, policy, device="cpu", generator=gen(9))
+    assert a["head"].weight is a["emb"].weight and not a["emb"].weight.is_meta
+    assert torch.equal(a["emb"].weight, b["emb"].weight)
+
+
+def test_gpt2_meta_round_trip():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
+    with ti.deferred():
+        model = GPT2LMHeadModel(config)
+    report = ti.materialize_(model, ti.presets.gpt2(config.n_layer), strict=True, generator=gen())
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert report.untouched == []
+    for name, p in model.named_parameters():
+        assert not p.is_meta and bool(torch.isfinite(p).all()), name
+    logits = model(torch.randint(0, 97, (1, 8))).logits
+    assert bool(torch.isfinite(logits).all())
+
+
+def test_materialize_errors():
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ti.materialize_(torch.zeros(2))
+    with ti.deferred():
+        layer = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match=r"weight .*Dirac"):
+        ti.materialize_(layer, ti.Policy([(nn.Linear, {"weight": ti.Dirac()})]))
+    assert layer.weight.is_meta  # checked before anything was allocated
