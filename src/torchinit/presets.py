@@ -216,7 +216,7 @@ def vit_jax() -> Policy:
 
     Example:
         >>> vit_jax().rules[-3]
-        Rule(index=7, selector='*pos_embed', spec=TruncNormalStd(std=0.02))
+        Rule(index=6, selector='*pos_embed', spec=TruncNormalStd(std=0.02))
     """
     return Policy([
         (nn.Linear, {"weight": XavierUniform(), "bias": Zeros()}),
