@@ -152,3 +152,18 @@ def test_materialize_errors():
     with pytest.raises(ValueError, match=r"weight .*Dirac"):
         ti.materialize_(layer, ti.Policy([(nn.Linear, {"weight": ti.Dirac()})]))
     assert layer.weight.is_meta  # checked before anything was allocated
+
+
+def test_deferred_skips_random_fills_on_meta_and_restores_torch():
+    originals = {name: getattr(torch.Tensor, name) for name in ("normal_", "erfinv_", "exponential_")}
+    with ti.deferred():
+        meta = torch.empty(3, device="meta")
+        assert meta.normal_() is meta and meta.erfinv_() is meta
+        real = torch.zeros(1000).normal_(generator=gen())  # real tensors are filled as usual
+        assert torch.equal(real, torch.zeros(1000).normal_(generator=gen())) and float(real.std()) > 0.5
+    for name, method in originals.items():
+        assert getattr(torch.Tensor, name) is method
+    with pytest.raises(RuntimeError):
+        with ti.deferred():
+            raise RuntimeError("boom")
+    assert torch.Tensor.normal_ is originals["normal_"] and not nn.Linear(2, 2).weight.is_meta

@@ -35,7 +35,8 @@ def deferred() -> Iterator[None]:
     Constructors run as usual (so buffers such as RoPE frequencies and any
     Python-side state are computed), but each ``nn.Parameter`` is moved to meta
     when it is registered, so no parameter memory is kept and ``reset_parameters``
-    works on meta tensors (free). Values that a constructor writes into a parameter
+    works on meta tensors (free: in-place random fills on meta tensors return at
+    once, where torch would first import its Python meta kernels, ~2 s). Values that a constructor writes into a parameter
     (a LayerScale ``gamma = init * ones(dim)``) are lost: give them a rule when you
     call :func:`materialize_`, which names any parameter it cannot initialize.
 
@@ -52,11 +53,30 @@ def deferred() -> Iterator[None]:
             param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         original(self, name, param)
 
+    patched = {name: getattr(torch.Tensor, name) for name in _META_NO_OPS}
     nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+    for name, method in patched.items():
+        setattr(torch.Tensor, name, _skip_on_meta(method))
     try:
         yield
     finally:
         nn.Module.register_parameter = original  # type: ignore[method-assign]
+        for name, method in patched.items():
+            setattr(torch.Tensor, name, method)
+
+
+#: In-place ops that constructors use for init and that torch 2.13 has no C++ meta kernel for: the
+#: first one on a meta tensor imports torch's Python meta kernels (~2 s, measured here). On a meta
+#: tensor an in-place elementwise op changes nothing, so inside ``deferred`` they return at once.
+_META_NO_OPS = ("normal_", "erfinv_", "exponential_", "log_normal_", "geometric_", "cauchy_")
+
+
+def _skip_on_meta(method: Any) -> Any:
+    def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self if self.is_meta else method(self, *args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
+    return wrapper
 
 
 def _reset_method(module: nn.Module) -> Any:

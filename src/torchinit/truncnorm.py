@@ -256,6 +256,7 @@ class _PolyPlan:
         self.y_lo, self.y_hi, self.k0, self.k1, self.coeffs = y_lo, y_hi, k0, k1, coeffs
 
 
+@functools.lru_cache(maxsize=256)  # a model has few distinct (bounds, std): fit each once
 def _poly_fit(alpha: float, beta: float, std: float) -> _PolyPlan | None:
     """Fit H on the call's own range of w = -log(1 - y^2), or None if no degree <= 16 is accurate enough."""
     y_lo, y_hi = math.erf(alpha / math.sqrt(2.0)), math.erf(beta / math.sqrt(2.0))
