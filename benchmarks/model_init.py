@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,28 +71,26 @@ POLICY = ti.Policy([
 ])  # fmt: skip
 
 
-def torch_apply(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        tinit.trunc_normal_(m.weight, std=SIGMA_U, a=-2 * SIGMA_U, b=2 * SIGMA_U)
-        if m.bias is not None:
-            tinit.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        tinit.normal_(m.weight, std=STD)
-    elif isinstance(m, nn.LayerNorm):
-        tinit.ones_(m.weight)
-        tinit.zeros_(m.bias)
+def gpt_style(lib, trunc_normal) -> Callable[[nn.Module], None]:
+    """The ``model.apply`` function of the eager ways, with ``lib``'s functions (torch.nn.init or torchinit)."""
+
+    def init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal(m.weight)
+            if m.bias is not None:
+                lib.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            lib.normal_(m.weight, std=STD)
+        elif isinstance(m, nn.LayerNorm):
+            lib.ones_(m.weight)
+            lib.zeros_(m.bias)
+
+    return init
 
 
-def torchinit_apply(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        ti.trunc_normal_std_(m.weight, std=STD)
-        if m.bias is not None:
-            ti.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        ti.normal_(m.weight, std=STD)
-    elif isinstance(m, nn.LayerNorm):
-        ti.ones_(m.weight)
-        ti.zeros_(m.bias)
+# the same distribution: torch's trunc_normal_ takes absolute bounds around the untruncated std
+torch_apply = gpt_style(tinit, lambda w: tinit.trunc_normal_(w, std=SIGMA_U, a=-2 * SIGMA_U, b=2 * SIGMA_U))
+torchinit_apply = gpt_style(ti, lambda w: ti.trunc_normal_std_(w, std=STD))
 
 
 def build(way: str) -> nn.Module:

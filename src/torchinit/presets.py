@@ -33,14 +33,17 @@ from torchinit.initializers import (
 from torchinit.policy import Policy
 from torchinit.variance import kaiming_uniform_
 
-__all__ = ["torch_default", "gpt2", "resnet", "vit_jax", "fixup", "glass_shortcuts", "SHORTCUT_NAMES", "LastInBlock", "TorchWeight", "TorchBias"]
+__all__ = [
+    "torch_default", "gpt2", "resnet", "vit_jax", "fixup", "glass_shortcuts", "SHORTCUT_NAMES",
+    "LastInBlock", "TorchWeight", "TorchBias",
+]  # fmt: skip
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _norms(weight: Initializer | None = None) -> list[tuple[type, dict[str, Initializer]]]:
-    """Normalization layers (LayerNorm, GroupNorm, BatchNorm, InstanceNorm): weight 1 (or ``weight``), bias 0."""
-    spec = {"weight": weight or Ones(), "bias": Zeros()}
+def _norms() -> list[tuple[type, dict[str, Initializer]]]:
+    """Normalization layers (LayerNorm, GroupNorm, BatchNorm, InstanceNorm): weight 1, bias 0."""
+    spec = {"weight": Ones(), "bias": Zeros()}
     return [(cls, spec) for cls in (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)]
 
 
