@@ -134,3 +134,20 @@ def test_zero_std_and_errors():
         ti.trunc_normal_(torch.empty(5, dtype=torch.float64), 0.0, 1.0, 50.0, 60.0)
     with pytest.raises(ValueError, match="k must be > 0"):
         ti.trunc_normal_std_(torch.empty(5), 1.0, k=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pipelined_draws_are_bit_identical_and_threads_restored(monkeypatch, dtype):
+    monkeypatch.setattr(truncnorm, "CHUNK", 4096)  # many chunks: the pipeline runs
+    threads = torch.get_num_threads()
+    a = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(truncnorm, "PIPELINE", False)
+    b = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
+    assert torch.equal(a, b)
+    torch.manual_seed(3)  # the global RNG, drawn from the worker thread, in the same order
+    c = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
+    monkeypatch.setattr(truncnorm, "PIPELINE", True)
+    torch.manual_seed(3)
+    d = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
+    assert torch.equal(c, d)

@@ -145,7 +145,8 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
       :math:`m = \lceil \log_2 out \rceil`, :math:`c = 2^{-(m-1)/2}`, :math:`I^*` the partial
       identities that keep the first rows/columns, and :math:`H_m` the Sylvester Hadamard
       matrix, :math:`(H_m)_{ij} = (-1)^{\operatorname{popcount}(i \,\&\, j)}`. Only the
-      ``out x in`` corner of :math:`H_m` is computed. It has full column rank for every
+      ``out x in`` corner of :math:`H_m` is built, in place, by doubling
+      (:math:`H_{k+1} = [[H_k, H_k], [H_k, -H_k]]`). It has full column rank for every
       ``out > in``, so the layer is injective.
 
     Everything is then multiplied by ``gain`` (default 1). Deterministic: no random numbers.
@@ -168,24 +169,35 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     if out <= inp or nothing_to_write(t):
         return identity_(tensor, gain)
     m = math.ceil(math.log2(out))
-    scale = gain * 2.0 ** (-(m - 1) / 2)
-    rows = torch.arange(out, device=t.device)
-    cols = torch.arange(inp, device=t.device)
-    step = max(1, (1 << 22) // inp)  # row chunks of ~4M entries bound the integer temporaries
     with torch.no_grad():
         t.zero_()
         centre = t[(slice(None), slice(None)) + _centre(t)]  # a view: the whole 2-D weight, or the centre tap
-        for start in range(0, out, step):
-            r = rows[start : start + step]
-            centre[r] = (1 - 2 * _parity(r[:, None] & cols[None, :])).to(t.dtype) * scale
+        _sylvester_corner_(centre)
+        centre.mul_(gain * 2.0 ** (-(m - 1) / 2))
     return tensor
 
 
-def _parity(x: Tensor) -> Tensor:
-    """popcount(x) mod 2, elementwise, for non-negative int64 ``x``."""
-    for shift in (32, 16, 8, 4, 2, 1):
-        x = x ^ (x >> shift)
-    return x & 1
+def _sylvester_corner_(dest: Tensor) -> None:
+    """Write the top-left ``dest.shape`` corner of the Sylvester Hadamard matrix into ``dest``, in place.
+
+    ``H_{k+1} = [[H_k, H_k], [H_k, -H_k]]``: starting from ``H_0 = [1]``, each doubling
+    copies the corner already written into the new rows and columns, so every entry is
+    written once and nothing beyond ``dest`` is ever built.
+    """
+    rows, cols = dest.shape
+    dest[0, 0] = 1
+    size = 1
+    while size < max(rows, cols):
+        r, c = min(rows, size), min(cols, size)
+        r2, c2 = min(rows, 2 * size), min(cols, 2 * size)
+        if c2 > c:
+            dest[:r, c:c2] = dest[:r, : c2 - c]
+        if r2 > r:
+            dest[r:r2, :c] = dest[: r2 - r, :c]
+            if c2 > c:
+                dest[r:r2, c:c2] = dest[: r2 - r, : c2 - c]
+                dest[r:r2, c:c2].neg_()
+        size *= 2
 
 
 def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
