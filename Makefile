@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python >= 3.10 and make:
-#   make demo   - create .venv, install torchinit, run `torchinit compare`
+#   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
 #   make test   - create .venv, install with the dev extras, run the test suite
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[plot]'
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
@@ -22,7 +22,7 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/torchinit compare
+	$(BIN)/torchinit compare --out docs/img/compare.png
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -81,20 +81,23 @@ def _matches(text: str, measured: list[float]) -> bool:
 
 
 def test_readme_speed_numbers_come_from_the_benchmark_results():
-    """Each row of the README's speed tables quotes one row of benchmarks/results/cpu.md (its call cell aside),
-    and every other number in the Speed section is a number of cpu.md."""
+    """Each row of the README's speed tables quotes one row of benchmarks/results/*.md (its first cell aside),
+    and every other number in the Speed section is a number of those files."""
     readme = (ROOT / "README.md").read_text()
     speed = readme[readme.index("## Speed"):readme.index("## Glass init")]
-    results = (ROOT / "benchmarks" / "results" / "cpu.md").read_text()
-    result_rows = [[float(x) for x in re.findall(NUMBER, line)] for line in results.splitlines() if line.startswith("| `")]
-    table_rows = [line for line in speed.splitlines() if line.startswith("| `")]
-    assert len(table_rows) >= 8
+    results = "\n".join((ROOT / "benchmarks" / "results" / f).read_text() for f in ("cpu.md", "model_init.md"))
+    result_rows = [[float(x) for x in re.findall(NUMBER, line.split("|", 2)[2])]
+                   for line in results.splitlines() if line.startswith("| ") and not line.startswith("| call")]
+    table_rows = [line for line in speed.splitlines() if line.startswith("| ") and not line.startswith("| call")
+                  and not line.startswith("| way") and not line.startswith("|---")]
+    assert len(table_rows) >= 15
     for line in table_rows:
-        quoted = re.findall(NUMBER, line.split("|", 2)[2])  # not the call cell
-        assert len(quoted) >= 5, line
+        quoted = re.findall(NUMBER, line.split("|", 2)[2])  # not the first cell
+        assert len(quoted) >= 2, line
         assert any(all(_matches(q, row) for q in quoted) for row in result_rows), line
     prose = "\n".join(line for line in speed.splitlines() if not line.startswith("|"))
-    measured = [x for row in result_rows for x in row]
+    measured = [float(x) for x in re.findall(NUMBER, results)]
     for text in re.findall(r"(\d+(?:\.\d+)?)(?: ms|×)", prose):
-        assert _matches(text, measured), text
+        if text != "2":  # "drifts by up to 2×" is about the machine, not a result
+            assert _matches(text, measured), text
     assert "make bench" in readme and "make demo" in readme and "make test" in readme

@@ -37,8 +37,10 @@ from torchinit.initializers import (
     XavierUniform,
     Zeros,
 )
+from torchinit.lsuv import lsuv_
 from torchinit.materialize import deferred, materialize_
 from torchinit.policy import InitReport, Policy
+from torchinit.probe import SignalReport, jacobian_spectrum, probe
 from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
 from torchinit.variance import (
@@ -80,6 +82,7 @@ __all__ = [
     "Identity", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal", "LecunUniform", "LecunNormal",
     "VarianceScaling", "Orthogonal", "DeltaOrthogonal", "Sparse", "Hadamard", "Glass",
     "Policy", "InitReport", "deferred", "materialize_", "presets",
+    "probe", "SignalReport", "jacobian_spectrum", "lsuv_",
 ]  # fmt: skip
 
 from torchinit import presets  # noqa: E402  (presets build on everything above)

@@ -1,4 +1,4 @@
-"""The small model that ``torchinit compare`` initializes: a deep residual MLP, no normalization.
+"""The embedded models of ``torchinit compare``: a deep residual MLP and a small residual CNN, no normalization.
 
 Layout (defaults)::
 
@@ -37,6 +37,8 @@ __all__ = [
     "ResidualBlock",
     "ResidualMLP",
     "build_default_model",
+    "ConvBlock",
+    "SmallCNN",
 ]
 
 #: Width of each stage; the input width is the first one.
@@ -161,3 +163,48 @@ def build_default_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ResidualMLP(widths, depth, out_features)
+
+
+class ConvBlock(nn.Module):
+    """``y = relu(shortcut(x) + conv2(relu(conv1(x))))`` with 3x3 convs; a 1x1 projection when the width changes.
+
+    Example:
+        >>> ConvBlock(8, 16, stride=2)(torch.randn(2, 8, 8, 8)).shape
+        torch.Size([2, 16, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.shortcut: nn.Module = (
+            nn.Identity() if in_channels == out_channels and stride == 1
+            else nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.shortcut(x) + self.conv2(torch.relu(self.conv1(x))))
+
+
+class SmallCNN(nn.Module):
+    """A small residual CNN without normalization: stem 3 -> 16, stages 16, 32, 64 (stride 2), a Linear head.
+
+    Example:
+        >>> SmallCNN()(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), depth: int = 2, out_features: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, widths[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        prev = widths[0]
+        for i, width in enumerate(widths):
+            for j in range(depth):
+                blocks.append(ConvBlock(prev, width, stride=2 if (i > 0 and j == 0) else 1))
+                prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(prev, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(torch.relu(self.stem(x))).mean((2, 3)))

@@ -1,242 +1,114 @@
 """The ``torchinit`` command line.
 
-Subcommands:
+``torchinit compare``
+    Initialize one model with several schemes and show, for each, how the signal flows:
+    a per-layer table (activation std and gradient std by depth), a summary row (output
+    std, gradient norm at the input, exploded/vanished flags) and one comparison plot.
+    The model is an embedded one (``--model mlp``: a deep residual MLP whose widths
+    change, ``--model cnn``: a small residual CNN) or your own (``--model pkg.mod:make``).
 
-``compare``
-    Initialize one deep residual MLP (no normalization, see
-    :mod:`torchinit._demo_model`) with several schemes and report, for each,
-    the std of the model's output and the norm of the gradient at the input
-    after one forward and one backward pass on the same random batch, with
-    flags for signals that exploded or vanished.
+``torchinit probe``
+    The full per-layer table of one scheme.
 
-Run ``torchinit compare --help`` (or ``python -m torchinit compare --help``).
+Bad input (an unknown model, callable or scheme, a malformed shape) ends with exit
+status 2 and a one-line message naming it. Run ``torchinit compare --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, TextIO
+from typing import TextIO
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import torchinit
-from torchinit._demo_model import DEFAULT_DEPTH, DEFAULT_WIDTHS, ResidualMLP, build_default_model
+from torchinit._demo_model import ResidualMLP, SmallCNN
+from torchinit.compare import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, SchemeResult, compare
+from torchinit.probe import plot_reports
 
-__all__ = [
-    "EXPLODE_STD",
-    "VANISH_STD",
-    "VANISH_GRAD",
-    "SCHEMES",
-    "Scheme",
-    "CompareResult",
-    "init_model",
-    "compare",
-    "format_table",
-    "main",
-]
-
-#: A scheme "exploded" when the output or the input gradient is not finite, or the output std exceeds this.
-EXPLODE_STD = 1e3
-#: A scheme "vanished" when the output std is below this ...
-VANISH_STD = 1e-3
-#: ... or the norm of the gradient at the input is below this.
-VANISH_GRAD = 1e-6
+__all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "UsageError"]
 
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 256
+#: Rows of each scheme's per-layer table in ``compare`` (evenly spaced; ``probe`` shows all).
+TABLE_ROWS = 12
+
+#: The embedded models: a builder and the input shape (without the batch).
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
+    "mlp": (ResidualMLP, (64,), "a deep residual MLP without normalization, widths 64-128-256-128-64-32, "
+                                "projection shortcuts where the width changes"),
+    "cnn": (SmallCNN, (3, 32, 32), "a small residual CNN without normalization, 16-32-64 channels, "
+                                   "1x1 projection shortcuts"),
+}  # fmt: skip
 
 
-class Scheme(NamedTuple):
-    """An initialization scheme: a one-line description and its weight initializers.
-
-    ``init_weight`` fills every Linear weight (and the biases are zeroed); None
-    keeps torch's. ``init_shortcut``, when given, fills the projection shortcuts
-    instead (the layers that change the width).
-    """
-
-    description: str
-    init_weight: Callable[[Tensor, torch.Generator], object] | None
-    init_shortcut: Callable[[Tensor, torch.Generator], object] | None = None
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit status 2."""
 
 
-_RELU_GAIN = torchinit.calculate_gain("relu")
-
-#: The schemes ``compare`` knows, in report order.
-SCHEMES: dict[str, Scheme] = {
-    "default": Scheme("torch's reset_parameters: W, b ~ U(+-1/sqrt(fan_in))", None),
-    "kaiming": Scheme(
-        "kaiming_normal_(nonlinearity='relu')",
-        lambda w, g: torchinit.kaiming_normal_(w, nonlinearity="relu", generator=g),
-    ),
-    "xavier": Scheme("xavier_uniform_()", lambda w, g: torchinit.xavier_uniform_(w, generator=g)),
-    "lecun": Scheme("lecun_normal_()", lambda w, g: torchinit.lecun_normal_(w, generator=g)),
-    "orthogonal": Scheme(
-        "orthogonal_(gain=calculate_gain('relu'))",
-        lambda w, g: torchinit.orthogonal_(w, gain=_RELU_GAIN, generator=g),
-    ),
-    "glass": Scheme(
-        "shortcuts glass_(); the rest as 'default'", None, lambda w, g: torchinit.glass_(w, generator=g)
-    ),
-    "glass-isometric": Scheme(
-        "shortcuts glass_(isometric=True, zero_mean=False); the rest as 'default'",
-        None,
-        lambda w, g: torchinit.glass_(w, zero_mean=False, isometric=True),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class CompareResult:
-    """One row of ``torchinit compare``. Non-finite values are kept as float nan/inf here."""
-
-    scheme: str
-    init: str
-    output_std: float
-    input_grad_norm: float
-    exploded: bool
-    vanished: bool
-
-    def to_json(self) -> dict[str, object]:
-        """A JSON-safe dict: non-finite floats become ``None``."""
-        d = asdict(self)
-        for key in ("output_std", "input_grad_norm"):
-            if not math.isfinite(d[key]):
-                d[key] = None
-        return d
-
-
-def init_model(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
-    """Apply ``scheme`` to the ``nn.Linear`` layers of ``model`` (in module order).
-
-    ``'default'`` leaves the model as PyTorch constructed it (weights and biases).
-    Schemes with ``init_weight`` draw every weight from ``generator`` and set the
-    biases to 0; schemes with ``init_shortcut`` (glass) re-initialize only the
-    projection shortcuts and keep torch's init elsewhere.
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"64"``, ``"3,32,32"`` or ``"3x32x32"`` as a tuple of positive ints (without the batch).
 
     Example:
-        >>> model = build_default_model(depth=1, seed=0)
-        >>> _ = init_model(model, "kaiming", torch.Generator().manual_seed(1))
-        >>> int(model.head.bias.count_nonzero())
-        0
+        >>> parse_shape("3x32x32")
+        (3, 32, 32)
     """
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}; got {scheme!r}")
-    init_weight, init_shortcut = SCHEMES[scheme].init_weight, SCHEMES[scheme].init_shortcut
-    for name, layer in model.named_modules():
-        if not isinstance(layer, nn.Linear):
-            continue
-        if init_shortcut is not None and name.rsplit(".", 1)[-1] == "shortcut":
-            init_shortcut(layer.weight, generator)
-        elif init_weight is not None:
-            init_weight(layer.weight, generator)
-            if layer.bias is not None:
-                torchinit.zeros_(layer.bias)
-    return model
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} is malformed; write sizes like 64 or 3,32,32") from None
+    if not shape or min(shape) < 1:
+        raise UsageError(f"--input-shape {text!r} is malformed; every size must be a positive int")
+    return shape
 
 
-def _flags(output_std: float, grad_norm: float) -> tuple[bool, bool]:
-    if not (math.isfinite(output_std) and math.isfinite(grad_norm)):
-        return True, False
-    exploded = output_std > EXPLODE_STD
-    vanished = output_std < VANISH_STD or grad_norm < VANISH_GRAD
-    return exploded, vanished
+def load_model(spec: str) -> Callable[[], nn.Module]:
+    """The builder named by ``spec``: an embedded model name, or ``module:callable`` (imported from the cwd too)."""
+    if spec in MODELS:
+        return MODELS[spec][0]
+    if ":" not in spec:
+        raise UsageError(f"--model {spec!r} is unknown; use {', '.join(MODELS)} or module:callable")
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001  (any import failure is the user's module)
+        raise UsageError(f"--model {spec!r}: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    builder = getattr(module, attr, None) if attr else None
+    if not callable(builder):
+        raise UsageError(f"--model {spec!r}: {module_name!r} has no callable {attr!r}")
+    return builder
 
 
-def compare(
-    schemes: Sequence[str] | None = None,
-    *,
-    seed: int = DEFAULT_SEED,
-    batch: int = DEFAULT_BATCH,
-    depth: int = DEFAULT_DEPTH,
-) -> list[CompareResult]:
-    """Initialize the demo model with each scheme; one forward and backward pass each.
+def _checked_builder(spec: str, builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        try:
+            model = builder()
+        except Exception as err:  # noqa: BLE001
+            raise UsageError(f"--model {spec!r}: building the model failed ({type(err).__name__}: {err})") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"--model {spec!r} returned {type(model).__name__}, not an nn.Module")
+        return model
 
-    For every scheme a fresh :func:`~torchinit._demo_model.build_default_model`
-    is built (torch's init under ``torch.manual_seed(seed + 1)``), then every
-    Linear weight is re-initialized from a ``torch.Generator`` seeded with
-    ``seed + 1`` (biases zeroed), except for ``'default'``. All schemes see the
-    same input ``x ~ N(0, 1)`` of shape ``(batch, 64)``, drawn from a generator
-    seeded with ``seed``, with ``requires_grad=True``. The loss is
-    ``output.pow(2).mean()`` (mean over batch and output features); reported
-    are ``output.std()`` over all entries and ``x.grad.norm()`` (Frobenius norm
-    over the whole batch).
-
-    Example:
-        >>> rows = compare(["default", "kaiming"], seed=0, batch=32, depth=1)
-        >>> [r.scheme for r in rows]
-        ['default', 'kaiming']
-    """
-    names = list(SCHEMES) if schemes is None else list(schemes)
-    for name in names:
-        if name not in SCHEMES:
-            raise ValueError(f"unknown scheme {name!r}; choose from {', '.join(SCHEMES)}")
-    if batch < 1 or depth < 1:
-        raise ValueError(f"batch and depth must be >= 1; got batch={batch}, depth={depth}")
-    init_seed = seed + 1
-    x0 = torch.randn(batch, DEFAULT_WIDTHS[0], generator=torch.Generator().manual_seed(seed))
-    results = []
-    for name in names:
-        model = build_default_model(depth, seed=init_seed)
-        init_model(model, name, torch.Generator().manual_seed(init_seed))
-        x = x0.clone().requires_grad_(True)
-        out = model(x)
-        loss = out.pow(2).mean()
-        loss.backward()
-        assert x.grad is not None
-        output_std = float(out.detach().std())
-        grad_norm = float(x.grad.norm())
-        exploded, vanished = _flags(output_std, grad_norm)
-        results.append(CompareResult(name, SCHEMES[name].description, output_std, grad_norm, exploded, vanished))
-    return results
+    return build
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.3e}" if math.isfinite(v) else str(v)
-
-
-def format_table(results: Sequence[CompareResult], model: ResidualMLP, *, seed: int, batch: int) -> str:
-    """The plain-text report of :func:`compare`: header, aligned rows, footer.
-
-    Example:
-        >>> rows = compare(["lecun"], batch=8, depth=1)
-        >>> print(format_table(rows, build_default_model(1), seed=0, batch=8))  # doctest: +ELLIPSIS
-        model: residual MLP (no norm) ...
-    """
-    header = ("scheme", "weight init", "output std", "input grad norm", "exploded", "vanished")
-    rows = [
-        (r.scheme, r.init, _fmt(r.output_std), _fmt(r.input_grad_norm), "yes" if r.exploded else "no",
-         "yes" if r.vanished else "no")
-        for r in results
-    ]  # fmt: skip
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    numeric = {2, 3}
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(parts).rstrip()
-
-    out = [
-        f"model: {model.describe()}",
-        f"input: x ~ N(0, 1), batch {batch} x {model.in_features}, seed {seed} (same x for every scheme); "
-        f"weights seed {seed + 1} (a torch.Generator; torch.manual_seed for 'default')",
-        f"pass:  one forward, loss = mean(output**2) over {batch} x {model.out_features} entries, one backward",
-        "",
-        line(header),
-        line(["-" * w for w in widths]),
-        *(line(r) for r in rows),
-        "",
-        "output std: std of all output entries; input grad norm: ||d loss / d x||, Frobenius over the batch. "
-        "Biases are 0 except for 'default' and the glass schemes, which keep torch's init outside the shortcuts.",
-        f"exploded: non-finite output or gradient, or output std > {EXPLODE_STD:.0e}; "
-        f"vanished: output std < {VANISH_STD:.0e} or input grad norm < {VANISH_GRAD:.0e}",
-    ]
-    return "\n".join(out)
+def _scheme_list(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SCHEMES]
+    if not names or unknown:
+        what = f"unknown scheme {', '.join(map(repr, unknown))}" if unknown else "no scheme given"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {','.join(SCHEMES)}")
+    return list(dict.fromkeys(names))
 
 
 def _positive_int(text: str) -> int:
@@ -259,76 +131,139 @@ def _seed(text: str) -> int:
     return value
 
 
-def _scheme_list(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"needs at least one scheme; choose from {','.join(SCHEMES)}")
-    unknown = [n for n in names if n not in SCHEMES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown scheme{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
-            f"choose from {','.join(SCHEMES)}"
-        )
-    return list(dict.fromkeys(names))  # drop repeats, keep order
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``torchinit`` argument parser (subcommand ``compare``).
+    """The ``torchinit`` argument parser (subcommands ``compare`` and ``probe``).
 
     Example:
         >>> build_parser().parse_args(["compare", "--seed", "3"]).seed
         3
     """
-    parser = argparse.ArgumentParser(
-        prog="torchinit",
-        description="Weight initialization for PyTorch: command-line tools.",
-    )
+    parser = argparse.ArgumentParser(prog="torchinit", description="Weight initialization for PyTorch: see the signal.")
     parser.add_argument("--version", action="version", version=f"torchinit {torchinit.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    cmp = sub.add_parser(
-        "compare",
-        help="compare init schemes on a deep residual MLP (output std, input gradient norm)",
-        description=(
-            "Initialize a deep residual MLP without normalization (widths 64-128-256-128-64-32, "
-            "projection shortcuts where the width changes, a Linear head to 10) with each scheme, "
-            "run one forward and one backward pass on the same N(0, 1) batch with "
-            "loss = mean(output**2), and report the output std, the gradient norm at the input "
-            "and whether the signal exploded or vanished."
-        ),
-    )
-    cmp.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
-                     help=f"seed of the input batch; weights use seed+1 (default: {DEFAULT_SEED})")
-    cmp.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH,
-                     help=f"batch size (default: {DEFAULT_BATCH})")
-    cmp.add_argument("--depth", type=_positive_int, default=DEFAULT_DEPTH,
-                     help=f"residual blocks per stage, 6 stages (default: {DEFAULT_DEPTH})")
-    cmp.add_argument("--schemes", type=_scheme_list, default=list(SCHEMES), metavar="LIST",
-                     help=f"comma-separated schemes (default: all: {','.join(SCHEMES)})")
-    cmp.add_argument("--format", choices=("table", "json"), default="table",
-                     help="table: aligned text; json: a list of dicts, one per scheme (default: table)")
+    models = "; ".join(f"{k}: {v[2]}" for k, v in MODELS.items())
+    for name, help_text in (("compare", "compare init schemes on one model: signal by depth, table and plot"),
+                            ("probe", "the per-layer signal table of one scheme")):  # fmt: skip
+        cmd = sub.add_parser(name, help=help_text, description=help_text + ". Embedded models: " + models + ".")
+        cmd.add_argument("--model", default="mlp", metavar="MODEL",
+                         help=f"{', '.join(MODELS)}, or module:callable returning an nn.Module (default: mlp)")
+        cmd.add_argument("--input-shape", metavar="SHAPE",
+                         help="input size without the batch, e.g. 64 or 3,32,32 (required for your own model)")
+        cmd.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH,
+                         help=f"batch size of the random N(0, 1) input (default: {DEFAULT_BATCH})")
+        cmd.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
+                         help=f"seed of the input; models and schemes use seed+1 (default: {DEFAULT_SEED})")
+        cmd.add_argument("--out", metavar="PNG", help="write the plot of activation and gradient std by depth here")
+        cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+        if name == "compare":
+            cmd.add_argument("--init", type=_scheme_list, default=list(SCHEMES), metavar="LIST",
+                             help=f"comma-separated schemes (default: all: {','.join(SCHEMES)})")
+            cmd.add_argument("--spectrum", action="store_true",
+                             help="also the singular values of the input-output Jacobian at one sample")
+        else:
+            cmd.add_argument("--init", choices=list(SCHEMES), default="default", metavar="SCHEME",
+                             help=f"one of {','.join(SCHEMES)} (default: default)")
     return parser  # fmt: skip
 
 
-def _run_compare(args: argparse.Namespace, stdout: TextIO) -> int:
-    results = compare(args.schemes, seed=args.seed, batch=args.batch, depth=args.depth)
+def _fmt(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return str(v)
+    return f"{v:.3e}"
+
+
+def _summary_table(results: Sequence[SchemeResult]) -> str:
+    spectrum = results[0].spectrum is not None
+    header = ["scheme", "output std", "input grad norm", "exploded", "vanished"]
+    if spectrum:
+        header += ["Jacobian σ_min", "σ_max"]
+    rows = []
+    for r in results:
+        row = [r.scheme, _fmt(r.output_std), _fmt(r.input_grad_norm), "yes" if r.exploded else "no",
+               "yes" if r.vanished else "no"]  # fmt: skip
+        if spectrum:
+            row += [_fmt(float(r.spectrum.min())), _fmt(float(r.spectrum.max()))]  # type: ignore[union-attr]
+        rows.append(row)
+    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
+    numeric = {1, 2, 5, 6}
+    lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip()
+             for x in [header, *rows]]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _evenly(n: int, k: int) -> list[int]:
+    """``k`` indices spread over ``range(n)``, first and last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def _run(args: argparse.Namespace, stdout: TextIO) -> int:
+    builder = _checked_builder(args.model, load_model(args.model))
+    if args.input_shape is not None:
+        shape = parse_shape(args.input_shape)
+    elif args.model in MODELS:
+        shape = MODELS[args.model][1]
+    else:
+        raise UsageError(f"--input-shape is required with --model {args.model!r}")
+    inputs = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed))
+    schemes = args.init if args.command == "compare" else [args.init]
+    try:
+        results = compare(builder, inputs, schemes, seed=args.seed, spectrum=getattr(args, "spectrum", False))
+    except UsageError:
+        raise
+    except (RuntimeError, ValueError) as err:  # e.g. the input shape does not fit the model
+        raise UsageError(f"running --model {args.model!r} on input {tuple(inputs.shape)} failed: {err}") from None
     if args.format == "json":
-        json.dump([r.to_json() for r in results], stdout, indent=2, allow_nan=False)
+        data = [{**r.summary(), "layers": r.report.rows} for r in results]
+        json.dump(data, stdout, indent=2, default=_json_default)
         stdout.write("\n")
     else:
-        model = build_default_model(args.depth)  # for its description only
-        stdout.write(format_table(results, model, seed=args.seed, batch=args.batch) + "\n")
+        stdout.write(_text(args, results, tuple(inputs.shape)))
+    if args.out:
+        try:
+            plot_reports({r.scheme: r.report for r in results}, args.out,
+                         title=f"{args.model}: signal by depth, batch {args.batch}, seed {args.seed}")
+            print(f"wrote {args.out}", file=sys.stderr)
+        except ModuleNotFoundError as err:
+            print(f"torchinit: the plot was not written: {err}", file=sys.stderr)
     return 0
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON-serializable: {value!r}")
+
+
+def _text(args: argparse.Namespace, results: Sequence[SchemeResult], shape: tuple[int, ...]) -> str:
+    model = args.model + (f" ({MODELS[args.model][2]})" if args.model in MODELS else "")
+    out = [f"model: {model}",
+           f"input: x ~ N(0, 1), shape {tuple(shape)}, seed {args.seed}; models and schemes seeded with {args.seed + 1}",
+           "pass:  one forward, loss = mean(output**2), one backward", ""]  # fmt: skip
+    for r in results:
+        n = len(r.report.rows)
+        rows = None if args.command == "probe" else _evenly(n, TABLE_ROWS)
+        note = "" if rows is None or len(rows) == n else f" ({len(rows)} of {n} layers; torchinit probe shows all)"
+        out += [f"== {r.scheme}: {r.description}{note}", r.report.table(rows), ""]
+    out += [_summary_table(results), "",
+            "output std: std of the model's output; input grad norm: ||d loss / d x||, over the batch. "
+            f"exploded: non-finite, or output std > {EXPLODE_STD:.0e}; vanished: output std < {VANISH_STD:.0e} "
+            f"or input grad norm < {VANISH_GRAD:.0e}"]  # fmt: skip
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torchinit`` command; returns the exit status.
 
-    ``argv`` defaults to ``sys.argv[1:]``. Usage errors print argparse's message
-    to stderr and return 2, as does a call without a subcommand (after printing
-    the help); ``--help`` and ``--version`` return 0.
+    Usage errors print a one-line message to stderr and return 2, as does a call
+    without a subcommand (after printing the help); ``--help`` and ``--version`` return 0.
 
     Example:
-        >>> main(["compare", "--schemes", "kaiming,lecun", "--format", "json"])  # doctest: +SKIP
+        >>> main(["compare", "--init", "default,glass", "--format", "json"])  # doctest: +SKIP
         0
     """
     parser = build_parser()
@@ -339,4 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return _run_compare(args, sys.stdout)  # the only subcommand so far: "compare"
+    try:
+        return _run(args, sys.stdout)
+    except UsageError as err:
+        print(f"torchinit {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,214 @@
+"""LSUV: layer-sequential unit-variance initialization (Mishkin & Matas, "All you need is a good init", ICLR 2016).
+
+Data-dependent: after an (optional) orthogonal init, every Linear and conv layer, in
+the order the forward pass runs them, has its weight rescaled until the std of its
+output on a batch is within ``tol`` of the target.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchinit._checks import finite
+from torchinit.policy import stream_generator
+from torchinit.probe import first_tensor
+from torchinit.structured import orthogonal_
+
+__all__ = ["lsuv_", "LSUVReport", "LSUVRow"]
+
+#: Layers LSUV rescales.
+LSUV_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+#: With progress=None, a progress bar is shown on a terminal for models with at least this many layers.
+PROGRESS_MIN_LAYERS = 32
+
+
+@dataclass
+class LSUVRow:
+    """One layer: how many forward measurements it took, the final output std, whether it met the tolerance."""
+
+    name: str
+    iterations: int
+    std: float
+    converged: bool
+
+
+class LSUVReport:
+    """What :func:`lsuv_` did, one row per layer in execution order; ``str()`` is a table."""
+
+    def __init__(self, rows: list[LSUVRow], target_std: float, tol: float) -> None:
+        self.rows, self.target_std, self.tol = rows, target_std, tol
+
+    @property
+    def not_converged(self) -> list[str]:
+        return [r.name for r in self.rows if not r.converged]
+
+    def __str__(self) -> str:
+        header = ("layer", "iterations", "output std", "converged")
+        body = [(r.name, str(r.iterations), f"{r.std:.4f}", "yes" if r.converged else "NO") for r in self.rows]
+        widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"target std {self.target_std} ± {self.tol}; {len(self.not_converged)} layer(s) not converged")
+        return "\n".join(lines)
+
+
+class _Stop(Exception):
+    """Raised by the measuring hook to end the forward pass once the layer's output is known."""
+
+
+def _run(model: nn.Module, data: Any) -> None:
+    with torch.no_grad():
+        model(*data) if isinstance(data, (tuple, list)) else model(data)
+
+
+def _execution_order(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Any) -> list[tuple[str, nn.Module]]:
+    """The layers in the order of their first call in one forward pass (layers never called are dropped)."""
+    order: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    handles = []
+    for name, layer in layers:
+        def hook(module: nn.Module, *_: Any, name: str = name) -> None:
+            if id(module) not in seen:
+                seen.add(id(module))
+                order.append((name, module))
+
+        handles.append(layer.register_forward_hook(hook))
+    try:
+        _run(model, data)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _output_std(model: nn.Module, layer: nn.Module, data: Any) -> float:
+    """The std of ``layer``'s output at its first call, stopping the forward pass there."""
+    found: list[float] = []
+
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+        out = first_tensor(output)
+        found.append(float(out.detach().float().std()) if out is not None and out.numel() > 1 else math.nan)
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        _run(model, data)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return found[0] if found else math.nan
+
+
+def lsuv_(
+    model: nn.Module,
+    data: Any,
+    *,
+    target_std: float = 1.0,
+    tol: float = 0.02,
+    max_iter: int = 10,
+    orthogonal_first: bool = True,
+    generator: torch.Generator | None = None,
+    progress: bool | None = None,
+) -> LSUVReport:
+    r"""Layer-sequential unit-variance init (Mishkin & Matas, ICLR 2016), in place.
+
+    1. With ``orthogonal_first`` (default), every Linear/conv weight gets :func:`orthogonal_`
+       (from ``generator``, one stream per parameter name, as a :class:`~torchinit.Policy` does).
+    2. In execution order (found by one forward pass, not registration order), each layer's
+       weight is multiplied by :math:`\text{target\_std} / \sigma` where :math:`\sigma` is the std
+       of the layer's output on ``data``, until :math:`|\sigma - \text{target\_std}| \le \text{tol}`
+       or ``max_iter`` measurements were made. Each measurement is a forward pass that stops
+       at that layer. A layer called several times (shared) is measured at its first call.
+
+    The mean is not corrected: :math:`\sigma` is the std about the output's own mean, and
+    biases are left alone (the paper rescales weights only). Because a bias is not scaled
+    with the weight, a layer whose output is dominated by its bias may not converge; a
+    warning names it. Forward passes run in eval mode (no dropout, BatchNorm uses its
+    running statistics, which are not updated), and every module's train/eval mode is
+    restored afterwards. Nothing is kept between calls.
+
+    Args:
+        model: the model, initialized in place.
+        data: a batch: a tensor or a tuple of positional arguments.
+        target_std: the output std to reach (default 1).
+        tol: the allowed absolute deviation from ``target_std`` (default 0.02).
+        max_iter: the most forward measurements per layer (default 10).
+        orthogonal_first: start from orthogonal weights (default True).
+        generator: the seed of the orthogonal pre-init.
+        progress: a progress bar on stderr; None (default): on a terminal, for models with
+            at least 32 layers.
+
+    Returns:
+        An :class:`LSUVReport` (per layer: iterations, final std, converged).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(inplace=True), nn.Linear(64, 8))
+        >>> report = lsuv_(model, torch.randn(256, 32), generator=torch.Generator().manual_seed(0))
+        >>> all(abs(r.std - 1.0) <= 0.02 for r in report.rows)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    target_std = finite("target_std", target_std)
+    tol = finite("tol", tol)
+    if target_std <= 0 or tol <= 0:
+        raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LSUV_LAYERS) and m.weight is not None]
+    modes = {m: m.training for m in model.modules()}
+    rows: list[LSUVRow] = []
+    try:
+        model.eval()
+        order = _execution_order(model, layers, data)
+        show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
+        with torch.no_grad():
+            if orthogonal_first:
+                for name, layer in layers:
+                    orthogonal_(layer.weight, generator=stream_generator(generator, f"{name}.weight", layer.weight.device))
+            for i, (name, layer) in enumerate(order):
+                rows.append(_fit_layer(model, name, layer, data, target_std, tol, max_iter))
+                if show:
+                    _progress(i + 1, len(order), name)
+        if show:
+            print(file=sys.stderr)
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+    report = LSUVReport(rows, target_std, tol)
+    if report.not_converged:
+        warnings.warn(
+            f"lsuv_: {len(report.not_converged)} layer(s) did not reach std {target_std} ± {tol} in {max_iter} "
+            f"iterations: {', '.join(report.not_converged)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return report
+
+
+def _fit_layer(model: nn.Module, name: str, layer: nn.Module, data: Any, target: float, tol: float,
+               max_iter: int) -> LSUVRow:  # fmt: skip
+    std = math.nan
+    for iteration in range(1, max_iter + 1):
+        std = _output_std(model, layer, data)
+        if abs(std - target) <= tol:
+            return LSUVRow(name, iteration, std, True)
+        if not math.isfinite(std) or std == 0:
+            break  # nothing to rescale
+        if iteration < max_iter:
+            layer.weight.mul_(target / std)
+    return LSUVRow(name, iteration, std, False)
+
+
+def _progress(done: int, total: int, name: str) -> None:
+    width = 30
+    filled = width * done // total
+    print(f"\rlsuv_ [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}", end="", file=sys.stderr)
