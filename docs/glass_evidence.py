@@ -79,19 +79,41 @@ def norm_ratios(w: torch.Tensor, samples: int = 4096) -> tuple[float, float]:
     return float(forward.mean()), float(backward.mean())
 
 
-def chain_jacobian(name: str) -> torch.Tensor:
-    """End-to-end Jacobian of a residual chain whose branches are zero-initialized.
+class ZeroBranchChain(nn.Module):
+    """Residual blocks ``y = shortcut(x) + fc2(relu(fc1(x)))`` through the widths of CHAIN, fc2 zero-initialized.
 
-    Each block is ``y = shortcut(x) + branch(x)`` with ``branch`` starting at 0, so the
-    Jacobian is the product of the shortcuts: the identity within a width, and the
-    initialized projection where the width changes. Each projection gets its own seed.
+    Where the width changes the shortcut is a Linear projection initialized by the scheme; elsewhere it is the
+    identity (omitted here: it contributes an identity to the Jacobian). With the branches at zero, the
+    end-to-end Jacobian is the product of the projections.
     """
-    jac = torch.eye(CHAIN[0], dtype=torch.float64)
-    for i, (a, b) in enumerate(zip(CHAIN, CHAIN[1:])):
-        w = torch.empty(b, a, dtype=torch.float64)
-        MATRIX_INITS[name](w, torch.Generator().manual_seed(SEED + i))
-        jac = w @ jac
-    return jac
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.shortcuts, self.fc1, self.fc2 = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i, (a, b) in enumerate(zip(CHAIN, CHAIN[1:])):
+            shortcut = nn.Linear(a, b, bias=False, dtype=torch.float64)
+            MATRIX_INITS[name](shortcut.weight.data, torch.Generator().manual_seed(SEED + i))
+            self.shortcuts.append(shortcut)
+            self.fc1.append(nn.Linear(a, b, dtype=torch.float64))
+            self.fc2.append(_zero_linear(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for shortcut, fc1, fc2 in zip(self.shortcuts, self.fc1, self.fc2):
+            x = shortcut(x) + fc2(torch.relu(fc1(x)))
+        return x
+
+
+def _zero_linear(width: int) -> nn.Linear:
+    layer = nn.Linear(width, width, dtype=torch.float64)
+    ti.zeros_(layer.weight)
+    ti.zeros_(layer.bias)
+    return layer
+
+
+def chain_jacobian_spectrum(name: str) -> torch.Tensor:
+    """Singular values of the chain's input-output Jacobian at one input (torchinit.jacobian_spectrum)."""
+    x = torch.randn(1, CHAIN[0], dtype=torch.float64, generator=torch.Generator().manual_seed(SEED))
+    return ti.jacobian_spectrum(ZeroBranchChain(name), x)
 
 
 def conv_operator_singular_values(conv: nn.Module) -> torch.Tensor:
@@ -131,7 +153,7 @@ def shape_table() -> str:
 def chain_table() -> tuple[str, dict[str, torch.Tensor]]:
     spectra, rows = {}, []
     for name in MATRIX_INITS:
-        sv = singular_values(chain_jacobian(name))
+        sv = chain_jacobian_spectrum(name)
         spectra[name] = sv
         rows.append([name, fmt(float(sv.min())), fmt(float(sv.max())), fmt(condition(sv))])
     return table(["init of the projections", "σ_min", "σ_max", "condition number"], rows), spectra

@@ -63,7 +63,7 @@ def test_glass_evidence_page_is_generated_and_agrees():
     assert "| glass isometric | 1 | 1 | 1 |" in tables
     # the committed chain table is what the script computes now (3 significant digits: 5e-3 relative)
     for name in evidence.MATRIX_INITS:
-        sv = evidence.singular_values(evidence.chain_jacobian(name))
+        sv = evidence.chain_jacobian_spectrum(name)
         row = next(line for line in tables.splitlines() if line.startswith(f"| {name} |") and line.count("|") == 5)
         shown = [float(cell) for cell in row.strip("| ").split(" | ")[1:]]
         for got, want in zip(shown, [float(sv.min()), float(sv.max()), evidence.condition(sv)]):
@@ -101,3 +101,11 @@ def test_readme_speed_numbers_come_from_the_benchmark_results():
         if text != "2":  # "drifts by up to 2×" is about the machine, not a result
             assert _matches(text, measured), text
     assert "make bench" in readme and "make demo" in readme and "make test" in readme
+
+
+def test_readme_shows_the_demo_plot():
+    readme = (ROOT / "README.md").read_text()
+    assert "![signal by depth](docs/img/compare.png)" in readme and "make demo" in readme
+    assert (ROOT / "docs" / "img" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "torchinit compare --out docs/img/compare.png" in makefile

@@ -157,19 +157,22 @@ def plot_reports(reports: dict[str, SignalReport], path: str, *, title: str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, report in reports.items():
+    fig, axes = plt.subplots(1, 2, figsize=(12.5 if len(reports) > 1 else 11, 4.2))
+    tab20 = plt.get_cmap("tab20").colors
+    colors = tab20[::2] + tab20[1::2]  # 20 distinct colors, the strong ones first
+    for i, (label, report) in enumerate(reports.items()):
         depth = range(len(report.rows))
+        style = {"color": colors[i % 20], "ls": "-" if i % 2 == 0 else "--"}
         for ax, key in zip(axes, ("act_std", "grad_std")):
             values = [r[key] if r[key] and r[key] > 0 else math.nan for r in report.rows]
-            ax.plot(depth, values, label=label or None, lw=1.5, marker="." if len(values) < 40 else None)
+            ax.plot(depth, values, label=label or None, lw=1.5, marker="." if len(values) < 40 else None, **style)
     for ax, what in zip(axes, ("activation std (layer output)", "gradient std (d loss / d output)")):
         ax.set_yscale("log")
         ax.set_xlabel("layer, in execution order")
         ax.set_title(what, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     if any(reports):
-        axes[1].legend(fontsize=8)
+        axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
