@@ -30,6 +30,7 @@ from torch import nn
 
 import torchinit
 from torchinit._demo_model import ResidualMLP, SmallCNN
+from torchinit._text import text_table
 from torchinit.compare import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, SchemeResult, compare
 from torchinit.probe import plot_reports
 
@@ -184,12 +185,7 @@ def _summary_table(results: Sequence[SchemeResult]) -> str:
         if spectrum:
             row += [_fmt(float(r.spectrum.min())), _fmt(float(r.spectrum.max()))]  # type: ignore[union-attr]
         rows.append(row)
-    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
-    numeric = {1, 2, 5, 6}
-    lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip()
-             for x in [header, *rows]]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows, numeric={1, 2, 5, 6})
 
 
 def _evenly(n: int, k: int) -> list[int]:

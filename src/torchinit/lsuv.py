@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from torchinit._checks import finite
+from torchinit._text import text_table
 from torchinit.policy import stream_generator
 from torchinit.probe import first_tensor
 from torchinit.structured import orthogonal_
@@ -52,11 +53,8 @@ class LSUVReport:
     def __str__(self) -> str:
         header = ("layer", "iterations", "output std", "converged")
         body = [(r.name, str(r.iterations), f"{r.std:.4f}", "yes" if r.converged else "NO") for r in self.rows]
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(f"target std {self.target_std} ± {self.tol}; {len(self.not_converged)} layer(s) not converged")
-        return "\n".join(lines)
+        footer = f"target std {self.target_std} ± {self.tol}; {len(self.not_converged)} layer(s) not converged"
+        return text_table(header, body, numeric={1, 2}) + "\n" + footer
 
 
 class _Stop(Exception):

@@ -38,6 +38,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
 
@@ -224,12 +225,7 @@ class InitReport:
              r.rule, r.initializer, "—" if r.std is None or math.isnan(r.std) else f"{r.std:.4g}")
             for r in self.rows
         ]  # fmt: skip
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *body]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        untouched = len(self.untouched)
-        lines.append(f"{len(self.rows)} parameters, {untouched} untouched")
-        return "\n".join(lines)
+        return text_table(header, body) + f"\n{len(self.rows)} parameters, {len(self.untouched)} untouched"
 
     def __repr__(self) -> str:
         return f"InitReport({len(self.rows)} parameters, {len(self.untouched)} untouched)"

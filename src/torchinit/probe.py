@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchinit._text import text_table
 from torchinit.fans import fans
 
 __all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "PLOT_HINT"]
@@ -123,12 +124,7 @@ class SignalReport:
                          _fmt(r["act_std"]), _fmt(r["grad_std"]), _fmt(r["weight_std"]),
                          "—" if r["fan_in"] is None else str(r["fan_in"]),
                          "—" if r["fan_out"] is None else str(r["fan_out"])))  # fmt: skip
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-        numeric = set(range(4, 10)) | {0}
-        lines = ["  ".join(c.rjust(w) if j in numeric else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths)))
-                 .rstrip() for row in [header, *body]]  # fmt: skip
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        return text_table(header, body, numeric={0, *range(4, 10)})
 
     def __str__(self) -> str:
         return (
