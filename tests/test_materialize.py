@@ -167,3 +167,32 @@ def test_deferred_skips_random_fills_on_meta_and_restores_torch():
         with ti.deferred():
             raise RuntimeError("boom")
     assert torch.Tensor.normal_ is originals["normal_"] and not nn.Linear(2, 2).weight.is_meta
+
+
+def test_overlapping_deferred_contexts_restore_torch():
+    import threading
+
+    original = nn.Module.register_parameter
+    first, second = ti.deferred(), ti.deferred()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # out of order: the patch stays while one context is open
+    with torch.no_grad():
+        assert nn.Linear(2, 2).weight.is_meta
+    second.__exit__(None, None, None)
+    assert nn.Module.register_parameter is original and not nn.Linear(2, 2).weight.is_meta
+    errors = []
+
+    def build():
+        try:
+            with ti.deferred():
+                nn.Linear(8, 8)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=build) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and nn.Module.register_parameter is original

@@ -151,3 +151,23 @@ def test_pipelined_draws_are_bit_identical_and_threads_restored(monkeypatch, dty
     torch.manual_seed(3)
     d = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
     assert torch.equal(c, d)
+
+
+def test_concurrent_pipelined_calls_restore_the_thread_count(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(truncnorm, "CHUNK", 4096)
+    threads_before = torch.get_num_threads()
+    results = {}
+
+    def work(i):
+        results[i] = ti.trunc_normal_(torch.empty(40_000), std=1.0, a=-1.0, b=1.0, generator=gen(i))
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert torch.get_num_threads() == threads_before
+    for i, t in results.items():  # each call still draws exactly its own stream
+        assert torch.equal(t, ti.trunc_normal_(torch.empty(40_000), std=1.0, a=-1.0, b=1.0, generator=gen(i)))

@@ -16,6 +16,7 @@ allocates each parameter on the target device and gives it its values exactly on
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -36,9 +37,15 @@ def deferred() -> Iterator[None]:
     Python-side state are computed), but each ``nn.Parameter`` is moved to meta
     when it is registered, so no parameter memory is kept and ``reset_parameters``
     works on meta tensors (free: in-place random fills on meta tensors return at
-    once, where torch would first import its Python meta kernels, ~2 s). Values that a constructor writes into a parameter
-    (a LayerScale ``gamma = init * ones(dim)``) are lost: give them a rule when you
-    call :func:`materialize_`, which names any parameter it cannot initialize.
+    once, where torch would first import its Python meta kernels, ~2 s). Values that
+    a constructor writes into a parameter (a LayerScale ``gamma = init * ones(dim)``)
+    are lost: give them a rule when you call :func:`materialize_`, which names any
+    parameter it cannot initialize.
+
+    The context patches ``nn.Module.register_parameter`` process-wide (as
+    accelerate's ``init_empty_weights`` does), so modules built by other threads
+    while it is open are deferred too; nested and overlapping contexts are counted,
+    and torch is restored when the last one exits.
 
     Example:
         >>> with deferred():
@@ -46,23 +53,45 @@ def deferred() -> Iterator[None]:
         >>> layer.weight.is_meta
         True
     """
-    original = nn.Module.register_parameter
+    with _PATCH_LOCK:
+        if _PATCH["depth"] == 0:
+            _PATCH["saved"] = _install_patches()
+        _PATCH["depth"] += 1
+    try:
+        yield
+    finally:
+        with _PATCH_LOCK:
+            _PATCH["depth"] -= 1
+            if _PATCH["depth"] == 0:
+                _remove_patches(_PATCH.pop("saved"))
+
+
+# The patches are process-wide (class attributes), so nested or concurrent contexts share one installation,
+# counted under a lock: the originals come back when the last context exits, whatever the order.
+_PATCH_LOCK = threading.Lock()
+_PATCH: dict[str, Any] = {"depth": 0}
+
+
+def _install_patches() -> dict[str, Any]:
+    saved: dict[str, Any] = {"register_parameter": nn.Module.register_parameter}
+    original = saved["register_parameter"]
 
     def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None and not param.is_meta:
             param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
         original(self, name, param)
 
-    patched = {name: getattr(torch.Tensor, name) for name in _META_NO_OPS}
     nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-    for name, method in patched.items():
-        setattr(torch.Tensor, name, _skip_on_meta(method))
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
-        for name, method in patched.items():
-            setattr(torch.Tensor, name, method)
+    for name in _META_NO_OPS:
+        saved[name] = getattr(torch.Tensor, name)
+        setattr(torch.Tensor, name, _skip_on_meta(saved[name]))
+    return saved
+
+
+def _remove_patches(saved: dict[str, Any]) -> None:
+    nn.Module.register_parameter = saved.pop("register_parameter")  # type: ignore[method-assign]
+    for name, method in saved.items():
+        setattr(torch.Tensor, name, method)
 
 
 #: In-place ops that constructors use for init and that torch 2.13 has no C++ meta kernel for: the

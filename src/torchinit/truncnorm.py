@@ -34,7 +34,9 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
+import threading
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -263,22 +265,31 @@ def _pipelined(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: floa
         fill.draw(y, generator)
         return y
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(draw, 0)
-            for i, start in enumerate(starts):
-                y = pending.result()
-                if i + 1 < len(starts):
-                    pending = pool.submit(draw, i + 1)  # into the other buffer, transformed last round
-                dst = flat[start : start + y.numel()]
-                fill.transform(y, dst if dst.dtype == torch.float32 else y)
-                if dst.dtype != torch.float32:
-                    dst.copy_(y)
-                dst.clamp_(lo, hi)
-    finally:
-        torch.set_num_threads(threads)
+    with _PIPELINE_LOCK:  # one pipelined call at a time: the thread count is process-wide
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _run_pipeline(flat, fill, starts, draw, lo, hi)
+        finally:
+            torch.set_num_threads(threads)
+
+
+_PIPELINE_LOCK = threading.Lock()
+
+
+def _run_pipeline(flat: Tensor, fill: _PolySampler, starts: list[int], draw: Any, lo: float, hi: float) -> None:
+    """Transform chunk i (this thread) while the worker draws chunk i + 1; clamp each into ``[lo, hi]``."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(draw, 0)
+        for i, start in enumerate(starts):
+            y = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(draw, i + 1)  # into the other buffer, transformed last round
+            dst = flat[start : start + y.numel()]
+            fill.transform(y, dst if dst.dtype == torch.float32 else y)
+            if dst.dtype != torch.float32:
+                dst.copy_(y)
+            dst.clamp_(lo, hi)
 
 
 def _choose_sampler(alpha: float, beta: float, compute: torch.dtype, mean: float, std: float, chunk: int, device):
