@@ -22,7 +22,6 @@ just before construction. Results go to ``benchmarks/results/model_init.md``.
 from __future__ import annotations
 
 import datetime
-import math
 import platform
 import resource
 import statistics

@@ -1,12 +1,10 @@
 """lsuv_ (issue 6, item 2): every layer within tol, execution order, inplace ReLU, residuals, shared modules."""
 
-import math
 
 import pytest
 import torch
 from torch import nn
 
-import torchinit as ti
 from torchinit._demo_model import ResidualMLP, SmallCNN
 from torchinit.lsuv import lsuv_
 from conftest import gen

@@ -1,7 +1,6 @@
 """Deferred construction and materialize_ (issue 5, item 4)."""
 
 import math
-import warnings
 
 import pytest
 import torch

@@ -13,7 +13,6 @@ condition for dynamical isometry (Saxe et al., 2014; Xiao et al., 2018):
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
