@@ -195,3 +195,23 @@ def test_overlapping_deferred_contexts_restore_torch():
     for t in threads:
         t.join()
     assert not errors and nn.Module.register_parameter is original
+
+
+def test_lstm_and_attention_run_after_materialize_and_match_eager():
+    def build():
+        return nn.ModuleDict({"lstm": nn.LSTM(8, 16, num_layers=2), "attn": nn.MultiheadAttention(16, 4)})
+
+    torch.manual_seed(7)
+    eager = build()
+    with ti.deferred():
+        lazy = build()
+    torch.manual_seed(7)
+    ti.materialize_(lazy)
+    x = torch.randn(5, 3, 8, generator=gen())
+    out, _ = lazy["lstm"](x)  # the LSTM's own list of flat weights points at the real tensors
+    want, _ = eager["lstm"](x)
+    assert torch.equal(out, want)
+    a, _ = lazy["attn"](out, out, out)
+    assert bool(torch.isfinite(a).all())
+    for (name, p), q in zip(eager["lstm"].named_parameters(), lazy["lstm"].parameters()):
+        assert torch.equal(p, q), name

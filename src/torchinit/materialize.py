@@ -171,7 +171,8 @@ def materialize_(
         if p.initializer is None:
             owner = next((o for o in p.owners if _reset_method(o.module) is not None), None)
             if owner is not None:
-                p.source, p.detail = "reset_parameters", f"{type(owner.module).__name__}.{_reset_method(owner.module).__name__}()"
+                method = _reset_method(owner.module).__name__
+                p.source, p.detail = "reset_parameters", f"{type(owner.module).__name__}.{method}()"
                 p.owners.sort(key=lambda o: o is not owner)  # the resetting module first
             else:
                 p.source, p.detail = "unknown", "zeros (no rule, no reset_parameters)"
@@ -218,8 +219,15 @@ def _allocate(p: Planned, device: torch.device, factory: Any) -> None:
     old = p.param
     new = nn.Parameter(factory(old.shape, dtype=old.dtype, device=device), requires_grad=old.requires_grad)
     for o in p.owners:
-        o.module._parameters[o.attr] = new
+        _set_parameter(o.module, o.attr, new)
     p.param = new
+
+
+def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
+    """Register ``param`` as ``module.attr``; an RNN also keeps a list of its weights, refreshed here."""
+    module._parameters[attr] = param
+    if isinstance(module, nn.RNNBase):
+        module._init_flat_weights()
 
 
 def _reset(module: nn.Module, name: str, generator: torch.Generator | None, device: torch.device) -> None:
@@ -250,4 +258,4 @@ def _move_real(model: nn.Module, device: torch.device) -> None:
             if v is not None and v.device != device and not v.is_meta:
                 if id(v) not in moved:
                     moved[id(v)] = nn.Parameter(v.detach().to(device), requires_grad=v.requires_grad)
-                module._parameters[k] = moved[id(v)]
+                _set_parameter(module, k, moved[id(v)])
