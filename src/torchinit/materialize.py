@@ -224,8 +224,11 @@ def _allocate(p: Planned, device: torch.device, factory: Any) -> None:
 
 
 def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
-    """Register ``param`` as ``module.attr``; an RNN also keeps a list of its weights (read by forward in
-    torch < 2.2, which this package supports), refreshed here."""
+    """Register ``param`` as ``module.attr``; an RNN also keeps a list of its weights, refreshed here.
+
+    torch 2.13's RNN forward notices replaced weights by itself; the refresh keeps older
+    releases (the package accepts torch >= 2.1) from running on the stale meta tensors.
+    """
     module._parameters[attr] = param
     if isinstance(module, nn.RNNBase):
         module._init_flat_weights()
