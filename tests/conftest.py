@@ -3,6 +3,9 @@ import math
 import pytest
 import torch
 
+# Before any test imports transformers or timm: they import torchvision, which needs a tolerant import here.
+import _thirdparty  # noqa: F401, E402
+
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

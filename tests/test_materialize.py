@@ -54,9 +54,11 @@ def test_materialize_no_meta_no_nan_and_sources():
     assert all(bool(torch.isfinite(p).all()) for p in params.values())
     rules = {r.name: r.rule for r in report}
     assert rules["ls.gamma"] == "#0 'ls.gamma'" and bool((block.ls.gamma == 1e-5).all())
-    assert rules["attn.in_proj_weight"] == "reset_parameters"
-    assert next(r for r in report if r.name == "attn.in_proj_weight").initializer == "MultiheadAttention._reset_parameters()"
-    assert rules["lstm.weight_hh_l0"] == "reset_parameters"
+    assert rules["attn.in_proj_weight"] == "construction"
+    assert next(r for r in report if r.name == "attn.in_proj_weight").initializer == "uniform_"  # xavier_uniform_
+    assert next(r for r in report if r.name == "attn.out_proj.bias").initializer == "fill_"  # MHA sets it to 0
+    assert bool((block.attn.out_proj.bias == 0).all())
+    assert rules["lstm.weight_hh_l0"] == "construction"
     e = 16  # MultiheadAttention: xavier_uniform_ on the packed (3E, E) in_proj, in_proj_bias 0
     bound = math.sqrt(6 / (e + 3 * e))
     assert float(block.attn.in_proj_weight.detach().abs().max()) <= bound
@@ -78,21 +80,38 @@ def test_reset_sources_match_eager_construction():
         assert torch.equal(a, b), name
 
 
-def test_unknown_values_strict_raises_before_allocating():
+class Uninitialized(nn.Module):
+    """A parameter no code ever writes: eager construction leaves uninitialized memory in it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.empty(4))
+
+
+def test_constructor_values_are_kept():
     with ti.deferred():
         block = Block()
-    with pytest.raises(ValueError, match=r"strict: the values of 1 parameter\(s\) are unknown .*ls.gamma"):
-        ti.materialize_(block, strict=True)
-    assert all(p.is_meta for p in block.parameters())  # nothing allocated
+    report = ti.materialize_(block)
+    assert torch.equal(block.ls.gamma, torch.full((16,), 1e-5))
+    assert next(r for r in report if r.name == "ls.gamma").initializer == "constructor value"
+
+
+def test_unknown_values_strict_raises_before_allocating():
+    with ti.deferred():
+        model = Uninitialized()
+    with pytest.raises(ValueError, match=r"strict: the values of 1 tensor\(s\) cannot be known .*scale"):
+        ti.materialize_(model, strict=True)
+    assert all(p.is_meta for p in model.parameters())  # nothing allocated
 
 
 def test_unknown_values_warn_and_are_zero():
     with ti.deferred():
-        block = Block()
-    with pytest.warns(UserWarning, match="ls.gamma"):
-        report = ti.materialize_(block)
-    assert bool((block.ls.gamma == 0).all())
-    assert next(r for r in report if r.name == "ls.gamma").rule == "unknown"
+        model = Uninitialized()
+    with pytest.warns(UserWarning, match="scale"):
+        report = ti.materialize_(model)
+    assert bool((model.scale == 0).all())
+    assert next(r for r in report if r.name == "scale").rule == "unknown"
 
 
 def test_policy_param_initialized_exactly_once_and_reset_skips_it():

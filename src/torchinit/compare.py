@@ -54,7 +54,7 @@ class Scheme(NamedTuple):
 def _layers(weight: Initializer) -> Apply:
     """Every Linear and conv weight from ``weight`` (the layer's own fans), every bias 0."""
     policy = Policy([(nn.Linear, {"weight": weight, "bias": Zeros()}),
-                     (nn.modules.conv._ConvNd, {"weight": weight, "bias": Zeros()})])  # fmt: skip
+                     (nn.modules.conv._ConvNd, {"weight": weight, "bias": Zeros()})], optional=True)  # fmt: skip
     return lambda model, data, g: policy.apply_(model, generator=g)
 
 

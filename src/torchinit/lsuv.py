@@ -18,7 +18,7 @@ from torch import nn
 
 from torchinit._checks import finite
 from torchinit._text import text_table
-from torchinit.policy import stream_generator
+from torchinit.policy import derive_seed, stream_generator
 from torchinit.probe import first_tensor
 from torchinit.structured import orthogonal_
 
@@ -170,8 +170,9 @@ def lsuv_(
         show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
         with torch.no_grad():
             if orthogonal_first:
+                base_seed = derive_seed(generator)
                 for name, layer in layers:
-                    orthogonal_(layer.weight, generator=stream_generator(generator, f"{name}.weight", layer.weight.device))
+                    orthogonal_(layer.weight, generator=stream_generator(base_seed, f"{name}.weight", layer.weight.device))
             for i, (name, layer) in enumerate(order):
                 rows.append(_fit_layer(model, name, layer, data, target_std, tol, max_iter))
                 if show:

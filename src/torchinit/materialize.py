@@ -1,120 +1,223 @@
-"""Deferred construction and one-pass materialization: build on the meta device, initialize each parameter once.
+"""Deferred construction and eager-equivalent materialization (issue 11).
 
 ::
 
     with torchinit.deferred():
-        model = Transformer(config)            # parameters on meta: no memory, no init work
-    report = torchinit.materialize_(model, policy, device="cpu", generator=torch.Generator().manual_seed(0))
+        model = Transformer(config)            # parameters on meta: no memory, construction recorded
+    report = torchinit.materialize_(model)     # what Transformer(config) would have given, each value written once
 
 Inside :func:`deferred`, every parameter a module registers is moved to the meta
-device as it is registered, so constructors allocate nothing real and their own
-``reset_parameters`` do no work; buffers are computed for real (a RoPE
-``inv_freq`` is right, unlike after ``to_empty``). :func:`materialize_` then
-allocates each parameter on the target device and gives it its values exactly once.
+device as it is registered, and every operation construction applies to it is
+recorded (:mod:`torchinit.recording`): ``reset_parameters``, the constructor's own
+``fill_``/``copy_``/``mul_``, init loops, transformers' ``post_init``, timm's weight
+init, torchvision's constructor loops. Buffers are computed for real.
+:func:`materialize_` then replays, for each parameter, only the operations that decide
+its final value, so the model gets what eager construction gives it: deterministic
+values exactly, random values from the same distributions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from torchinit.policy import InitReport, Planned, Policy, check_on_meta, report_of, stream_generator, stream_seed
+from torchinit.policy import (
+    InitReport,
+    Planned,
+    Policy,
+    ReportRow,
+    check_on_meta,
+    derive_seed,
+    named_parameter_owners,
+    stream_generator,
+)
+from torchinit.recording import UNDEFINED, Op, Recording, RecordingMode, Replay, claim, recording_of, storage_key
 
 __all__ = ["deferred", "materialize_"]
 
 
+# ---- deferred construction ---------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Within this context, parameters are created on the meta device; buffers stay real.
+def deferred() -> Iterator[Recording]:
+    """Within this context, parameters are created on the meta device and construction is recorded.
 
-    Constructors run as usual (so buffers such as RoPE frequencies and any
-    Python-side state are computed), but each ``nn.Parameter`` is moved to meta
-    when it is registered, so no parameter memory is kept and ``reset_parameters``
-    works on meta tensors (free: in-place random fills on meta tensors return at
-    once, where torch would first import its Python meta kernels, ~2 s). Values that
-    a constructor writes into a parameter (a LayerScale ``gamma = init * ones(dim)``)
-    are lost: give them a rule when you call :func:`materialize_`, which names any
-    parameter it cannot initialize.
+    Constructors run as usual, so buffers (RoPE frequencies, position ids) and any
+    Python-side state are computed for real. Each ``nn.Parameter`` is moved to meta
+    when it is registered (its value, when the constructor gave it one, is kept for
+    :func:`materialize_`), and every operation on meta tensors is recorded instead of
+    run: no parameter memory is used and no random numbers are drawn. Recording is per
+    thread: modules built by other threads while the context is open are built
+    normally. Contexts nest (an inner one joins the outer recording).
 
-    The context patches ``nn.Module.register_parameter`` process-wide (as
-    accelerate's ``init_empty_weights`` does), so modules built by other threads
-    while it is open are deferred too; nested and overlapping contexts are counted,
-    and torch is restored when the last one exits.
+    ``nn.Module.register_parameter`` is patched process-wide while any context is
+    open (as accelerate's ``init_empty_weights`` does); the patch acts only in threads
+    inside a context, and torch is restored when the last context exits.
+
+    Yields:
+        The :class:`~torchinit.recording.Recording` of this construction.
 
     Example:
         >>> with deferred():
         ...     layer = nn.Linear(4096, 4096)
         >>> layer.weight.is_meta
         True
+        >>> _ = materialize_(layer)
+        >>> layer.weight.is_meta, bool(layer.weight.abs().max() <= 4096 ** -0.5)
+        (False, True)
     """
+    stack = _thread_stack()
+    if stack:  # nested: join the outer recording (contexts may even exit out of order)
+        recording, outer = stack[-1]
+        mode = RecordingMode(recording)
+        mode.fresh = outer.fresh
+    else:
+        recording = Recording()
+        mode = RecordingMode(recording)
+    entry = (recording, mode)
     with _PATCH_LOCK:
         if _PATCH["depth"] == 0:
-            _PATCH["saved"] = _install_patches()
+            _PATCH["saved"] = nn.Module.register_parameter
+            nn.Module.register_parameter = _deferring_register_parameter  # type: ignore[method-assign]
+            _PATCH["init"] = _patch_meta_skipping_inits()
         _PATCH["depth"] += 1
+    stack.append(entry)
     try:
-        yield
+        with mode:
+            yield recording
     finally:
+        stack[:] = [e for e in stack if e is not entry]
         with _PATCH_LOCK:
             _PATCH["depth"] -= 1
             if _PATCH["depth"] == 0:
-                _remove_patches(_PATCH.pop("saved"))
+                nn.Module.register_parameter = _PATCH.pop("saved")  # type: ignore[method-assign]
+                for holder, key, original in _PATCH.pop("init"):
+                    _set_entry(holder, key, original)
 
 
-# The patches are process-wide (class attributes), so nested or concurrent contexts share one installation,
-# counted under a lock: the originals come back when the last context exits, whatever the order.
+# The patch is process-wide (a class attribute) and counted under a lock; whether it defers is per thread.
 _PATCH_LOCK = threading.Lock()
 _PATCH: dict[str, Any] = {"depth": 0}
+_LOCAL = threading.local()
 
 
-def _install_patches() -> dict[str, Any]:
-    saved: dict[str, Any] = {"register_parameter": nn.Module.register_parameter}
-    original = saved["register_parameter"]
+def _thread_stack() -> list[tuple[Recording, RecordingMode]]:
+    if not hasattr(_LOCAL, "stack"):
+        _LOCAL.stack = []
+    return _LOCAL.stack
 
-    def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and not param.is_meta:
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
 
-    nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-    for name in _META_NO_OPS:
-        saved[name] = getattr(torch.Tensor, name)
-        setattr(torch.Tensor, name, _skip_on_meta(saved[name]))
+def _deferring_register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+    stack = _thread_stack()
+    lazy = isinstance(param, nn.parameter.UninitializedTensorMixin)
+    if stack and param is not None and not lazy:
+        recording, mode = stack[-1]
+        if not param.is_meta:
+            mode.paused = True  # creating the stand-in is torchinit's doing, not construction's
+            try:
+                undefined = mode.is_undefined(param)
+                meta = _parameter_like(param, torch.empty_strided(param.shape, param.stride(), dtype=param.dtype,
+                                                                  device="meta"))  # fmt: skip
+                recording.add_leaf(meta, UNDEFINED if undefined else param.detach())
+            finally:
+                mode.paused = False
+            param = meta
+        if recording.knows(param):
+            claim(param, recording)
+    _PATCH["saved"](self, name, param)
+
+
+#: torch.nn.init functions that return at once on a meta tensor (torch 2.13), so their effect never reaches
+#: ATen: within deferred() they are recorded whole. trunc_normal_ is patched at its helper, which it looks up
+#: at call time; the others where they are looked up: torch.nn.init itself, and the table transformers
+#: captured at import (``transformers.initialization.TORCH_INIT_FUNCTIONS``).
+_META_SKIPPING_INITS = ("_no_grad_trunc_normal_", "orthogonal_", "sparse_", "dirac_")
+
+
+def _patch_meta_skipping_inits() -> list[tuple[Any, str, Any]]:
+    import sys
+
+    saved = []
+    for name in _META_SKIPPING_INITS:
+        original = getattr(nn.init, name)
+        saved.append((nn.init, name, original))
+        setattr(nn.init, name, _recording_init(original))
+    table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
+    if isinstance(table, dict):
+        for key, fn in list(table.items()):
+            for holder, name, original in saved[1:]:
+                if fn is original:
+                    saved.append((table, key, fn))
+                    table[key] = getattr(holder, name)
     return saved
 
 
-def _remove_patches(saved: dict[str, Any]) -> None:
-    nn.Module.register_parameter = saved.pop("register_parameter")  # type: ignore[method-assign]
-    for name, method in saved.items():
-        setattr(torch.Tensor, name, method)
+def _set_entry(holder: Any, key: str, value: Any) -> None:
+    if isinstance(holder, dict):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)
 
 
-#: In-place ops that constructors use for init and that torch 2.13 has no C++ meta kernel for: the
-#: first one on a meta tensor imports torch's Python meta kernels (~2 s, measured here). On a meta
-#: tensor an in-place elementwise op changes nothing, so inside ``deferred`` they return at once.
-_META_NO_OPS = ("normal_", "erfinv_", "exponential_", "log_normal_", "geometric_", "cauchy_")
+def _recording_init(original: Any) -> Any:
+    def init(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        stack = _thread_stack()
+        if stack and isinstance(tensor, Tensor) and tensor.is_meta and stack[-1][1].recording.knows(tensor):
+            stack[-1][0].record_call(original, tensor, args, kwargs)
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    init.__name__, init.__doc__, init.__wrapped__ = original.__name__, original.__doc__, original  # type: ignore
+    return init
 
 
-def _skip_on_meta(method: Any) -> Any:
-    def wrapper(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self if self.is_meta else method(self, *args, **kwargs)
+def _parameter_like(old: Tensor, data: Tensor) -> nn.Parameter:
+    """A parameter holding ``data`` with ``old``'s class (where it can), ``requires_grad`` and Python attributes."""
+    new: nn.Parameter
+    try:
+        new = type(old)(data, requires_grad=old.requires_grad) if type(old) is not nn.Parameter else None  # type: ignore
+    except Exception:  # a Parameter subclass with another constructor
+        new = None  # type: ignore[assignment]
+    if new is None:
+        new = nn.Parameter(data, requires_grad=old.requires_grad)
+    new.__dict__.update(getattr(old, "__dict__", {}))
+    return new
 
-    wrapper.__name__, wrapper.__doc__ = method.__name__, method.__doc__
-    return wrapper
+
+# ---- materialization ---------------------------------------------------------------------------------------
 
 
-def _reset_method(module: nn.Module) -> Any:
-    """The module's own re-initialization method: ``reset_parameters`` or (MultiheadAttention) ``_reset_parameters``."""
-    for name in ("reset_parameters", "_reset_parameters"):
-        method = getattr(module, name, None)
-        if callable(method):
-            return method
-    return None
+@dataclass
+class _Slot:
+    """One distinct meta tensor of the model (a parameter or a buffer) and every place it is registered."""
+
+    tensor: Tensor
+    places: list[tuple[str, nn.Module, str]]  # (qualified name, module, attribute)
+    is_parameter: bool
+    plan: Planned | None = None
+    recording: Recording | None = None
+    real: Tensor | None = None
+    source: str = ""
+    detail: str = ""
+    writers: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.places[0][0]
+
+    @property
+    def key(self) -> int:
+        return storage_key(self.tensor)
 
 
 def materialize_(
@@ -125,102 +228,239 @@ def materialize_(
     strict: bool = False,
     generator: torch.Generator | None = None,
 ) -> InitReport:
-    """Allocate every meta parameter of ``model`` on ``device`` and initialize it exactly once.
+    """Give every meta parameter and buffer of ``model`` real memory and the values eager construction gives it.
 
-    The values of each parameter come from, in order:
+    The values come from, in order of precedence:
 
-    1. the ``policy``, where a rule matches;
-    2. otherwise the owning module's ``reset_parameters()`` (or ``_reset_parameters()``,
-       which is all MultiheadAttention has), called once per module while only the
-       parameters that module owns directly and that no rule covers are allocated:
-       everything else is still on meta, so the call cannot touch it;
-    3. otherwise the values are unknown (a LayerScale gamma set in a constructor):
-       with ``strict=True`` a ValueError names them before anything is allocated;
-       otherwise they are set to zero, and a warning names them.
+    1. the ``policy``, where a rule matches (a preset is a policy);
+    2. what construction did, recorded by :func:`deferred`: each module's
+       ``reset_parameters``, the constructor's own ``fill_``/``copy_``/init loops,
+       model-level init (transformers' ``post_init``, timm's and torchvision's loops).
+       Only the operations that decide a final value are replayed, in construction
+       order, so each value is written about once;
+    3. for a model built on meta without :func:`deferred` (``with torch.device("meta")``,
+       ``.to("meta")``, accelerate's ``init_empty_weights()``), nothing was recorded;
+       construction is re-enacted on meta instead: every module's ``reset_parameters``
+       (children first, as constructors run), then the model's own init
+       (transformers' ``initialize_weights``, or an ``init_weights()`` method), and the
+       result is replayed the same way;
+    4. anything still undefined (a ``torch.empty`` no code wrote, a buffer no init
+       recomputes) is unknown: with ``strict=True`` a ValueError names it; otherwise a
+       warning names it and it is set to zero. It is never silently zero.
 
-    No uninitialized memory is left behind. Modules are processed one at a time, so
-    peak memory stays near the parameters' own bytes. Parameters that are already
-    real are left as they are; with ``device`` given, they and all buffers are moved
-    there. Tied parameters stay tied.
+    The call is all-or-nothing: every check (unknown values, policy arguments) runs
+    before any memory is allocated, values are computed into new tensors, and the
+    model's registrations are replaced only once all of them are ready. Tied
+    parameters stay tied, Python attributes on parameters are kept, already-real
+    parameters and buffers are left as they are (moved to ``device`` when it is given).
 
     Args:
-        model: a model built under :func:`deferred` (or on the meta device).
-        policy: rules that take precedence over the modules' own init.
+        model: a model built under :func:`deferred` or on the meta device.
+        policy: rules that take precedence over construction.
         device: where to allocate (default: the CPU).
-        strict: raise instead of zero-filling parameters with unknown values.
-        generator: with it, each policy-covered parameter draws from a stream derived
-            from its seed and qualified name, and each module's ``reset_parameters`` runs
-            under the global RNG seeded from the seed and the module's name (then restored).
+        strict: raise instead of zero-filling values that cannot be known.
+        generator: the seed source. One number is drawn from it per call; every random
+            value then comes from a stream keyed by that number and the parameter's
+            qualified name (:func:`~torchinit.policy.stream_seed`), so re-seeding the
+            generator reproduces the weights and two calls with one generator differ.
+            None: the global RNG, in construction order, as eager construction draws.
 
     Returns:
-        An :class:`~torchinit.policy.InitReport`; its rule column says where each value came from.
+        An :class:`~torchinit.policy.InitReport`; the rule column says where each value
+        came from (a rule, ``construction``, ``reset_parameters`` or ``unknown``).
 
     Example:
         >>> with deferred():
-        ...     model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+        ...     model = nn.Sequential(nn.Linear(8, 8), nn.Embedding(10, 4, padding_idx=0))
         >>> report = materialize_(model, generator=torch.Generator().manual_seed(0))
-        >>> model[0].weight.is_meta, [row.rule for row in report]
-        (False, ['reset_parameters', 'reset_parameters', 'reset_parameters', 'reset_parameters'])
+        >>> [row.rule for row in report]
+        ['construction', 'construction', 'construction']
+        >>> bool(model[1].weight[0].eq(0).all())
+        True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
-    device = torch.device("cpu") if device is None else torch.device(device)
-    plans = (policy if policy is not None else Policy([])).plan(model)
-    pending = [p for p in plans if p.param.is_meta]
-    for p in pending:
-        if p.initializer is None:
-            owner = next((o for o in p.owners if _reset_method(o.module) is not None), None)
-            if owner is not None:
-                method = _reset_method(owner.module).__name__
-                p.source, p.detail = "reset_parameters", f"{type(owner.module).__name__}.{method}()"
-                p.owners.sort(key=lambda o: o is not owner)  # the resetting module first
-            else:
-                p.source, p.detail = "unknown", "zeros (no rule, no reset_parameters)"
-    unknown = [p.name for p in pending if p.source == "unknown"]
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a torchinit.Policy or None; got {type(policy).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    explicit_device = device is not None
+    try:
+        device = torch.device("cpu") if device is None else torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {err}") from None
+    if device.type == "meta":
+        raise ValueError("device must be a real device (cpu, cuda, ...); got meta")
+
+    plans = (policy if policy is not None else Policy([])).plan(model, strict=strict)
+    slots = _meta_slots(model, plans)
+    _check_plans(slots, plans, strict)
+    for slot in slots:
+        slot.recording = recording_of(slot.tensor)
+    unrecorded = [s for s in slots if s.recording is None]
+    if unrecorded:
+        reenacted = _reenact(model, unrecorded)
+        for s in unrecorded:
+            s.recording, s.source = reenacted, "reset_parameters"
+
+    # analysis: which values are undefined (before anything is allocated)
+    wanted = _wanted_by_recording(slots)
+    unknown: list[str] = []
+    for rec, keys in wanted.items():
+        live, undefined = rec.live_ops(keys)
+        writers = _writers(rec, live)
+        for s in slots:
+            if s.recording is rec and s.key in keys:
+                s.writers = writers.get(s.key, [])
+                if s.key in undefined:
+                    s.source = "unknown"
+                    unknown.append(s.name)
     if strict and unknown:
         raise ValueError(
-            f"strict: the values of {len(unknown)} parameter(s) are unknown (no rule, and their modules have no "
-            f"reset_parameters): {', '.join(unknown)}; add rules for them"
+            f"strict: the values of {len(unknown)} tensor(s) cannot be known (no rule, and construction left them "
+            f"uninitialized): {', '.join(unknown)}; add rules for them"
         )
-    for p in pending:
-        if p.initializer is not None:
-            check_on_meta(p)
     if unknown:
         warnings.warn(
-            f"materialize_: no rule and no reset_parameters for {', '.join(unknown)}; they are set to zero. "
-            "Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
+            f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
+            "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
             UserWarning,
             stacklevel=2,
         )
 
-    by_module: dict[int, list[Planned]] = {}
-    for p in pending:
-        by_module.setdefault(id(p.owner.module), []).append(p)
+    base_seed = derive_seed(generator)  # the one draw from the caller's generator
     with torch.no_grad():
-        for module_name, module in model.named_modules():
-            group = by_module.get(id(module), [])
-            resets = [p for p in group if p.source == "reset_parameters"]
-            if resets:
-                for p in resets:
-                    _allocate(p, device, torch.zeros)  # zeros: a reset that skips a parameter leaves no garbage
-                _reset(module, module_name, generator, device)
-            for p in group:
-                if p.initializer is not None:
-                    _allocate(p, device, torch.empty)  # every initializer writes every element
-                    p.initializer.init(p.target(), generator=stream_generator(generator, p.name, device))
-                elif p.source == "unknown":
-                    _allocate(p, device, torch.zeros)
-        _move_real(model, device)
-    return report_of(plans)
+        staged = _stage(slots, wanted, device, base_seed, generator)
+        _apply_rules(slots, staged, device, base_seed, generator)
+        _commit(model, slots)
+        if explicit_device:
+            _move_real(model, device)
+    return _report(plans, slots)
 
 
-def _allocate(p: Planned, device: torch.device, factory: Any) -> None:
-    """Replace the meta parameter by a real one on ``device``, at every place it is registered (ties kept)."""
-    old = p.param
-    new = nn.Parameter(factory(old.shape, dtype=old.dtype, device=device), requires_grad=old.requires_grad)
-    for o in p.owners:
-        _set_parameter(o.module, o.attr, new)
-    p.param = new
+def _meta_slots(model: nn.Module, plans: list[Planned]) -> list[_Slot]:
+    """Every distinct meta parameter and buffer, with its plan (parameters) and registrations."""
+    by_param = {id(p.param): p for p in plans}
+    slots: list[_Slot] = []
+    for param, owners in named_parameter_owners(model):
+        if param.is_meta:
+            plan = by_param[id(param)]
+            slots.append(_Slot(param, [(o.name, o.module, o.attr) for o in owners], True, plan))
+    seen: dict[int, _Slot] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for attr, buf in module._buffers.items():
+            if buf is None or not buf.is_meta:
+                continue
+            name = f"{module_name}.{attr}" if module_name else attr
+            if id(buf) in seen:
+                if all(p[0] != name for p in seen[id(buf)].places):
+                    seen[id(buf)].places.append((name, module, attr))
+                continue
+            seen[id(buf)] = _Slot(buf, [(name, module, attr)], False)
+            slots.append(seen[id(buf)])
+    return slots
+
+
+def _check_plans(slots: list[_Slot], plans: list[Planned], strict: bool) -> None:
+    for s in slots:
+        if s.plan is not None and s.plan.initializer is not None:
+            check_on_meta(s.plan)
+
+
+def _wanted_by_recording(slots: list[_Slot]) -> dict[Recording, set[int]]:
+    """For each recording, the storages whose recorded history decides a final value (no rule covers them)."""
+    wanted: dict[Recording, set[int]] = {}
+    for s in slots:
+        assert s.recording is not None
+        keys = wanted.setdefault(s.recording, set())
+        if s.plan is None or s.plan.initializer is None:
+            keys.add(s.key)
+    return wanted
+
+
+def _writers(rec: Recording, live: list[int]) -> dict[int, list[str]]:
+    """For each storage, the names of the live operations that write it (what the report shows)."""
+    names: dict[int, list[str]] = {}
+    for i in live:
+        op = rec.ops[i]
+        for ref in op.writes:
+            names.setdefault(ref.key, []).append(op.name)
+        for ref in op.outputs:
+            if op.func == "leaf" and not op.undefined:
+                names.setdefault(ref.key, []).append("constructor value")
+    return names
+
+
+def _stage(
+    slots: list[_Slot],
+    wanted: dict[Recording, set[int]],
+    device: torch.device,
+    base_seed: int | None,
+    generator: torch.Generator | None,
+) -> dict[Recording, Replay]:
+    """Replay each recording into new tensors; nothing in the model changes yet."""
+    names = {}
+    for s in slots:
+        names.setdefault(s.key, s.name)
+    replays: dict[Recording, Replay] = {}
+    for rec, keys in wanted.items():
+        streams: dict[str, torch.Generator] = {}
+
+        def generator_for(i: int, op: Op, names: dict = names, streams: dict = streams) -> torch.Generator | None:
+            if base_seed is None:
+                return None
+            target = op.writes[0].key if op.writes else None
+            name = names.get(target, f"#{i}:{op.name}")
+            if name not in streams:
+                streams[name] = stream_generator(base_seed, name, device)
+            return streams[name]
+
+        replays[rec] = rec.replay(keys, device, generator_for=generator_for)
+    for s in slots:
+        replay = replays[s.recording]  # type: ignore[index]
+        if s.key in replay.storages:
+            s.real = replay.tensor(s.tensor)
+        else:  # a rule-covered parameter whose history nobody needs
+            s.real = torch.empty_strided(s.tensor.shape, s.tensor.stride(), dtype=s.tensor.dtype, device=device)
+        if not s.source:
+            s.source = "construction"
+    return replays
+
+
+def _apply_rules(
+    slots: list[_Slot], replays: Any, device: torch.device, base_seed: int | None, generator: Any
+) -> None:
+    """Run the policy's initializers on the staged tensors (layout-aware ones see a stand-in of the owner)."""
+    staged = {id(s.tensor): s.real for s in slots}
+    for s in slots:
+        p = s.plan
+        if p is None or p.initializer is None:
+            continue
+        target = p.target()
+        if isinstance(target, nn.Module):
+            ghost = copy.copy(target)
+            ghost._parameters = {k: None if v is None else staged.get(id(v), v) for k, v in target._parameters.items()}
+            target = ghost
+        else:
+            target = s.real
+        p.initializer.init(target, generator=stream_generator(base_seed, p.name, device))
+        s.source = p.source
+
+
+def _commit(model: nn.Module, slots: list[_Slot]) -> None:
+    """Register the staged tensors in place of the meta ones: one object per distinct tensor, ties kept."""
+    for s in slots:
+        assert s.real is not None
+        new = _parameter_like(s.tensor, s.real) if s.is_parameter else s.real
+        for _, module, attr in s.places:
+            if s.is_parameter:
+                _set_parameter(module, attr, new)  # type: ignore[arg-type]
+            else:
+                module._buffers[attr] = new
+        if s.plan is not None:
+            s.plan.param = new
 
 
 def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
@@ -234,23 +474,6 @@ def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
         module._init_flat_weights()
 
 
-def _reset(module: nn.Module, name: str, generator: torch.Generator | None, device: torch.device) -> None:
-    """Run the module's own reset, touching only its direct parameters that are real; seeded per module name."""
-    descendants = [(m, k, v.detach().clone()) for m in module.modules() if m is not module
-                   for k, v in m._parameters.items() if v is not None and not v.is_meta]  # fmt: skip
-    method = _reset_method(module)
-    if generator is None:
-        method()
-    else:
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            seed = stream_seed(generator.initial_seed(), name + ":reset_parameters")
-            torch.manual_seed(seed)
-            method()
-    for m, k, saved in descendants:  # a reset that reaches into submodules (MultiheadAttention's out_proj.bias)
-        m._parameters[k].copy_(saved)
-
-
 def _move_real(model: nn.Module, device: torch.device) -> None:
     """Move buffers and already-real parameters to ``device``; a parameter shared by several modules stays shared."""
     moved: dict[int, nn.Parameter] = {}
@@ -261,5 +484,145 @@ def _move_real(model: nn.Module, device: torch.device) -> None:
         for k, v in module._parameters.items():
             if v is not None and v.device != device and not v.is_meta:
                 if id(v) not in moved:
-                    moved[id(v)] = nn.Parameter(v.detach().to(device), requires_grad=v.requires_grad)
+                    moved[id(v)] = _parameter_like(v, v.detach().to(device))
                 _set_parameter(module, k, moved[id(v)])
+
+
+def _report(plans: list[Planned], slots: list[_Slot]) -> InitReport:
+    by_param = {id(s.plan.param): s for s in slots if s.plan is not None}
+    rows = []
+    for p in plans:
+        s = by_param.get(id(p.param))
+        if s is None:  # already real: left as it was
+            source, detail = "untouched", "already real"
+        elif p.initializer is not None:
+            source, detail = p.source, repr(p.initializer)
+        elif s.source == "unknown":
+            source, detail = "unknown", "zeros (uninitialized by construction, no rule)"
+        else:
+            source, detail = s.source, ", ".join(dict.fromkeys(s.writers)) or "—"
+        rows.append(ReportRow(p.name, tuple(p.param.shape), source, detail, p.param, [o.name for o in p.owners[1:]]))
+    return InitReport(rows)
+
+
+# ---- re-enacting construction for models built on meta without deferred() -----------------------------------
+
+
+def _reset_method(module: nn.Module) -> Any:
+    """The module's own re-initialization method: ``reset_parameters`` or (MultiheadAttention) ``_reset_parameters``."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        method = getattr(module, name, None)
+        if callable(method):
+            return method
+    return None
+
+
+def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
+    """Record, on meta, what construction would have done to the ``unrecorded`` tensors; change nothing.
+
+    Every real parameter and buffer is swapped for a meta stand-in holding its value, so
+    the init code can run on the whole model without touching a real tensor; the
+    registrations and transformers' ``_is_hf_initialized`` flags are restored afterwards.
+    """
+    recording = Recording()
+    mode = RecordingMode(recording)
+    targets = {id(s.tensor) for s in unrecorded}
+    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    flags = _clear_init_flags(model)
+    owners_of_targets = set()
+    try:
+        mode.paused = True
+        swapped: dict[int, Tensor] = {}
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for k, v in store.items():
+                    if v is None:
+                        continue
+                    if id(v) in targets:
+                        recording.add_leaf(v, UNDEFINED)
+                        owners_of_targets.add(id(module))
+                    elif not v.is_meta:
+                        if id(v) not in swapped:
+                            stand_in = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
+                            if isinstance(v, nn.Parameter):
+                                stand_in = _parameter_like(v, stand_in)
+                            recording.add_leaf(stand_in, v.detach())
+                            swapped[id(v)] = stand_in
+                        store[k] = swapped[id(v)]
+        mode.paused = False
+        failures = []
+        with mode, torch.no_grad():
+            for name, module in _post_order(model):
+                method = _reset_method(module)
+                if method is not None and id(module) in owners_of_targets:
+                    try:
+                        method()
+                    except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
+                        failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
+            model_init = _model_init(model)
+            if model_init is not None:
+                try:
+                    model_init()
+                except Exception as err:  # noqa: BLE001
+                    failures.append(f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}")
+        if failures:
+            warnings.warn(
+                "materialize_: re-enacting construction on meta, these init calls failed (their values are "
+                "unknown unless something else sets them): " + "; ".join(failures),
+                UserWarning,
+                stacklevel=3,
+            )
+    finally:
+        mode.paused = False
+        for module, params, buffers in saved:
+            module._parameters.clear()
+            module._parameters.update(params)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+        _restore_init_flags(flags)
+    return recording
+
+
+def _post_order(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Children before parents, as constructors run (a MultiheadAttention's out_proj before its own reset)."""
+    seen: set[int] = set()
+
+    def visit(name: str, module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+        if id(module) in seen:
+            return
+        seen.add(id(module))
+        for child_name, child in module.named_children():
+            yield from visit(f"{name}.{child_name}" if name else child_name, child)
+        yield name, module
+
+    yield from visit(prefix, model)
+
+
+def _model_init(model: nn.Module) -> Any:
+    """The model's own whole-model init: transformers' ``initialize_weights``, or an ``init_weights()`` method."""
+    for name in ("initialize_weights", "init_weights"):
+        method = getattr(model, name, None)
+        if not callable(method):
+            continue
+        try:
+            required = [p for p in inspect.signature(method).parameters.values()
+                        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            continue
+        if not required:
+            return method
+    return None
+
+
+def _clear_init_flags(model: nn.Module) -> list[tuple[Any, Any]]:
+    """Clear transformers' ``_is_hf_initialized`` marks (set under init_empty_weights), returning them for restore."""
+    saved = []
+    for obj in [*model.modules(), *model.parameters(), *model.buffers()]:
+        if "_is_hf_initialized" in getattr(obj, "__dict__", {}):
+            saved.append((obj, obj.__dict__.pop("_is_hf_initialized")))
+    return saved
+
+
+def _restore_init_flags(saved: list[tuple[Any, Any]]) -> None:
+    for obj, value in saved:
+        obj.__dict__["_is_hf_initialized"] = value

@@ -17,11 +17,17 @@ parameter name (matched against the whole name with :func:`fnmatch.fnmatchcase`,
 so ``"*.c_proj.weight"`` matches ``transformer.h.0.attn.c_proj.weight``), or a
 callable ``(name, param, module) -> bool``.
 
-Determinism: with a generator, each parameter draws from its own stream, seeded
-by a stable hash (BLAKE2b) of the generator's seed and the parameter's qualified
-name. The same seed gives the same weights, applying twice gives the same result,
-and adding a layer under a new name changes no other layer. Without a generator
-the global RNG is used in parameter order, as torch's constructors do.
+Determinism: with a generator, one 63-bit number is drawn from it per call
+(:func:`derive_seed`), and each parameter draws from its own stream, seeded by a
+stable hash (BLAKE2b) of that number and the parameter's qualified name. Re-seeding
+the generator reproduces the weights, two calls with one generator give different
+weights (as two calls of ``normal_(generator=g)`` do), and adding a layer under a
+new name changes no other layer. Without a generator the global RNG is used in
+parameter order, as torch's constructors do.
+
+Rules that match nothing are mistakes (a glob with a typo, a misspelt attribute
+key): they get a warning that names them, an error with ``strict=True``. Presets
+mark their catalogue rules (one per layer class) as optional.
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
 
-__all__ = ["Policy", "Rule", "InitReport", "ReportRow", "stream_seed", "named_parameter_owners"]
+__all__ = [
+    "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
+    "named_parameter_owners",
+]  # fmt: skip
 
 Selector = Union[type, str, Callable[[str, Tensor, nn.Module], bool]]
 
@@ -58,11 +67,31 @@ def stream_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def stream_generator(generator: torch.Generator | None, name: str, device: torch.device) -> torch.Generator | None:
-    """The per-name generator derived from ``generator``'s seed (None stays None: the global RNG)."""
+def derive_seed(generator: torch.Generator | None) -> int | None:
+    """One 63-bit number drawn from ``generator`` (None stays None): the base of a call's per-name streams.
+
+    Drawing advances the generator, so two calls with one generator differ and
+    re-seeding it reproduces both.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a, b = derive_seed(g), derive_seed(g)
+        >>> a != b, a == derive_seed(torch.Generator().manual_seed(0))
+        (True, True)
+    """
     if generator is None:
         return None
-    return torch.Generator(device=device).manual_seed(stream_seed(generator.initial_seed(), name))
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    draw = torch.empty((), dtype=torch.int64, device=generator.device)
+    return int(draw.random_(0, 2**63 - 1, generator=generator))
+
+
+def stream_generator(base_seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
+    """The generator of the stream ``name`` under ``base_seed`` (from :func:`derive_seed`); None: the global RNG."""
+    if base_seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(stream_seed(base_seed, name))
 
 
 @dataclass(frozen=True)
@@ -72,6 +101,7 @@ class Rule:
     index: int
     selector: Selector
     spec: Initializer | dict[str, Initializer]
+    required: bool = True  # a rule that matches nothing is reported (presets' catalogue rules are not)
 
     def selector_repr(self) -> str:
         s = self.selector
@@ -96,6 +126,8 @@ class Rule:
 
 
 def _normalize(index: int, rule: Any) -> Rule:
+    if isinstance(rule, Rule):
+        return Rule(index, rule.selector, rule.spec, rule.required)
     if not isinstance(rule, (tuple, list)) or len(rule) != 2:
         raise TypeError(f"rules[{index}] must be a (selector, spec) pair; got {rule!r}")
     selector, spec = rule
@@ -187,20 +219,26 @@ def _has_layout(module: nn.Module) -> bool:
 
 @dataclass
 class ReportRow:
-    """One parameter in a report."""
+    """One parameter in a report. ``std`` is computed when it is read (issue 11: never while initializing)."""
 
     name: str
     shape: tuple[int, ...]
     rule: str
     initializer: str
-    std: float | None
+    tensor: Tensor | None = field(default=None, repr=False, compare=False)
     aliases: list[str] = field(default_factory=list)
+
+    @property
+    def std(self) -> float | None:
+        """The parameter's current standard deviation (None for meta, integer or one-element tensors)."""
+        return None if self.tensor is None else _std(self.tensor)
 
 
 class InitReport:
     """What a policy (or :func:`~torchinit.materialize_`) did: one row per distinct parameter.
 
-    ``str(report)`` is a table (parameter, shape, rule, initializer, resulting std);
+    ``str(report)`` is a table (parameter, shape, rule, initializer, std); the std
+    column is computed when the table is made, from the parameters' current values;
     ``report.rows`` holds :class:`ReportRow` objects; ``report.untouched`` lists the
     parameters no rule covered.
     """
@@ -242,6 +280,8 @@ class Policy:
 
     Args:
         rules: ``(selector, spec)`` pairs; later rules override earlier ones.
+        optional: the rules are a catalogue (one per kind of layer, as in presets): a rule
+            that matches nothing in a given model is not reported. By default it is.
 
     Example:
         >>> from torchinit.initializers import KaimingNormal, Zeros
@@ -255,27 +295,42 @@ class Policy:
         True
     """
 
-    def __init__(self, rules: Iterable[tuple[Selector, Any]]) -> None:
+    def __init__(self, rules: Iterable[tuple[Selector, Any]], *, optional: bool = False) -> None:
         if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
             raise TypeError(f"rules must be a list of (selector, spec) pairs; got {rules!r}")
+        if not isinstance(optional, bool):
+            raise TypeError(f"optional must be a bool; got {type(optional).__name__}")
         self.rules: list[Rule] = [_normalize(i, r) for i, r in enumerate(rules)]
+        if optional:
+            self.rules = [Rule(r.index, r.selector, r.spec, False) for r in self.rules]
 
     def __add__(self, other: Policy) -> Policy:
         """The rules of ``self`` then those of ``other`` (which override)."""
         if not isinstance(other, Policy):
             return NotImplemented
-        return Policy([(r.selector, r.spec) for r in [*self.rules, *other.rules]])
+        return Policy([*self.rules, *other.rules])
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"    ({r.selector_repr()}, {r.spec!r})" for r in self.rules)
         return f"Policy([\n{inner}\n])" if self.rules else "Policy([])"
 
-    def plan(self, model: nn.Module) -> list[Planned]:
-        """Which rule initializes each distinct parameter (the last matching rule; None if none)."""
+    def plan(self, model: nn.Module, *, strict: bool = False) -> list[Planned]:
+        """Which rule initializes each distinct parameter (the last matching rule; None if none).
+
+        A required rule that matches no parameter, or a class rule's attribute key that
+        no matched module has, gets a warning naming it; with ``strict=True``, a ValueError.
+        """
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
         # selectors that need the whole model (presets.LastInBlock) are bound to it first
-        rules = [Rule(r.index, r.selector.bind(model), r.spec) if hasattr(r.selector, "bind") else r for r in self.rules]
+        rules = [Rule(r.index, r.selector.bind(model), r.spec, r.required) if hasattr(r.selector, "bind") else r
+                 for r in self.rules]  # fmt: skip
+        matched: set[int] = set()
+        keys_seen: dict[int, set[str]] = {r.index: set() for r in rules if isinstance(r.selector, type)}
+        for module in model.modules():
+            for r in rules:
+                if isinstance(r.selector, type) and isinstance(module, r.selector):
+                    keys_seen[r.index].update(module._parameters)
         plans = []
         for param, owners in named_parameter_owners(model):
             plan = Planned(param, owners)
@@ -284,7 +339,24 @@ class Policy:
                     init = rule.match(o.name, o.attr, param, o.module)
                     if init is not None:
                         plan.rule, plan.initializer, plan.source = rule, init, rule.describe()
+                        matched.add(rule.index)
             plans.append(plan)
+        problems = []
+        for r in rules:
+            if not r.required:
+                continue
+            if r.index not in matched and not (isinstance(r.selector, type) and keys_seen[r.index]):
+                problems.append(f"rule {r.describe()} matches no parameter")
+            elif isinstance(r.selector, type):
+                missing = [k for k in r.spec if k not in keys_seen[r.index]]  # type: ignore[union-attr]
+                if missing:
+                    have = sorted(keys_seen[r.index])
+                    problems.append(f"rule {r.describe()}: no {r.selector.__name__} has a parameter named "
+                                    f"{', '.join(map(repr, missing))} (they have: {', '.join(have) or 'none'})")
+        if problems:
+            if strict:
+                raise ValueError("strict: " + "; ".join(problems))
+            warnings.warn("Policy: " + "; ".join(problems), UserWarning, stacklevel=3)
         return plans
 
     def apply_(
@@ -301,23 +373,25 @@ class Policy:
         Args:
             model: the model.
             strict: raise a ValueError naming the parameters no rule covers (before writing anything).
-            generator: the seed source; each parameter draws from a stream derived from its seed
-                and the parameter's qualified name. None: the global RNG, in parameter order.
+            generator: the seed source: one number is drawn from it per call, and each parameter
+                draws from a stream keyed by that number and its qualified name
+                (re-seeding reproduces; two calls differ). None: the global RNG, in parameter order.
 
         Returns:
             An :class:`InitReport`.
         """
-        plans = self.plan(model)
+        plans = self.plan(model, strict=strict)
         uncovered = [p.name for p in plans if p.initializer is None]
         if strict and uncovered:
             raise ValueError(f"strict: no rule covers {len(uncovered)} parameter(s): {', '.join(uncovered)}")
         for p in plans:
             if p.initializer is not None:
                 check_on_meta(p)
+        base_seed = derive_seed(generator)
         with torch.no_grad():
             for p in plans:
                 if p.initializer is not None:
-                    p.initializer.init(p.target(), generator=stream_generator(generator, p.name, p.param.device))
+                    p.initializer.init(p.target(), generator=stream_generator(base_seed, p.name, p.param.device))
         return report_of(plans)
 
 
@@ -342,6 +416,6 @@ def check_on_meta(p: Planned) -> None:
 def report_of(plans: list[Planned]) -> InitReport:
     return InitReport([
         ReportRow(p.name, tuple(p.param.shape), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
-                  _std(p.param), [o.name for o in p.owners[1:]])
+                  p.param, [o.name for o in p.owners[1:]])
         for p in plans
     ])  # fmt: skip

@@ -30,7 +30,7 @@ from torchinit.initializers import (
     XavierUniform,
     Zeros,
 )
-from torchinit.policy import Policy
+from torchinit.policy import Policy, Rule
 from torchinit.variance import kaiming_uniform_
 
 __all__ = [
@@ -39,6 +39,12 @@ __all__ = [
 ]  # fmt: skip
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _preset(rules: list, *, required: tuple[int, ...] = ()) -> Policy:
+    """A preset's policy: its rules are a catalogue (one per kind of layer), so a rule that matches nothing in a
+    given model is not reported, except the ``required`` ones (by position), whose silent miss would be a bug."""
+    return Policy([Rule(i, selector, spec, i in required) for i, (selector, spec) in enumerate(rules)])
 
 
 def _norms() -> list[tuple[type, dict[str, Initializer]]]:
@@ -62,7 +68,7 @@ def torch_default() -> Policy:
         ['TorchWeight()', 'TorchBias()']
     """
     layer = {"weight": TorchWeight(), "bias": TorchBias()}
-    return Policy([
+    return _preset([
         (nn.Linear, layer),
         (nn.modules.conv._ConvNd, layer),
         (nn.Embedding, {"weight": Normal()}),
@@ -130,7 +136,7 @@ def gpt2(n_layer: int) -> Policy:
     def layer_norm_bias(name: str, param: Tensor, module: nn.Module) -> bool:
         return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "bias"
 
-    return Policy([
+    return _preset([
         (nn.Linear, {"weight": weight, "bias": bias}),
         (conv1d_weight, weight),
         (conv1d_bias, bias),
@@ -138,7 +144,7 @@ def gpt2(n_layer: int) -> Policy:
         (layer_norm_weight, Ones()),
         (layer_norm_bias, Zeros()),
         ("*.c_proj.weight", Normal(std=0.02 / math.sqrt(2 * n_layer))),
-    ])  # fmt: skip
+    ], required=(6,))  # fmt: skip
 
 
 def _is_layer_norm(module: nn.Module) -> bool:
@@ -165,7 +171,7 @@ def resnet(zero_init_residual: bool = True) -> Policy:
     ]
     if zero_init_residual:
         rules.append((LastInBlock("bn", (nn.modules.batchnorm._BatchNorm,)), Zeros()))
-    return Policy(rules)
+    return _preset(rules)
 
 
 class LastInBlock:
@@ -219,9 +225,9 @@ def vit_jax() -> Policy:
 
     Example:
         >>> vit_jax().rules[-3]
-        Rule(index=6, selector='*pos_embed', spec=TruncNormalStd(std=0.02))
+        Rule(index=6, selector='*pos_embed', spec=TruncNormalStd(std=0.02), required=False)
     """
-    return Policy([
+    return _preset([
         (nn.Linear, {"weight": XavierUniform(), "bias": Zeros()}),
         *_norms(),
         ("*.mlp.fc*.bias", Normal(std=1e-6)),
@@ -267,7 +273,7 @@ def fixup(num_branches: int, branch_depth: int = 2) -> Policy:
     def scalar_scale(name: str, param: Tensor, module: nn.Module) -> bool:
         return name.rsplit(".", 1)[-1] == "scale" and param.numel() == 1
 
-    return Policy([
+    return _preset([
         (nn.modules.conv._ConvNd, {"weight": KaimingNormal(mode="fan_out", nonlinearity="relu")}),
         (branch_layer, VarianceScaling(scale, "fan_out", "normal")),
         (LastInBlock("conv", _CONVS), Zeros()),
@@ -304,4 +310,4 @@ def glass_shortcuts(isometric: bool = False, *, names: Sequence[str] = SHORTCUT_
         layer = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_transposed_linear(module)
         return layer and name.endswith(".weight") and any(part in names for part in name.split(".")[:-1])
 
-    return Policy([(projection_shortcut, spec)])
+    return _preset([(projection_shortcut, spec)], required=(0,))
