@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
 from torchinit.glass import glass_
@@ -72,6 +72,13 @@ class Initializer:
     function: ClassVar[Callable[..., Any]]
     uses_layout: ClassVar[bool] = False
     wants_owner: ClassVar[bool] = False
+    #: A module-level scheme initializes a whole module (its "unit") at once, in an order of its own; see
+    #: :class:`~torchinit.presets.TorchReset`. It defines ``unit`` and ``covers``.
+    module_level: ClassVar[bool] = False
+
+    def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
+        """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
+        raise NotImplementedError
     _registry: ClassVar[dict[str, type[Initializer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -432,21 +432,57 @@ def _stage(
 def _apply_rules(
     slots: list[_Slot], replays: Any, device: torch.device, base_seed: int | None, generator: Any
 ) -> None:
-    """Run the policy's initializers on the staged tensors (layout-aware ones see a stand-in of the owner)."""
+    """Run the policy's initializers on the staged tensors; the model itself is not touched.
+
+    Layout-aware initializers see a shallow stand-in of the owning layer holding the staged
+    tensors; module-level ones (``presets.torch_default``) a deep stand-in of their unit.
+    Module-level units run first, so the per-parameter rules, which override them, win.
+    """
     staged = {id(s.tensor): s.real for s in slots}
+    plans = [s.plan for s in slots if s.plan is not None and s.plan.initializer is not None]
+    done: set[tuple[int, int]] = set()
+    for p in plans:
+        if p.unit is None or (p.rule.index, id(p.unit[1])) in done:  # type: ignore[union-attr]
+            continue
+        done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+        unit = p.unit[1]
+        mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
+        keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
+                for t in [staged[id(o)]]]  # fmt: skip
+        p.initializer.init(_stand_in_tree(unit, staged), generator=stream_generator(base_seed, p.unit[0], device))
+        for t, saved in keep:
+            t.copy_(saved)
     for s in slots:
         p = s.plan
         if p is None or p.initializer is None:
             continue
-        target = p.target()
-        if isinstance(target, nn.Module):
-            ghost = copy.copy(target)
-            ghost._parameters = {k: None if v is None else staged.get(id(v), v) for k, v in target._parameters.items()}
-            target = ghost
-        else:
-            target = s.real
-        p.initializer.init(target, generator=stream_generator(base_seed, p.name, device))
+        if p.unit is None:
+            target = p.target()
+            if isinstance(target, nn.Module):
+                ghost = copy.copy(target)
+                ghost._parameters = {k: None if v is None else staged.get(id(v), v)
+                                     for k, v in target._parameters.items()}  # fmt: skip
+                target = ghost
+            else:
+                target = s.real
+            p.initializer.init(target, generator=stream_generator(base_seed, p.name, device))
         s.source = p.source
+
+
+def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
+    """A deep copy of ``unit`` whose parameters are the staged tensors (writes to it land in them)."""
+    ghost = copy.deepcopy(unit)  # meta parameters copy for free; real ones are copies, so they stay untouched
+    wrappers: dict[int, nn.Parameter] = {}
+    pairs = zip(ghost.modules(), unit.modules())  # the same traversal order: deepcopy keeps the structure
+    for g, o in pairs:
+        for k, v in o._parameters.items():
+            if v is not None and id(v) in staged:
+                if id(v) not in wrappers:
+                    wrappers[id(v)] = nn.Parameter(staged[id(v)], requires_grad=v.requires_grad)
+                g._parameters[k] = wrappers[id(v)]
+        if isinstance(g, nn.RNNBase):
+            g._init_flat_weights()
+    return ghost
 
 
 def _commit(model: nn.Module, slots: list[_Slot]) -> None:

@@ -103,6 +103,10 @@ class Rule:
     spec: Initializer | dict[str, Initializer]
     required: bool = True  # a rule that matches nothing is reported (presets' catalogue rules are not)
 
+    @property
+    def module_level(self) -> bool:
+        return isinstance(self.spec, Initializer) and self.spec.module_level
+
     def selector_repr(self) -> str:
         s = self.selector
         if isinstance(s, type):
@@ -118,6 +122,8 @@ class Rule:
     def match(self, name: str, attr: str, param: Tensor, module: nn.Module) -> Initializer | None:
         """The initializer this rule gives the parameter ``name`` (attribute ``attr`` of ``module``), or None."""
         s = self.selector
+        if self.module_level:
+            return None  # matched by its unit (Policy.plan)
         if isinstance(s, type):
             return self.spec.get(attr) if isinstance(module, s) else None  # type: ignore[union-attr]
         if isinstance(s, str):
@@ -134,10 +140,12 @@ def _normalize(index: int, rule: Any) -> Rule:
     if isinstance(selector, type):
         if not issubclass(selector, nn.Module):
             raise TypeError(f"rules[{index}]: a class selector must be an nn.Module subclass; got {selector.__name__}")
+        if isinstance(spec, Initializer) and spec.module_level:
+            return Rule(index, selector, spec)
         if not isinstance(spec, dict) or not spec:
             raise TypeError(
                 f"rules[{index}]: the spec of a module-class selector is a dict "
-                f"{{parameter attribute name: Initializer}}; got {spec!r}"
+                f"{{parameter attribute name: Initializer}} or a module-level Initializer; got {spec!r}"
             )
         for attr, init in spec.items():
             if not isinstance(attr, str) or not isinstance(init, Initializer):
@@ -189,6 +197,7 @@ class Planned:
     initializer: Initializer | None = None
     source: str = "untouched"
     detail: str = ""  # what the report shows in place of the initializer's repr (materialize_'s other sources)
+    unit: tuple[str, nn.Module] | None = None  # a module-level initializer's module (name, module)
 
     @property
     def name(self) -> str:
@@ -201,6 +210,8 @@ class Planned:
     def target(self) -> Any:
         """What the initializer is called on: the owning layer for layout-aware schemes on its weight."""
         assert self.initializer is not None
+        if self.unit is not None:
+            return self.unit[1]
         if self.initializer.wants_owner:
             return self.owner.module
         for o in self.owners:
@@ -269,7 +280,14 @@ class InitReport:
         return f"InitReport({len(self.rows)} parameters, {len(self.untouched)} untouched)"
 
 
+def _shape(t: Tensor) -> tuple[int, ...]:
+    """The shape, or () for a lazy module's parameter, which has none until its first forward."""
+    return () if isinstance(t, nn.parameter.UninitializedTensorMixin) else tuple(t.shape)
+
+
 def _std(t: Tensor) -> float | None:
+    if isinstance(t, nn.parameter.UninitializedTensorMixin):
+        return None
     if t.is_meta or t.numel() < 2 or not (t.is_floating_point() or t.is_complex()):
         return None
     return float(t.detach().float().std()) if not t.is_complex() else float(t.detach().abs().std())
@@ -331,14 +349,22 @@ class Policy:
             for r in rules:
                 if isinstance(r.selector, type) and isinstance(module, r.selector):
                     keys_seen[r.index].update(module._parameters)
+        paths = _paths(model) if any(r.module_level for r in rules) else {}
         plans = []
         for param, owners in named_parameter_owners(model):
             plan = Planned(param, owners)
             for rule in rules:
                 for o in owners:
-                    init = rule.match(o.name, o.attr, param, o.module)
+                    unit = None
+                    if rule.module_level:
+                        unit = rule.spec.unit(paths[id(o.module)], o.attr)  # type: ignore[union-attr]
+                        if unit is not None and not isinstance(unit[1], rule.selector):  # type: ignore[arg-type]
+                            unit = None
+                        init = rule.spec if unit is not None else None
+                    else:
+                        init = rule.match(o.name, o.attr, param, o.module)
                     if init is not None:
-                        plan.rule, plan.initializer, plan.source = rule, init, rule.describe()
+                        plan.rule, plan.initializer, plan.source, plan.unit = rule, init, rule.describe(), unit  # type: ignore
                         matched.add(rule.index)
             plans.append(plan)
         problems = []
@@ -388,16 +414,52 @@ class Policy:
             if p.initializer is not None:
                 check_on_meta(p)
         base_seed = derive_seed(generator)
+        done: set[tuple[int, int]] = set()
         with torch.no_grad():
             for p in plans:
-                if p.initializer is not None:
+                if p.initializer is None:
+                    continue
+                if p.unit is None:
                     p.initializer.init(p.target(), generator=stream_generator(base_seed, p.name, p.param.device))
+                elif (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
+                    done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+                    run_unit(p, plans, stream_generator(base_seed, p.unit[0], p.param.device))
         return report_of(plans)
+
+
+def _paths(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """For every module, its chain of (qualified name, module) from the root down to itself."""
+    paths: dict[int, list[tuple[str, nn.Module]]] = {id(model): [("", model)]}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            if id(child) in paths:
+                continue
+            qualified = f"{prefix}.{name}" if prefix else name
+            paths[id(child)] = [*paths[id(module)], (qualified, child)]
+            walk(child, qualified)
+
+    walk(model, "")
+    return paths
+
+
+def run_unit(p: Planned, plans: list[Planned], generator: torch.Generator | None) -> None:
+    """Run a module-level initializer on ``p``'s unit; parameters in it that other rules cover are kept as they were."""
+    assert p.unit is not None and p.initializer is not None
+    unit = p.unit[1]
+    inside = {id(t) for t in unit.parameters()}
+    keep = [(q.param, q.param.detach().clone()) for q in plans
+            if id(q.param) in inside and (q.rule is not p.rule or q.unit is None or q.unit[1] is not unit)]  # fmt: skip
+    p.initializer.init(unit, generator=generator)
+    for param, saved in keep:
+        param.copy_(saved)
 
 
 def check_on_meta(p: Planned) -> None:
     """Run ``p``'s initializer on a meta copy of its target: every argument error surfaces, nothing is written."""
     assert p.initializer is not None
+    if p.unit is not None:
+        return  # module-level schemes take no settings that could be wrong
     target = p.target()
     if isinstance(target, nn.Module):
         ghost = copy.copy(target)  # a shallow copy with its own parameter dict of meta tensors
@@ -415,7 +477,7 @@ def check_on_meta(p: Planned) -> None:
 
 def report_of(plans: list[Planned]) -> InitReport:
     return InitReport([
-        ReportRow(p.name, tuple(p.param.shape), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
+        ReportRow(p.name, _shape(p.param), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
                   p.param, [o.name for o in p.owners[1:]])
         for p in plans
     ])  # fmt: skip

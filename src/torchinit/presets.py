@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from torchinit.basic import uniform_, zeros_
@@ -35,7 +36,7 @@ from torchinit.variance import kaiming_uniform_
 
 __all__ = [
     "torch_default", "gpt2", "resnet", "vit_jax", "fixup", "glass_shortcuts", "SHORTCUT_NAMES",
-    "LastInBlock", "TorchWeight", "TorchBias",
+    "LastInBlock", "TorchReset", "TorchWeight", "TorchBias", "torch_reset_",
 ]  # fmt: skip
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -54,26 +55,110 @@ def _norms() -> list[tuple[type, dict[str, Initializer]]]:
 
 
 def torch_default() -> Policy:
-    """What PyTorch's constructors do, as rules (torch 2.13 ``reset_parameters``).
+    """What PyTorch's constructors do, bit for bit under the same global seed (torch 2.13).
 
-    Linear and ConvNd (transposed too): weight ``kaiming_uniform_(a=sqrt(5))`` with
-    torch's *tensor* fans (its quirks for transposed and grouped convs included, so the
-    values are torch's), i.e. U(±1/sqrt(fan_in)); bias U(±1/sqrt(fan_in)). Embedding
-    N(0, 1); normalization layers 1 and 0. Source: ``torch/nn/modules/linear.py``,
-    ``conv.py``, ``sparse.py``, ``normalization.py``.
+    One module-level rule, :class:`TorchReset`: every module class of ``torch.nn`` gets
+    its own ``reset_parameters`` (Linear and ConvNd: U(±1/sqrt(fan_in)) with torch's
+    tensor fans; Embedding N(0, 1) with the ``padding_idx`` row 0; norms 1 and 0; PReLU
+    its ``init``; the RNN family U(±1/sqrt(hidden_size))), and the composite modules are
+    initialized in their constructors' order: MultiheadAttention draws its ``out_proj``
+    first, then ``in_proj``/``bias_k``/``bias_v`` and zeroes both biases; a
+    TransformerEncoder/Decoder draws one layer and copies it into the others (its
+    constructor deep-copies the layer); Transformer then redraws every matrix
+    ``xavier_uniform_``. Parameters of modules that are not torch's own are not covered.
+    Source: ``torch/nn/modules/*.py``.
 
     Example:
-        >>> report = torch_default().apply_(nn.Linear(4, 3))
-        >>> [row.initializer for row in report]
-        ['TorchWeight()', 'TorchBias()']
+        >>> _ = torch.manual_seed(0); eager = nn.MultiheadAttention(8, 2)
+        >>> other = nn.MultiheadAttention(8, 2)
+        >>> _ = torch.manual_seed(0); report = torch_default().apply_(other)
+        >>> all(torch.equal(a, b) for a, b in zip(eager.parameters(), other.parameters()))
+        True
+        >>> sorted({row.rule for row in report})
+        ['#0 Module']
     """
-    layer = {"weight": TorchWeight(), "bias": TorchBias()}
-    return _preset([
-        (nn.Linear, layer),
-        (nn.modules.conv._ConvNd, layer),
-        (nn.Embedding, {"weight": Normal()}),
-        *_norms(),
-    ])  # fmt: skip
+    return Policy([(nn.Module, TorchReset())], optional=True)
+
+
+#: Composite torch modules whose constructors initialize their children in an order (or a way) of their own.
+_COMPOSITES = (nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
+
+
+def _reset_method(module: nn.Module) -> Callable[[], None] | None:
+    """A torch module's own re-initialization: ``reset_parameters`` or (MultiheadAttention) ``_reset_parameters``."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        method = getattr(module, name, None)
+        if callable(method):
+            return method
+    return None
+
+
+def _is_torch_module(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("torch.nn.")
+
+
+def _constructor_init(module: nn.Module) -> None:
+    """Apply to ``module``'s subtree what torch's constructors apply, in their order."""
+    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
+        layers = list(module.layers)
+        if layers:  # the constructor deep-copies one built layer: the same values in every layer
+            _constructor_init(layers[0])
+            for layer in layers[1:]:
+                for dst, src in zip(layer.parameters(), layers[0].parameters()):
+                    dst.copy_(src)
+        if module.norm is not None:
+            _constructor_init(module.norm)
+        return
+    for child in module.children():
+        _constructor_init(child)
+    owns = any(p is not None for p in module._parameters.values())
+    if _is_torch_module(module) and (owns or isinstance(module, nn.Transformer)):
+        reset = _reset_method(module)
+        if reset is not None:
+            reset()
+
+
+def torch_reset_(module: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
+    """Initialize ``module`` as torch's constructor does (see :func:`torch_default`); in place.
+
+    With ``generator``, torch's own code draws from the global RNG seeded from one draw
+    of it, and the global RNG is restored afterwards.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module; got {type(module).__name__}")
+    if generator is None:
+        _constructor_init(module)
+        return module
+    seed = int(torch.empty((), dtype=torch.int64, device=generator.device).random_(0, 2**63 - 1, generator=generator))
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        _constructor_init(module)
+    return module
+
+
+class TorchReset(Initializer):
+    """torch's constructor init for a whole module, as :func:`torch_default` uses it (module-level).
+
+    The unit of a parameter is its owning module, or the outermost composite above it
+    (MultiheadAttention, TransformerEncoder/Decoder, Transformer), whose constructor
+    orders its children's init. Only modules of ``torch.nn`` are covered.
+    """
+
+    module_level = True
+    function = staticmethod(torch_reset_)  # type: ignore[assignment]
+
+    def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
+        for name, module in path:
+            if isinstance(module, _COMPOSITES):
+                return name, module
+        name, owner = path[-1]
+        param = owner._parameters.get(attr)
+        if not _is_torch_module(owner) or _reset_method(owner) is None or param is None:
+            return None
+        if isinstance(param, nn.parameter.UninitializedTensorMixin):
+            return None  # a lazy module's parameter has no values until its first forward
+        return name, owner
 
 
 class TorchWeight(Initializer):
