@@ -1,6 +1,7 @@
 """Deferred construction and materialize_ (issue 5, item 4)."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -234,3 +235,187 @@ def test_lstm_and_attention_run_after_materialize_and_match_eager():
     assert bool(torch.isfinite(a).all())
     for (name, p), q in zip(eager["lstm"].named_parameters(), lazy["lstm"].parameters()):
         assert torch.equal(p, q), name
+
+
+# ---------------------------------------------------------------- issue 11: eager equivalence, meta models, rules
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    return LlamaForCausalLM(config)
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    return BertForMaskedLM(config)
+
+
+def torch_mix():
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.MultiheadAttention(8, 2),
+                         nn.Embedding(10, 8, padding_idx=0), nn.LSTM(8, 4))
+
+
+def meta_build(build, how):
+    """The model built on meta without deferred(): a device context, .to("meta"), or accelerate."""
+    if how == "device":
+        with torch.device("meta"):
+            return build()
+    if how == "to":
+        return build().to("meta")
+    accelerate = pytest.importorskip("accelerate")
+    with accelerate.init_empty_weights():
+        return build()
+
+
+@pytest.mark.parametrize("how", ["device", "to", "accelerate"])
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert, torch_mix], ids=["llama", "bert", "torch"])
+def test_meta_built_models_materialize_completely_as_eager(build, how):
+    from _eager import differences
+
+    pytest.importorskip("transformers")
+    model = meta_build(build, how)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing unknown, nothing failed
+        ti.materialize_(model)
+    assert not [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert differences(build, model) == []  # RoPE inv_freq, BatchNorm stats, padding rows, ties included
+
+
+def test_meta_model_with_unknown_buffer_raises_before_changing_anything():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(4, 4)
+            self.register_buffer("table", torch.arange(4.0))  # computed in the constructor: lost on meta
+
+    with torch.device("meta"):
+        model = Odd()
+    before = {k: (id(v), v.is_meta) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    with pytest.raises(ValueError, match=r"cannot be known .*table"):
+        ti.materialize_(model, strict=True)
+    assert {k: (id(v), v.is_meta) for k, v in [*model.named_parameters(), *model.named_buffers()]} == before
+    with pytest.warns(UserWarning, match="table"):
+        ti.materialize_(model)
+    assert torch.equal(model.table, torch.zeros(4)) and not model.proj.weight.is_meta
+
+
+def test_transformers_own_init_methods_work_as_on_eager():
+    pytest.importorskip("transformers")
+    with ti.deferred():
+        model = tiny_llama()
+    ti.materialize_(model)
+    eager = tiny_llama()
+    for m in (model, eager):
+        w = m.model.layers[0].mlp.up_proj.weight
+        with torch.no_grad():
+            w.fill_(7.0)
+        m.init_weights()  # transformers: a no-op, every module is marked initialized by post_init
+        assert bool((w == 7).all())
+        for module in m.modules():
+            module.__dict__.pop("_is_hf_initialized", None)
+        m.init_weights()  # with the marks cleared it initializes again, for real
+        assert float(w.detach().std()) == pytest.approx(0.02, rel=0.2)
+    layer = model.model.layers[0].self_attn.q_proj
+    before = layer.weight.detach().clone()
+    layer.reset_parameters()
+    assert not torch.equal(before, layer.weight) and not layer.weight.is_meta
+
+
+def test_policy_rule_wins_over_construction():
+    pytest.importorskip("transformers")
+    with ti.deferred():
+        model = tiny_llama()
+    policy = ti.Policy([("*.mlp.down_proj.weight", ti.Zeros()), ("model.norm.weight", ti.Constant(3.0))])
+    report = ti.materialize_(model, policy)
+    assert bool((model.model.layers[1].mlp.down_proj.weight == 0).all())
+    assert bool((model.model.norm.weight == 3).all())
+    rows = {r.name: r for r in report}
+    assert rows["model.layers.0.mlp.down_proj.weight"].rule == "#0 '*.mlp.down_proj.weight'"
+    assert rows["model.layers.0.mlp.up_proj.weight"].rule == "construction"
+    assert rows["model.layers.0.mlp.up_proj.weight"].initializer == "normal_"  # kaiming_uniform_ was dead
+
+
+def test_materialize_writes_each_parameter_about_once():
+    """Dead writes are dropped: a Linear's kaiming_uniform_ before transformers' normal_ is never run."""
+    from torchinit.recording import storage_key
+
+    pytest.importorskip("transformers")
+    with ti.deferred() as recording:
+        model = tiny_llama()
+    keys = {storage_key(p) for p in model.parameters()}
+    live, undefined = recording.live_ops(keys)
+    writes = [recording.ops[i] for i in live if recording.ops[i].writes]
+    assert not undefined
+    assert len(writes) <= len(keys) + 2  # one write each (+ the padding row fill_ ops)
+    assert "uniform_" not in {op.name for op in writes}
+
+
+def test_generator_state_decides_the_streams():
+    def build():
+        with ti.deferred():
+            return nn.Sequential(nn.Linear(16, 16), nn.Embedding(20, 16))
+
+    g = gen(5)
+    a, b = build(), build()
+    ti.materialize_(a, generator=g)
+    ti.materialize_(b, generator=g)  # the same generator, advanced: different weights
+    assert not torch.equal(a[0].weight, b[0].weight)
+    c = build()
+    ti.materialize_(c, generator=gen(5))  # re-seeded: the first call's weights again
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), c.parameters()))
+    assert gen(5).initial_seed() == g.initial_seed()  # the seed alone does not decide: the state does
+
+
+def test_policy_generator_state_decides_the_streams():
+    policy = ti.Policy([(nn.Linear, {"weight": ti.Normal(), "bias": ti.Zeros()})])
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    g = gen(2)
+    policy.apply_(a, generator=g)
+    policy.apply_(b, generator=g)
+    assert not torch.equal(a.weight, b.weight)
+    policy.apply_(b, generator=gen(2))
+    assert torch.equal(a.weight, b.weight)
+
+
+def test_report_statistics_are_computed_on_demand(monkeypatch):
+    import torchinit.policy as policy_module
+
+    calls = []
+    real_std = policy_module._std
+    monkeypatch.setattr(policy_module, "_std", lambda t: calls.append(1) or real_std(t))
+    with ti.deferred():
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    report = ti.materialize_(model)
+    report2 = ti.Policy([(nn.Linear, {"weight": ti.Ones()})]).apply_(model)
+    assert calls == []  # neither call computed a statistic
+    assert report2.rows[0].std == 0.0 and len(calls) == 1
+    assert "std" in str(report) and len(calls) == 1 + len(report)
+
+
+def test_rules_that_match_nothing_are_reported():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    typo = ti.Policy([("*.wieght", ti.Zeros()), (nn.Linear, {"weight": ti.Ones(), "biass": ti.Zeros()})])
+    with pytest.warns(UserWarning) as caught:
+        typo.apply_(model)
+    message = " ".join(str(w.message) for w in caught)
+    assert "'*.wieght'" in message and "matches no parameter" in message
+    assert "'biass'" in message and "they have: bias, weight" in message
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"strict: .*'\*\.wieght'"):
+        typo.apply_(model, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # raised before writing
+    with ti.deferred():
+        lazy = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        ti.materialize_(lazy, ti.Policy([("nothing.*", ti.Zeros())]), strict=True)
+    assert lazy[0].weight.is_meta
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ti.presets.torch_default().apply_(model)  # a preset's catalogue rules are optional
+        ti.Policy([(nn.Conv2d, {"weight": ti.Zeros()})], optional=True).apply_(model)

@@ -335,6 +335,8 @@ def materialize_(
         staged = _stage(slots, wanted, device, base_seed, generator)
         _apply_rules(slots, staged, device, base_seed, generator)
         _commit(model, slots)
+        if unrecorded:
+            _retie(model)
         if explicit_device:
             _move_real(model, device)
     return _report(plans, slots)
@@ -559,6 +561,11 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
     Every real parameter and buffer is swapped for a meta stand-in holding its value, so
     the init code can run on the whole model without touching a real tensor; the
     registrations and transformers' ``_is_hf_initialized`` flags are restored afterwards.
+    A tied parameter (one tensor, or one storage, in several places) keeps its first
+    registration (the input embedding, before the output head) and the later ones get
+    stand-ins of their own, because eager construction
+    initializes them before tying: the output head's init must not overwrite the
+    embedding's (transformers ties after ``initialize_weights``; BERT's padding row).
     """
     recording = Recording()
     mode = RecordingMode(recording)
@@ -569,14 +576,21 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
     try:
         mode.paused = True
         swapped: dict[int, Tensor] = {}
+        first_seen: set[int] = set()
         for module in model.modules():
             for store in (module._parameters, module._buffers):
                 for k, v in store.items():
                     if v is None:
                         continue
                     if id(v) in targets:
-                        recording.add_leaf(v, UNDEFINED)
                         owners_of_targets.add(id(module))
+                        if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see below)
+                            store[k] = _parameter_like(v, torch.empty_like(v, device="meta")) \
+                                if isinstance(v, nn.Parameter) else torch.empty_like(v, device="meta")
+                            recording.add_leaf(store[k], UNDEFINED)
+                            continue
+                        first_seen.add(storage_key(v))
+                        recording.add_leaf(v, UNDEFINED)
                     elif not v.is_meta:
                         if id(v) not in swapped:
                             stand_in = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
@@ -617,6 +631,16 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
             module._buffers.update(buffers)
         _restore_init_flags(flags)
     return recording
+
+
+def _retie(model: nn.Module) -> None:
+    """Re-tie a transformers model's weights, as its ``post_init`` does last (``.to("meta")`` unties them)."""
+    tie = getattr(model, "tie_weights", None)
+    if callable(tie) and getattr(model, "all_tied_weights_keys", None):
+        try:
+            tie()
+        except Exception as err:  # noqa: BLE001 - the values are complete either way
+            warnings.warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning, stacklevel=3)
 
 
 def _post_order(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:

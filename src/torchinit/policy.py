@@ -271,8 +271,8 @@ class InitReport:
         header = ("parameter", "shape", "rule", "initializer", "std")
         body = [
             (r.name + (f" (= {', '.join(r.aliases)})" if r.aliases else ""), "×".join(map(str, r.shape)) or "scalar",
-             r.rule, r.initializer, "—" if r.std is None or math.isnan(r.std) else f"{r.std:.4g}")
-            for r in self.rows
+             r.rule, r.initializer, "—" if std is None or math.isnan(std) else f"{std:.4g}")
+            for r in self.rows for std in [r.std]
         ]  # fmt: skip
         return text_table(header, body) + f"\n{len(self.rows)} parameters, {len(self.untouched)} untouched"
 
