@@ -419,3 +419,39 @@ def test_rules_that_match_nothing_are_reported():
         warnings.simplefilter("error")
         ti.presets.torch_default().apply_(model)  # a preset's catalogue rules are optional
         ti.Policy([(nn.Conv2d, {"weight": ti.Zeros()})], optional=True).apply_(model)
+
+
+def test_init_functions_that_skip_meta_are_recorded_whole():
+    """torch.nn.init's trunc_normal_/orthogonal_ return at once on meta, and so does every torchinit initializer:
+    inside deferred() they are recorded as whole calls and replayed."""
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(64, 32)
+            ti.orthogonal_(self.a.weight)
+            self.b = nn.Parameter(torch.empty(32, 16))
+            ti.trunc_normal_std_(self.b, std=0.5)
+            self.c = nn.Parameter(torch.empty(16, 16))
+            nn.init.orthogonal_(self.c)
+            self.d = nn.Parameter(torch.empty(256, 64))
+            nn.init.trunc_normal_(self.d, std=0.02)
+
+    with ti.deferred() as recording:
+        model = Model()
+    assert [op.name for op in recording.ops if op.whole] == ["orthogonal_", "trunc_normal_std_", "orthogonal_",
+                                                             "trunc_normal_"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ti.materialize_(model)
+    w = model.a.weight.detach()
+    assert float((w @ w.T - torch.eye(32)).abs().max()) < 1e-5
+    c = model.c.detach()
+    assert float((c @ c.T - torch.eye(16)).abs().max()) < 1e-5
+    assert float(model.b.detach().abs().max()) <= 2 * 0.5 / ti.truncated_std_factor(2) + 1e-6  # sigma-relative bounds
+    d = model.d.detach()
+    assert float(d.std()) == pytest.approx(0.02, rel=0.05)  # 16384 draws: the std's own error is ~0.6%
+    with pytest.raises(ValueError, match="sparsity"):  # argument errors surface at construction, as eagerly
+        with ti.deferred():
+            layer = nn.Linear(4, 4)
+            ti.sparse_(layer.weight, sparsity=2.0)

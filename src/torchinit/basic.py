@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchinit.recording import recorded_call
 from torchinit._checks import as_tensor, finite, float_tensor, non_negative, nothing_to_write
 
 __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
 
+@recorded_call
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill ``tensor`` from the uniform distribution :math:`\mathcal{U}(a, b)`.
 
@@ -38,6 +40,7 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Ge
     return tensor
 
 
+@recorded_call
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill ``tensor`` from the normal distribution :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
 
@@ -56,6 +59,7 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torc
     return tensor
 
 
+@recorded_call
 def constant_(tensor: Tensor, val: float) -> Tensor:
     r"""Fill ``tensor`` with the value ``val``: :math:`w_{ij\ldots} = \text{val}`.
 
@@ -75,6 +79,7 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
     return tensor
 
 
+@recorded_call
 def ones_(tensor: Tensor) -> Tensor:
     r"""Fill ``tensor`` with ones: :math:`w_{ij\ldots} = 1`.
 
@@ -86,6 +91,7 @@ def ones_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 1)
 
 
+@recorded_call
 def zeros_(tensor: Tensor) -> Tensor:
     r"""Fill ``tensor`` with zeros: :math:`w_{ij\ldots} = 0`.
 
@@ -97,6 +103,7 @@ def zeros_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 0)
 
 
+@recorded_call
 def eye_(tensor: Tensor) -> Tensor:
     r"""Fill a 2-D ``tensor`` with the identity: :math:`w_{ij} = [i = j]`.
 
@@ -113,6 +120,7 @@ def eye_(tensor: Tensor) -> Tensor:
     return _channel_identity(tensor, 1, 1)
 
 
+@recorded_call
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the Dirac delta: identity at the kernel centre.
 
@@ -130,6 +138,7 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     return _channel_identity(tensor, groups, 1)
 
 
+@recorded_call
 def identity_(tensor: Tensor, gain: float = 1.0, *, groups: int = 1) -> Tensor:
     r"""Fill a 2- to 5-D weight with the (partial) identity times ``gain``, square or not.
 

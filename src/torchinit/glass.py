@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from torchinit.recording import recorded_call
 from torchinit._checks import finite, float_tensor, nothing_to_write
 from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dims
 
@@ -65,6 +66,7 @@ class _Entries(NamedTuple):
     values: Tensor
 
 
+@recorded_call
 def glass_(
     tensor_or_module: Any,
     in_dims: Dims = ...,

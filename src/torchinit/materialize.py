@@ -40,7 +40,18 @@ from torchinit.policy import (
     named_parameter_owners,
     stream_generator,
 )
-from torchinit.recording import UNDEFINED, Op, Recording, RecordingMode, Replay, claim, recording_of, storage_key
+from torchinit.recording import (
+    UNDEFINED,
+    Op,
+    Recording,
+    RecordingMode,
+    Replay,
+    claim,
+    recorded_call,
+    recording_of,
+    storage_key,
+    thread_recordings,
+)
 
 __all__ = ["deferred", "materialize_"]
 
@@ -108,13 +119,7 @@ def deferred() -> Iterator[Recording]:
 # The patch is process-wide (a class attribute) and counted under a lock; whether it defers is per thread.
 _PATCH_LOCK = threading.Lock()
 _PATCH: dict[str, Any] = {"depth": 0}
-_LOCAL = threading.local()
-
-
-def _thread_stack() -> list[tuple[Recording, RecordingMode]]:
-    if not hasattr(_LOCAL, "stack"):
-        _LOCAL.stack = []
-    return _LOCAL.stack
+_thread_stack = thread_recordings
 
 
 def _deferring_register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
@@ -170,15 +175,7 @@ def _set_entry(holder: Any, key: str, value: Any) -> None:
 
 
 def _recording_init(original: Any) -> Any:
-    def init(tensor: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        stack = _thread_stack()
-        if stack and isinstance(tensor, Tensor) and tensor.is_meta and stack[-1][1].recording.knows(tensor):
-            stack[-1][0].record_call(original, tensor, args, kwargs)
-            return tensor
-        return original(tensor, *args, **kwargs)
-
-    init.__name__, init.__doc__, init.__wrapped__ = original.__name__, original.__doc__, original  # type: ignore
-    return init
+    return recorded_call(original)
 
 
 def _parameter_like(old: Tensor, data: Tensor) -> nn.Parameter:

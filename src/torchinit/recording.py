@@ -24,6 +24,7 @@ its fake-tensor graph, and with dead writes removed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import weakref
@@ -35,7 +36,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key"]
+__all__ = [
+    "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
+    "thread_recordings", "recorded_call",
+]  # fmt: skip
 
 aten = torch.ops.aten
 
@@ -112,6 +116,7 @@ class Op:
     reads: frozenset[int] = frozenset()  # storages whose values it reads
     random: bool = False
     undefined: bool = False  # it creates storage with undefined contents
+    whole: bool = False  # a function call that writes every element of its tensor
 
     @property
     def name(self) -> str:
@@ -124,7 +129,7 @@ class Op:
 
     def overwrites(self) -> set[int]:
         """Storages this operation sets entirely without reading their previous values."""
-        if self.name not in _OVERWRITES:
+        if not self.whole and self.name not in _OVERWRITES:
             return set()
         return {w.key for w in self.writes if w.covers_storage() and w.key not in self.reads}
 
@@ -172,10 +177,15 @@ class Recording:
     # ---- recording -------------------------------------------------------------------------------------
 
     def record_call(self, func: Callable[..., Any], tensor: torch.Tensor, args: tuple, kwargs: dict) -> None:
-        """Append a whole in-place init function ``func(tensor, *args, **kwargs)`` (one that skips meta tensors)."""
+        """Append a whole in-place init function ``func(tensor, *args, **kwargs)`` (one that skips meta tensors).
+
+        Such functions (torch.nn.init's trunc_normal_/orthogonal_/sparse_/dirac_, every
+        torchinit initializer) write every element of their tensor.
+        """
         self._keep(tensor)
         ref = TensorRef.of(tensor)
-        op = Op(func, (ref, *args), dict(kwargs), writes=(ref,), random="generator" in inspect.signature(func).parameters)
+        random = "generator" in inspect.signature(func).parameters
+        op = Op(func, (ref, *args), dict(kwargs), writes=(ref,), random=random, whole=True)
         if ref.key not in op.overwrites():
             op.reads = frozenset({ref.key})
         self.ops.append(op)
@@ -411,6 +421,45 @@ def _device_is_meta(kwargs: dict) -> bool:
 
 def _returns_alias(schema: Any) -> list[bool]:
     return [r.alias_info is not None for r in schema.returns] or [True]
+
+
+# ---- the recordings open in this thread, and whole-call recording of init functions ---------------------
+
+_LOCAL = threading.local()
+
+
+def thread_recordings() -> list[tuple[Recording, RecordingMode]]:
+    """The (recording, mode) pairs of the ``deferred()`` contexts open in this thread, innermost last."""
+    if not hasattr(_LOCAL, "stack"):
+        _LOCAL.stack = []
+        _LOCAL.calling = False
+    return _LOCAL.stack
+
+
+def recorded_call(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Make the in-place initializer ``func`` recordable: inside ``deferred()``, on a recorded meta tensor, the
+    call is validated (run on the meta tensor, which writes nothing) and appended to the recording whole.
+
+    Outside a recording, or on any other target, ``func`` runs as usual.
+    """
+
+    @functools.wraps(func)
+    def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = thread_recordings()
+        if not stack or _LOCAL.calling or not isinstance(tensor, torch.Tensor) or not tensor.is_meta:
+            return func(tensor, *args, **kwargs)
+        recording, mode = stack[-1]
+        if not recording.knows(tensor):
+            return func(tensor, *args, **kwargs)
+        _LOCAL.calling, mode.paused = True, True
+        try:
+            func(tensor, *args, **kwargs)  # argument errors surface now, as in eager construction
+        finally:
+            _LOCAL.calling, mode.paused = False, False
+        recording.record_call(func, tensor, args, kwargs)
+        return tensor
+
+    return wrapper
 
 
 # ---- which recording a meta tensor belongs to -----------------------------------------------------------

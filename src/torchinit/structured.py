@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from torchinit.recording import recorded_call
 from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
 from torchinit.basic import identity_
 from torchinit.fans import block_shape
@@ -57,6 +58,7 @@ def haar_semi_orthogonal(
     return q.reshape(blocks, rows, cols)
 
 
+@recorded_call
 def orthogonal_(
     tensor: Tensor, gain: float = 1, generator: torch.Generator | None = None, *, blocks: int = 1
 ) -> Tensor:
@@ -98,6 +100,7 @@ def orthogonal_(
     return tensor
 
 
+@recorded_call
 def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the delta-orthogonal kernel (Xiao et al., 2018).
 
@@ -133,6 +136,7 @@ def _centre(t: Tensor) -> tuple[int, ...]:
     return tuple(k // 2 for k in t.shape[2:])
 
 
+@recorded_call
 def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     r"""ZerO initialization (Zhao et al., "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones", TMLR 2022).
 
@@ -199,6 +203,7 @@ def _sylvester_corner_(dest: Tensor) -> None:
         size *= 2
 
 
+@recorded_call
 def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
     r"""Fill ``tensor`` as a sparse matrix (Martens, 2010).
 

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchinit.recording import recorded_call
 from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
 
 __all__ = ["trunc_normal_", "trunc_normal_std_", "truncated_std_factor", "sample_truncated_"]
@@ -75,6 +76,7 @@ def truncated_std_factor(k: float) -> float:
     return math.sqrt(1.0 - 2.0 * k * density / mass)
 
 
+@recorded_call
 def trunc_normal_(
     tensor: Tensor,
     mean: float = 0.0,
@@ -131,6 +133,7 @@ def trunc_normal_(
     return tensor
 
 
+@recorded_call
 def trunc_normal_std_(
     tensor: Tensor,
     std: float = 1.0,

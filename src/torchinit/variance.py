@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchinit.recording import recorded_call
 from torchinit._checks import choice, finite, float_tensor, non_negative
 from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
@@ -104,6 +105,7 @@ def _init(
     return written
 
 
+@recorded_call
 def variance_scaling_(
     tensor: Tensor,
     scale: float = 1.0,
@@ -147,6 +149,7 @@ def variance_scaling_(
     return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, blocks, generator)
 
 
+@recorded_call
 def xavier_uniform_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -172,6 +175,7 @@ def xavier_uniform_(
     return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, blocks, generator)
 
 
+@recorded_call
 def xavier_normal_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -197,6 +201,7 @@ def xavier_normal_(
     return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, blocks, generator)
 
 
+@recorded_call
 def kaiming_uniform_(
     tensor: Tensor,
     a: float = 0,
@@ -227,6 +232,7 @@ def kaiming_uniform_(
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator)
 
 
+@recorded_call
 def kaiming_normal_(
     tensor: Tensor,
     a: float = 0,
@@ -260,6 +266,7 @@ def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
     return calculate_gain(nonlinearity, a if nonlinearity == "leaky_relu" else None)
 
 
+@recorded_call
 def lecun_uniform_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
@@ -284,6 +291,7 @@ def lecun_uniform_(
     return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, blocks, generator)
 
 
+@recorded_call
 def lecun_normal_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
