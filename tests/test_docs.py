@@ -45,7 +45,7 @@ def test_examples_run(module):
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {module}"
 
 
-@pytest.mark.parametrize("page", ["fans.md", "gain.md", "truncated_normal.md", "glass.md"])
+@pytest.mark.parametrize("page", ["fans.md", "gain.md", "truncated_normal.md", "glass.md", "materialize.md"])
 def test_docs_pages_exist(page):
     assert (ROOT / "docs" / page).read_text().strip()
 

@@ -455,3 +455,19 @@ def test_init_functions_that_skip_meta_are_recorded_whole():
         with ti.deferred():
             layer = nn.Linear(4, 4)
             ti.sparse_(layer.weight, sparsity=2.0)
+
+
+@pytest.mark.parametrize("fault", [KeyboardInterrupt, RuntimeError])
+def test_a_fault_half_way_leaves_the_model_unchanged(fault):
+    class Exploding(ti.Normal):
+        def init(self, tensor, *, generator=None):
+            raise fault("half-way")
+
+    with ti.deferred():
+        model = nn.Sequential(nn.Linear(4, 4), nn.Embedding(6, 4), nn.Linear(4, 2))
+    before = {n: (id(p), p.is_meta) for n, p in model.named_parameters()}
+    with pytest.raises(fault):  # the replay of the first layers has run; the rule on the last one explodes
+        ti.materialize_(model, ti.Policy([("2.weight", Exploding())]))
+    assert {n: (id(p), p.is_meta) for n, p in model.named_parameters()} == before
+    ti.materialize_(model)  # and it can still be materialized
+    assert not any(p.is_meta for p in model.parameters())
