@@ -471,3 +471,18 @@ def test_a_fault_half_way_leaves_the_model_unchanged(fault):
     assert {n: (id(p), p.is_meta) for n, p in model.named_parameters()} == before
     ti.materialize_(model)  # and it can still be materialized
     assert not any(p.is_meta for p in model.parameters())
+
+
+def test_materialize_argument_errors_change_nothing():
+    with ti.deferred():
+        layer = nn.Linear(4, 4)
+    for kwargs, error, match in [
+        ({"policy": "torch_default"}, TypeError, "policy must be a torchinit.Policy"),
+        ({"device": "nonsense"}, ValueError, "device"),
+        ({"device": "meta"}, ValueError, "real device"),
+        ({"strict": 1}, TypeError, "strict must be a bool"),
+        ({"generator": 0}, TypeError, "generator must be a torch.Generator"),
+    ]:
+        with pytest.raises(error, match=match):
+            ti.materialize_(layer, **kwargs)
+        assert layer.weight.is_meta and layer.bias.is_meta
