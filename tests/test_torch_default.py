@@ -142,3 +142,33 @@ def test_torch_default_through_materialize():
     assert bool((model[2].weight[1] == 0).all()) and float(model[2].weight.detach().std()) > 0.5
     bound = 1 / 6**0.5
     assert float(model[1].weight_hh_l0.detach().abs().max()) <= bound and float(model[1].weight_hh_l0.detach().std()) > bound / 3
+
+
+REPARAMETRIZED = {
+    "weight_norm": lambda: nn.utils.weight_norm(nn.Linear(5, 4)),
+    "weight_norm_conv_dim": lambda: nn.utils.weight_norm(nn.Conv2d(3, 4, 3), dim=1),
+    "parametrizations.weight_norm": lambda: nn.utils.parametrizations.weight_norm(nn.Linear(5, 4)),
+    "parametrizations.spectral_norm": lambda: nn.utils.parametrizations.spectral_norm(nn.Linear(5, 4)),
+}
+
+
+@pytest.mark.parametrize("name", REPARAMETRIZED)
+def test_torch_default_on_reparametrized_modules(name):
+    """The module was initialized before its weight was reparametrized: g and v (or original0/1) follow from it."""
+    build = REPARAMETRIZED[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weight_norm's deprecation
+        torch.manual_seed(0)
+        eager = build()
+        other = build()
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(1.0)
+        torch.manual_seed(0)
+        report = presets.torch_default().apply_(other)
+    assert report.untouched == []
+    want, got = eager.state_dict(), other.state_dict()
+    for k in want:
+        if k.endswith("._u") or k.endswith("._v"):  # spectral_norm's power-iteration vectors: drawn, not reset
+            continue
+        assert torch.equal(want[k], got[k]), k

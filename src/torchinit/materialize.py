@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from torchinit.construction import own_init, reset_method
 from torchinit.policy import (
     InitReport,
     Planned,
@@ -543,15 +545,6 @@ def _report(plans: list[Planned], slots: list[_Slot]) -> InitReport:
 # ---- re-enacting construction for models built on meta without deferred() -----------------------------------
 
 
-def _reset_method(module: nn.Module) -> Any:
-    """The module's own re-initialization method: ``reset_parameters`` or (MultiheadAttention) ``_reset_parameters``."""
-    for name in ("reset_parameters", "_reset_parameters"):
-        method = getattr(module, name, None)
-        if callable(method):
-            return method
-    return None
-
-
 def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
     """Record, on meta, what construction would have done to the ``unrecorded`` tensors; change nothing.
 
@@ -596,14 +589,17 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
                             recording.add_leaf(stand_in, v.detach())
                             swapped[id(v)] = stand_in
                         store[k] = swapped[id(v)]
+        for module in model.modules():  # a reparametrized module resets the tensors its parametrizations hold
+            if parametrize.is_parametrized(module) and any(id(t) in targets for t in module.parametrizations.parameters()):
+                owners_of_targets.add(id(module))
         mode.paused = False
         failures = []
         with mode, torch.no_grad():
             for name, module in _post_order(model):
-                method = _reset_method(module)
+                method = reset_method(module)
                 if method is not None and id(module) in owners_of_targets:
                     try:
-                        method()
+                        own_init(module, only_torch=False)
                     except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
                         failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
             model_init = _model_init(model)

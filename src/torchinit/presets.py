@@ -18,7 +18,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from torch.nn.utils import parametrize
+
 from torchinit.basic import uniform_, zeros_
+from torchinit.construction import COMPOSITES, constructor_init, is_torch_module, reset_method
 from torchinit.fans import is_transposed_linear, tensor_fans
 from torchinit.initializers import (
     Glass,
@@ -80,44 +83,6 @@ def torch_default() -> Policy:
     return Policy([(nn.Module, TorchReset())], optional=True)
 
 
-#: Composite torch modules whose constructors initialize their children in an order (or a way) of their own.
-_COMPOSITES = (nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
-
-
-def _reset_method(module: nn.Module) -> Callable[[], None] | None:
-    """A torch module's own re-initialization: ``reset_parameters`` or (MultiheadAttention) ``_reset_parameters``."""
-    for name in ("reset_parameters", "_reset_parameters"):
-        method = getattr(module, name, None)
-        if callable(method):
-            return method
-    return None
-
-
-def _is_torch_module(module: nn.Module) -> bool:
-    return type(module).__module__.startswith("torch.nn.")
-
-
-def _constructor_init(module: nn.Module) -> None:
-    """Apply to ``module``'s subtree what torch's constructors apply, in their order."""
-    if isinstance(module, (nn.TransformerEncoder, nn.TransformerDecoder)):
-        layers = list(module.layers)
-        if layers:  # the constructor deep-copies one built layer: the same values in every layer
-            _constructor_init(layers[0])
-            for layer in layers[1:]:
-                for dst, src in zip(layer.parameters(), layers[0].parameters()):
-                    dst.copy_(src)
-        if module.norm is not None:
-            _constructor_init(module.norm)
-        return
-    for child in module.children():
-        _constructor_init(child)
-    owns = any(p is not None for p in module._parameters.values())
-    if _is_torch_module(module) and (owns or isinstance(module, nn.Transformer)):
-        reset = _reset_method(module)
-        if reset is not None:
-            reset()
-
-
 def torch_reset_(module: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
     """Initialize ``module`` as torch's constructor does (see :func:`torch_default`); in place.
 
@@ -127,13 +92,13 @@ def torch_reset_(module: nn.Module, *, generator: torch.Generator | None = None)
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module; got {type(module).__name__}")
     if generator is None:
-        _constructor_init(module)
+        constructor_init(module)
         return module
     seed = int(torch.empty((), dtype=torch.int64, device=generator.device).random_(0, 2**63 - 1, generator=generator))
     devices = [generator.device] if generator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        _constructor_init(module)
+        constructor_init(module)
     return module
 
 
@@ -142,7 +107,9 @@ class TorchReset(Initializer):
 
     The unit of a parameter is its owning module, or the outermost composite above it
     (MultiheadAttention, TransformerEncoder/Decoder, Transformer), whose constructor
-    orders its children's init. Only modules of ``torch.nn`` are covered.
+    orders its children's init, or the module whose weight is reparametrized (weight_norm,
+    parametrizations). Only modules of ``torch.nn`` are covered. The program is
+    :func:`torchinit.construction.constructor_init`.
     """
 
     module_level = True
@@ -150,46 +117,18 @@ class TorchReset(Initializer):
 
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         for name, module in path:
-            if isinstance(module, _COMPOSITES):
+            if isinstance(module, COMPOSITES):
                 return name, module
+        for (name, module), (_, child) in zip(path, path[1:]):
+            if parametrize.is_parametrized(module) and child is module.parametrizations:
+                return (name, module) if is_torch_module(module) else None  # reparametrized: the module is the unit
         name, owner = path[-1]
         param = owner._parameters.get(attr)
-        if not _is_torch_module(owner) or _reset_method(owner) is None or param is None:
+        if not is_torch_module(owner) or reset_method(owner) is None or param is None:
             return None
         if isinstance(param, nn.parameter.UninitializedTensorMixin):
             return None  # a lazy module's parameter has no values until its first forward
         return name, owner
-
-
-class TorchWeight(Initializer):
-    """torch's Linear/Conv weight default: ``kaiming_uniform_(w, a=sqrt(5))`` on the weight tensor.
-
-    U(±1/sqrt(fan_in)) with torch's tensor fans (not the layer's: this is what the
-    constructors do, transposed and grouped convs included). Used by :func:`torch_default`.
-    """
-
-    @staticmethod
-    def function(tensor: Tensor, *, generator=None) -> Tensor:  # type: ignore[override]
-        return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
-
-
-class TorchBias(Initializer):
-    """torch's Linear/Conv bias default: U(±1/sqrt(fan_in)), fan_in of the owning layer's weight tensor.
-
-    It needs the owning layer, which :class:`~torchinit.Policy` passes (``wants_owner``).
-    """
-
-    wants_owner = True
-
-    @staticmethod
-    def function(layer: nn.Module, *, generator=None) -> Tensor:  # type: ignore[override]
-        if not isinstance(layer, nn.Module):
-            raise TypeError("TorchBias initializes a layer's bias from its weight's fans; it needs the layer")
-        fan_in = tensor_fans(tuple(layer.weight.shape)).fan_in
-        if fan_in == 0:
-            return zeros_(layer.bias)
-        bound = 1 / math.sqrt(fan_in)
-        return uniform_(layer.bias, -bound, bound, generator=generator)
 
 
 def gpt2(n_layer: int) -> Policy:
