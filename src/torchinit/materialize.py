@@ -101,7 +101,7 @@ def deferred() -> Iterator[Recording]:
     with _PATCH_LOCK:
         if _PATCH["depth"] == 0:
             _PATCH["saved"] = nn.Module.register_parameter
-            nn.Module.register_parameter = _deferring_register_parameter  # type: ignore[method-assign]
+            nn.Module.register_parameter = _deferring(_PATCH["saved"])  # type: ignore[method-assign]
             _PATCH["init"] = _patch_meta_skipping_inits()
         _PATCH["depth"] += 1
     stack.append(entry)
@@ -124,24 +124,54 @@ _PATCH: dict[str, Any] = {"depth": 0}
 _thread_stack = thread_recordings
 
 
-def _deferring_register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-    stack = _thread_stack()
-    lazy = isinstance(param, nn.parameter.UninitializedTensorMixin)
-    if stack and param is not None and not lazy:
-        recording, mode = stack[-1]
-        if not param.is_meta:
-            mode.paused = True  # creating the stand-in is torchinit's doing, not construction's
+def _deferring(original: Any) -> Any:
+    """``nn.Module.register_parameter`` that, in a thread inside ``deferred()``, makes the parameter meta first.
+
+    The original is captured here, once per installation, so a thread still running an old
+    patched method after the last context closed calls the right one.
+    """
+
+    def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        stack = _thread_stack()
+        lazy = isinstance(param, nn.parameter.UninitializedTensorMixin)
+        if stack and param is not None and not lazy:
+            recording, mode = stack[-1]
+            if not param.is_meta:
+                param = _make_meta(param, recording, mode)
+            if recording.knows(param):
+                claim(param, recording)
+        original(self, name, param)
+
+    return register_parameter
+
+
+def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -> nn.Parameter:
+    """Turn the real ``param`` into a meta one, in place where torch allows it, and record its value.
+
+    In place (``torch.utils.swap_tensors``, torch >= 2.3) the constructor's own references
+    and a second registration of the same parameter (a tie) see the meta tensor too;
+    where swapping is refused, a new Parameter with the same class and attributes is made.
+    """
+    mode.paused = True  # creating the stand-in is torchinit's doing, not construction's
+    try:
+        undefined = mode.is_undefined(param)
+        meta = _parameter_like(param, torch.empty_strided(param.shape, param.stride(), dtype=param.dtype,
+                                                          device="meta"))  # fmt: skip
+        swap = getattr(torch.utils, "swap_tensors", None)
+        if swap is not None and type(meta) is type(param):
             try:
-                undefined = mode.is_undefined(param)
-                meta = _parameter_like(param, torch.empty_strided(param.shape, param.stride(), dtype=param.dtype,
-                                                                  device="meta"))  # fmt: skip
-                recording.add_leaf(meta, UNDEFINED if undefined else param.detach())
-            finally:
-                mode.paused = False
-            param = meta
-        if recording.knows(param):
-            claim(param, recording)
-    _PATCH["saved"](self, name, param)
+                attributes = dict(param.__dict__)
+                swap(param, meta)  # now ``param`` is the meta tensor and ``meta`` holds the real data
+                param.__dict__.update(attributes)
+                meta, param = param, meta
+            except RuntimeError:  # other references to the tensor at the C++ level: keep the new object
+                pass
+        value = UNDEFINED if undefined else param.detach()
+        mode.release(param)
+        recording.add_leaf(meta, value)
+    finally:
+        mode.paused = False
+    return meta
 
 
 #: torch.nn.init functions that return at once on a meta tensor (torch 2.13), so their effect never reaches
@@ -259,10 +289,12 @@ def materialize_(
         device: where to allocate (default: the CPU).
         strict: raise instead of zero-filling values that cannot be known.
         generator: the seed source. One number is drawn from it per call; every random
-            value then comes from a stream keyed by that number and the parameter's
-            qualified name (:func:`~torchinit.policy.stream_seed`), so re-seeding the
-            generator reproduces the weights and two calls with one generator differ.
-            None: the global RNG, in construction order, as eager construction draws.
+            value drawn at materialization then comes from a stream keyed by that number
+            and the parameter's qualified name (:func:`~torchinit.policy.stream_seed`), so
+            re-seeding the generator reproduces the weights and two calls with one
+            generator differ. (Values a constructor drew for real before registering them,
+            ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
+            global RNG, in construction order, as eager construction draws.
 
     Returns:
         An :class:`~torchinit.policy.InitReport`; the rule column says where each value
@@ -313,7 +345,7 @@ def materialize_(
         for s in slots:
             if s.recording is rec and s.key in keys:
                 s.writers = writers.get(s.key, [])
-                if s.key in undefined:
+                if s.key in undefined and s.tensor.numel() > 0:  # nothing to know in a zero-element tensor
                     s.source = "unknown"
                     unknown.append(s.name)
     if strict and unknown:
@@ -538,7 +570,8 @@ def _report(plans: list[Planned], slots: list[_Slot]) -> InitReport:
             source, detail = "unknown", "zeros (uninitialized by construction, no rule)"
         else:
             source, detail = s.source, ", ".join(dict.fromkeys(s.writers)) or "—"
-        rows.append(ReportRow(p.name, tuple(p.param.shape), source, detail, p.param, [o.name for o in p.owners[1:]]))
+        shape = () if isinstance(p.param, nn.parameter.UninitializedTensorMixin) else tuple(p.param.shape)
+        rows.append(ReportRow(p.name, shape, source, detail, p.param, [o.name for o in p.owners[1:]]))
     return InitReport(rows)
 
 

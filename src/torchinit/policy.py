@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
+from torchinit.recording import draw_seed
 
 __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
@@ -83,8 +84,7 @@ def derive_seed(generator: torch.Generator | None) -> int | None:
         return None
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-    draw = torch.empty((), dtype=torch.int64, device=generator.device)
-    return int(draw.random_(0, 2**63 - 1, generator=generator))
+    return draw_seed(generator)
 
 
 def stream_generator(base_seed: int | None, name: str, device: torch.device) -> torch.Generator | None:

@@ -35,6 +35,7 @@ from torchinit.initializers import (
     Zeros,
 )
 from torchinit.policy import Policy, Rule
+from torchinit.recording import seeded_global_rng
 from torchinit.variance import kaiming_uniform_
 
 __all__ = [
@@ -94,10 +95,7 @@ def torch_reset_(module: nn.Module, *, generator: torch.Generator | None = None)
     if generator is None:
         constructor_init(module)
         return module
-    seed = int(torch.empty((), dtype=torch.int64, device=generator.device).random_(0, 2**63 - 1, generator=generator))
-    devices = [generator.device] if generator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_global_rng(generator):
         constructor_init(module)
     return module
 

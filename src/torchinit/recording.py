@@ -24,11 +24,12 @@ its fake-tensor graph, and with dead writes removed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
-    "thread_recordings", "recorded_call",
+    "thread_recordings", "recorded_call", "draw_seed", "seeded_global_rng",
 ]  # fmt: skip
 
 aten = torch.ops.aten
@@ -142,11 +143,14 @@ class Replay:
     undefined: set[int]  # requested storage keys whose values construction never defined (now zeros)
 
     def tensor(self, ref: TensorRef | torch.Tensor) -> torch.Tensor:
-        """The real counterpart of a meta tensor (a view of its replayed storage)."""
+        """The real counterpart of a meta tensor: a view of its replayed storage, in its own dtype."""
         if isinstance(ref, torch.Tensor):
             ref = TensorRef.of(ref)
         base = self.storages[ref.key]
-        return base.as_strided(ref.size, ref.stride, ref.offset)
+        if base.dtype == ref.dtype:
+            return base.as_strided(ref.size, ref.stride, ref.offset)
+        view = torch.empty(0, dtype=ref.dtype, device=base.device)  # a view that reinterprets the bytes
+        return view.set_(base.untyped_storage(), ref.offset, ref.size, ref.stride)
 
 
 class Recording:
@@ -222,7 +226,7 @@ class Recording:
             outputs=tuple(outputs),
             writes=tuple(writes),
             reads=frozenset(reads),
-            random=any(a.name == "generator" for a in schema.arguments),
+            random=any(a.name == "generator" for a in schema.arguments) or name in _RANDOM_WITHOUT_GENERATOR,
             undefined=name in _UNDEFINED_FACTORIES,
         )
         for w in writes:  # an in-place op that is not an overwrite reads what it modifies
@@ -314,16 +318,45 @@ class Recording:
             if op.random:
                 if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op):
                     continue
-                if generator_for is not None:
-                    gen = generator_for(i, op)
-                    if gen is not None:
-                        kwargs["generator"] = gen
+                gen = generator_for(i, op) if generator_for is not None else None
+                if gen is not None and op.name in _RANDOM_WITHOUT_GENERATOR:
+                    out = _with_global_seed(gen, op.func, args, kwargs)
+                    _keep_outputs(storages, op, out)
+                    continue
+                if gen is not None:
+                    kwargs["generator"] = gen
             out = op.func(*args, **kwargs)
-            if op.outputs:
-                outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-                for ref, t in zip(op.outputs, outs):
-                    storages[ref.key] = t
+            _keep_outputs(storages, op, out)
         return result
+
+
+def _keep_outputs(storages: dict[int, torch.Tensor], op: Op, out: Any) -> None:
+    if op.outputs:
+        for ref, t in zip(op.outputs, _tensors(out)):
+            storages[ref.key] = t
+
+
+def _with_global_seed(generator: torch.Generator, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run a random op that takes no generator under the global RNG seeded from ``generator``, then restore it."""
+    with seeded_global_rng(generator):
+        return func(*args, **kwargs)
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """One 63-bit number drawn from ``generator`` (advancing it)."""
+    draw = torch.empty((), dtype=torch.int64, device=generator.device)
+    return int(draw.random_(0, 2**63 - 1, generator=generator))
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
+    """Within: the global RNG seeded from one draw of ``generator``, for code that only uses the global RNG
+    (torch's ``reset_parameters``, ``randn_like``); the global RNG's state is restored afterwards."""
+    seed = draw_seed(generator)
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _new_storage(ref: TensorRef, device: torch.device, *, zero: bool) -> torch.Tensor:
@@ -349,9 +382,13 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def _ref_or_value(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return TensorRef.of(x) if x.is_meta else x
+    if isinstance(x, torch.Tensor):  # a real tensor is taken by value: construction may change it later
+        return TensorRef.of(x) if x.is_meta else x.detach().clone()
     return x
+
+
+#: Random ops whose schema has no generator argument: replayed under a seeded global RNG (see Recording.replay).
+_RANDOM_WITHOUT_GENERATOR = {"rand_like", "randn_like", "randint_like"}
 
 
 class RecordingMode(TorchDispatchMode):
@@ -364,7 +401,10 @@ class RecordingMode(TorchDispatchMode):
     def __init__(self, recording: Recording) -> None:
         super().__init__()
         self.recording = recording
-        self.fresh: set[int] = set()  # real storages created empty and not written since
+        # Real storages that hold uninitialized memory: made by an empty factory (or computed from one) and not
+        # overwritten since. The tensors are held so their addresses cannot be reused by an allocation this mode
+        # does not see (torch.tensor, torch.from_numpy); untouched pages of an empty tensor cost no memory.
+        self.fresh: dict[int, torch.Tensor] = {}
         self.paused = False  # set while torchinit itself creates tensors that are not construction's
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -376,7 +416,8 @@ class RecordingMode(TorchDispatchMode):
         touches_meta = any(t.is_meta for t in tensors) or _device_is_meta(kwargs)
         if not touches_meta:
             out = func(*args, **kwargs)
-            self._track_fresh(func, name, args, kwargs, out)
+            if self.fresh or name in _UNDEFINED_FACTORIES:
+                self._track_fresh(func, name, args, kwargs, out)
             return out
         if name in _METADATA_OPS:
             return func(*args, **kwargs)
@@ -385,6 +426,8 @@ class RecordingMode(TorchDispatchMode):
         if mutated and all(_returns_alias(schema)):
             bound = _bind(schema, args, kwargs)
             if all(isinstance(bound[i], torch.Tensor) and bound[i].is_meta for i in mutated if bound[i] is not None):
+                if name not in _META_SKIPPED:  # a meta kernel checks shapes and dtypes, so errors surface now
+                    func(*tree_map(_on_meta, args), **tree_map(_on_meta, kwargs))
                 self.recording.record(func, args, kwargs, None)
                 returned = [bound[i] for i in mutated]
                 return returned[0] if len(returned) == 1 else tuple(returned)
@@ -397,21 +440,45 @@ class RecordingMode(TorchDispatchMode):
 
     def _track_fresh(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         schema = func._schema
+        bound = _bind(schema, args, kwargs)
+        inputs = _tensors((args, kwargs))
+        read_fresh = any(storage_key(t) in self.fresh for t in inputs)
         for i, a in enumerate(schema.arguments):
             if a.alias_info is not None and a.alias_info.is_write:
-                for t in _tensors(_bind(schema, args, kwargs)[i]):
-                    self.fresh.discard(storage_key(t))
-        outs = _tensors(out)
-        if name in _UNDEFINED_FACTORIES:
-            self.fresh.update(storage_key(t) for t in outs)
-        else:  # a storage address may be reused: a new tensor is not fresh unless made empty
-            for t in outs:
-                if not any(t is x for x in _tensors((args, kwargs))):
-                    self.fresh.discard(storage_key(t))
+                for t in _tensors(bound[i]):
+                    key = storage_key(t)
+                    if key in self.fresh and name in _OVERWRITES and TensorRef.of(t).covers_storage():
+                        reads = {storage_key(x) for x in inputs if x is not t}
+                        if key not in reads:
+                            del self.fresh[key]  # set entirely: defined now (a partial write leaves it undefined)
+        for t in _tensors(out):
+            if any(t is x for x in inputs):
+                continue
+            if name in _UNDEFINED_FACTORIES or read_fresh:  # made empty, or computed from uninitialized memory
+                self.fresh[storage_key(t)] = t
+            else:
+                self.fresh.pop(storage_key(t), None)
 
     def is_undefined(self, t: torch.Tensor) -> bool:
-        """Whether the real tensor ``t`` still holds the uninitialized memory it was created with."""
+        """Whether the real tensor ``t`` still holds (some of) the uninitialized memory it was created with."""
         return storage_key(t) in self.fresh
+
+    def release(self, t: torch.Tensor) -> None:
+        """Stop tracking ``t``'s storage (it was registered as a parameter and replaced by a meta one)."""
+        self.fresh.pop(storage_key(t), None)
+
+
+#: In-place ops whose meta kernel torch 2.13 implements in Python (importing its meta registrations costs ~2 s on
+#: first use): they are recorded without running on meta. They only fill values, so there is nothing to check.
+_META_SKIPPED = {"normal_", "uniform_", "erfinv_", "exponential_", "log_normal_", "geometric_", "cauchy_",
+                 "random_", "bernoulli_"}  # fmt: skip
+
+
+def _on_meta(x: Any) -> Any:
+    """A real tensor argument as a meta tensor (for a meta kernel's checks); anything else as it is."""
+    if isinstance(x, torch.Tensor) and not x.is_meta and x.dim() > 0:
+        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
+    return x
 
 
 def _device_is_meta(kwargs: dict) -> bool:
