@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["reset_method", "is_torch_module", "constructor_init", "own_init", "base_class", "COMPOSITES"]
+__all__ = [
+    "reset_method", "is_torch_module", "constructor_init", "own_init", "base_class", "weight_norm_hooks", "COMPOSITES",
+]  # fmt: skip
 
 #: Composite torch modules whose constructors initialize their children in an order (or a way) of their own.
 COMPOSITES = (nn.MultiheadAttention, nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
@@ -53,7 +55,8 @@ def is_torch_module(module: nn.Module) -> bool:
     return base_class(module).__module__.startswith("torch.nn.")
 
 
-def _weight_norms(module: nn.Module) -> list:
+def weight_norm_hooks(module: nn.Module) -> list:
+    """The ``torch.nn.utils.weight_norm`` hooks of ``module`` (one per reparametrized tensor)."""
     from torch.nn.utils.weight_norm import WeightNorm
 
     return [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm)]
@@ -94,7 +97,7 @@ def own_init(module: nn.Module, *, only_torch: bool = True) -> None:
     reset = reset_method(module)
     if reset is None:
         return
-    if parametrize.is_parametrized(module) or _weight_norms(module):
+    if parametrize.is_parametrized(module) or weight_norm_hooks(module):
         _reset_reparametrized(module)
     else:
         reset()
@@ -102,7 +105,7 @@ def own_init(module: nn.Module, *, only_torch: bool = True) -> None:
 
 def _reset_reparametrized(module: nn.Module) -> None:
     """Run the module's reset on plain tensors, then give the reparametrization their values."""
-    norms = {h.name: h for h in _weight_norms(module)}
+    norms = {h.name: h for h in weight_norm_hooks(module)}
     names = list(module.parametrizations.keys()) if parametrize.is_parametrized(module) else []
     names += list(norms)
     stand_in = object.__new__(base_class(module))

@@ -19,8 +19,8 @@ the same distribution, another stream.
 Why the whole state and not ``manual_seed``: a CPU ``torch.Generator`` keeps only the low
 32 bits of its seed (``manual_seed(s)`` and ``manual_seed(s + 2**32)`` draw the same
 numbers), so per-chunk seeds would repeat with probability about ``chunks² / 2³³`` per
-model: rare for 1B parameters in 1M-element chunks (1e-4), likely for 70B (0.5), and a
-repeat is two identical blocks of weights. The full 19968-bit state avoids that. The
+model: 0.15% for 1B parameters (~3,600 chunks), near certain for 70B (~270,000), and a
+repeat is two identical blocks of weights. A state expanded from 128 bits avoids that. The
 state's byte layout (``Generator.get_state()``) is checked once against the documented
 mt19937 seeding; if a torch release ever changes it, chunk generators fall back to
 ``manual_seed`` with the 32-bit limitation (:data:`FULL_STATE` says which).
@@ -31,7 +31,7 @@ Threads. A module-level ``ThreadPoolExecutor`` is created on first use with at m
 ``torch.set_num_threads(1)`` makes it serial. Nothing here changes a process-wide or
 thread setting (no ``torch.set_num_threads``: in OpenMP builds a count set in any thread
 leaks to threads created later). A ``KeyboardInterrupt`` (or any error) in the caller
-stops the chunks not yet started, waits for the running ones (one chunk each, a few ms)
+stops the chunks not yet started, waits for the running ones (one chunk each, ~1 ms)
 so that nothing writes to the tensor after ``fill_`` has returned or raised, and
 propagates. A forked child starts a new pool.
 """
@@ -53,14 +53,15 @@ from torch import Tensor, nn
 __all__ = ["CHUNK", "FULL_STATE", "THRESHOLD", "fill_", "replay_fill"]
 
 #: Elements per chunk: fixed, so chunk boundaries (and the values) do not depend on the thread count.
-#: 2**19 fp32 values take ~2-4 ms with torch's normal_: short enough to balance two to a few dozen
-#: threads on the common weight shapes and to stop quickly on an interrupt, long enough that the
-#: per-chunk cost (SHAKE-128 of the state, set_state, ~15 us) stays under 1%.
-CHUNK = 1 << 19
+#: 2**18 fp32 values take ~1 ms with torch's normal_: short enough to balance a few threads on
+#: common weight shapes (a 2**20-element tensor is 4 chunks) and to stop within ~1 ms on an
+#: interrupt, long enough that the per-chunk cost (the state's SHAKE-128 and set_state, ~13 us)
+#: stays near 1% (benchmarks/NOTES_model_init.md).
+CHUNK = 1 << 18
 
 #: Tensors with fewer elements are left to torch (``fill_`` returns False). Measured on 2 cores
-#: (benchmarks/NOTES_model_init.md): the pool's hand-off costs ~0.1 ms, so from 2**18 fp32 elements
-#: the threaded fill is faster; at 2**20 (4 MiB fp32, a 1024x1024 weight) it is ~1.8x faster.
+#: (benchmarks/NOTES_model_init.md): at 2**19 elements (2 chunks) the threaded fill barely wins
+#: (~1.1x, the pool's hand-off costs ~0.1 ms); at 2**20 (4 MiB fp32, a 1024x1024 weight) ~1.5x.
 THRESHOLD = 1 << 20
 
 _KINDS = {"normal_": (0.0, 1.0), "uniform_": (0.0, 1.0)}
@@ -83,7 +84,14 @@ def _mt19937_init(seed: int) -> list[int]:
 
 
 def _check_layout() -> bytes | None:
-    """The byte template of a freshly seeded generator's state if its layout is the one expected, else None."""
+    """The byte template of a freshly seeded generator's state if its layout is the one expected, else None.
+
+    Expected (ATen's ``CPUGeneratorImplState``): ``uint64 the_initial_seed; int left; int seeded;
+    uint64 next; uint64 state[624]; ...``, each mt19937 word in the low half of a uint64 slot, the
+    high half ignored by ``set_state``. Checked here: the words of ``manual_seed(s)`` are mt19937's
+    ``init_genrand(s)``; a state crafted with random high halves is adopted with its low halves
+    (``get_state`` gives them back) and draws exactly as the same state with the high halves zeroed.
+    """
     try:
         seed = 0x9E3779B9
         raw = bytes(torch.Generator().manual_seed(seed).get_state().tolist())
@@ -91,26 +99,25 @@ def _check_layout() -> bytes | None:
         words = list(struct.unpack_from(f"<{_MT_N}Q", raw, _STATE_OFFSET))
         if head != (seed, 1, 1, 0) or words != _mt19937_init(seed):
             return None
-        # a crafted state must be adopted as given, and decide the draws
-        probe = torch.Generator()
-        crafted = _craft(raw, hashlib.shake_128(b"probe").digest(4 * _MT_N))
-        probe.set_state(crafted)
-        if not torch.equal(probe.get_state(), crafted):
+        material = hashlib.shake_128(b"torchinit.fastfill layout check").digest(8 * _MT_N)
+        low = b"".join(material[k:k + 4] + bytes(4) for k in range(0, 8 * _MT_N, 8))
+        probe, clean = torch.Generator(), torch.Generator()
+        probe.set_state(_craft(raw, material))
+        clean.set_state(_craft(raw, low))
+        if not torch.equal(probe.get_state(), _craft(raw, low)):
             return None
-        first = torch.empty(8).uniform_(generator=probe)
-        probe.set_state(crafted)
-        if not torch.equal(first, torch.empty(8).uniform_(generator=probe)):
+        if not torch.equal(torch.empty(64).uniform_(generator=probe), torch.empty(64).uniform_(generator=clean)):
             return None
         return raw
     except Exception:  # noqa: BLE001 - any surprise: fall back to manual_seed
         return None
 
 
-def _craft(template: bytes, words: bytes) -> Tensor:
-    """A generator state: ``template`` with its 624 mt19937 words replaced by ``words`` (624 little-endian uint32)."""
-    buf = bytearray(template)
-    struct.pack_into(f"<{_MT_N}Q", buf, _STATE_OFFSET, *struct.unpack(f"<{_MT_N}I", words))
-    return torch.frombuffer(buf, dtype=torch.uint8).clone()
+def _craft(template: bytes, material: bytes) -> Tensor:
+    """A generator state: ``template`` with its 624 uint64 word slots set to ``material`` (4992 bytes)."""
+    state = bytearray(template)
+    state[_STATE_OFFSET:_STATE_OFFSET + 8 * _MT_N] = material
+    return torch.frombuffer(state, dtype=torch.uint8)
 
 
 _TEMPLATE = _check_layout()
@@ -121,7 +128,7 @@ FULL_STATE = _TEMPLATE is not None
 
 
 def _seed_chunk(gen: torch.Generator, key: bytes, index: int) -> None:
-    material = hashlib.shake_128(_DOMAIN + key + index.to_bytes(8, "little")).digest(4 * _MT_N)
+    material = hashlib.shake_128(_DOMAIN + key + index.to_bytes(8, "little")).digest(8 * _MT_N)
     if _TEMPLATE is not None:
         gen.set_state(_craft(_TEMPLATE, material))
     else:

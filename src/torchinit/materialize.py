@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from torchinit.construction import own_init, reset_method
+from torchinit.construction import is_torch_module, own_init, reset_method, weight_norm_hooks
 from torchinit.policy import (
     InitReport,
     Planned,
@@ -97,6 +97,14 @@ def deferred() -> Iterator[Recording]:
     else:
         recording = Recording()
         mode = RecordingMode(recording)
+    with _recording_into(recording, mode), mode:
+        yield recording
+
+
+@contextlib.contextmanager
+def _recording_into(recording: Recording, mode: RecordingMode) -> Iterator[None]:
+    """Make this thread record into ``recording``: the process-wide patches (counted), and the thread's stack."""
+    stack = _thread_stack()
     entry = (recording, mode)
     with _PATCH_LOCK:
         if _PATCH["depth"] == 0:
@@ -106,8 +114,7 @@ def deferred() -> Iterator[Recording]:
         _PATCH["depth"] += 1
     stack.append(entry)
     try:
-        with mode:
-            yield recording
+        yield
     finally:
         stack[:] = [e for e in stack if e is not entry]
         with _PATCH_LOCK:
@@ -518,7 +525,7 @@ def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
     return ghost
 
 
-def _commit(model: nn.Module, slots: list[_Slot]) -> None:
+def _commit(model: nn.Module, slots: list[_Slot]) -> None:  # noqa: C901
     """Register the staged tensors in place of the meta ones: one object per distinct tensor, ties kept."""
     for s in slots:
         assert s.real is not None
@@ -530,6 +537,9 @@ def _commit(model: nn.Module, slots: list[_Slot]) -> None:
                 module._buffers[attr] = new
         if s.plan is not None:
             s.plan.param = new
+    for module in model.modules():  # torch.nn.utils.weight_norm keeps the weight it computes as a plain attribute
+        for hook in weight_norm_hooks(module):
+            setattr(module, hook.name, hook.compute_weight(module))
 
 
 def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
@@ -627,7 +637,10 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
                 owners_of_targets.add(id(module))
         mode.paused = False
         failures = []
-        with mode, torch.no_grad():
+        for module in model.modules():  # Transformer owns nothing but re-initializes every matrix below it
+            if isinstance(module, nn.Transformer) and any(id(t) in targets for t in module.parameters()):
+                owners_of_targets.add(id(module))
+        with _recording_into(recording, mode), mode, torch.no_grad():
             for name, module in _post_order(model):
                 method = reset_method(module)
                 if method is not None and id(module) in owners_of_targets:
@@ -636,6 +649,13 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
                     except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
                         failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
             model_init = _model_init(model)
+            if model_init is None and reset_method(model) is None and not is_torch_module(model):
+                failures.append(
+                    f"{type(model).__name__} has no init method (init_weights, initialize_weights): its values "
+                    "come from each module's reset_parameters, and whatever its constructor does to them itself "
+                    "(an init loop, as torchvision's models and timm's EfficientNet have) is not known; build it "
+                    "under torchinit.deferred() to get it"
+                )
             if model_init is not None:
                 try:
                     model_init()
@@ -643,8 +663,8 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
                     failures.append(f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}")
         if failures:
             warnings.warn(
-                "materialize_: re-enacting construction on meta, these init calls failed (their values are "
-                "unknown unless something else sets them): " + "; ".join(failures),
+                "materialize_: re-enacting the construction of a model built on meta without deferred(): "
+                + "; ".join(failures),
                 UserWarning,
                 stacklevel=3,
             )

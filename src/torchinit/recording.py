@@ -263,6 +263,8 @@ class Recording:
                     undefined.add(key)
                 need_value.discard(key)
                 need_exists.discard(key)
+            if op.undefined and op.outputs:
+                continue  # an empty factory reads nothing, and needs its inputs only for their shapes
             need_value |= op.reads
             need_exists |= op.reads | written
         live.reverse()
@@ -310,11 +312,11 @@ class Recording:
                     base.copy_(value)
                 storages[ref.key] = base
                 continue
-            args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
             if op.outputs and op.undefined:  # an empty factory: allocate, zero only what stays undefined
-                for ref in op.outputs:
+                for ref in op.outputs:  # (an empty_like's input gave only a shape: it need not exist)
                     storages[ref.key] = _new_storage(ref, device, zero=ref.key in undefined)
                 continue
+            args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
             if op.random:
                 if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op):
                     continue
