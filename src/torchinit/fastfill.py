@@ -60,9 +60,9 @@ __all__ = ["CHUNK", "FULL_STATE", "THRESHOLD", "fill_", "replay_fill"]
 CHUNK = 1 << 18
 
 #: Tensors with fewer elements are left to torch (``fill_`` returns False). Measured on 2 cores
-#: (benchmarks/NOTES_model_init.md): at 2**19 elements (2 chunks) the threaded fill barely wins
-#: (~1.1x, the pool's hand-off costs ~0.1 ms); at 2**20 (4 MiB fp32, a 1024x1024 weight) ~1.5x.
-THRESHOLD = 1 << 20
+#: (benchmarks/NOTES_model_init.md): one chunk (2**18) gains nothing; from two chunks (2**19
+#: elements, 2 MiB fp32) the threaded fill is ~1.6x faster, at 2**24 ~1.8x.
+THRESHOLD = 1 << 19
 
 _KINDS = {"normal_": (0.0, 1.0), "uniform_": (0.0, 1.0)}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from torchinit.fastfill import replay_fill
 from torchinit.construction import is_torch_module, own_init, reset_method, weight_norm_hooks
 from torchinit.policy import (
     InitReport,
@@ -301,7 +302,10 @@ def materialize_(
             re-seeding the generator reproduces the weights and two calls with one
             generator differ. (Values a constructor drew for real before registering them,
             ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
-            global RNG, in construction order, as eager construction draws.
+            global RNG, in construction order, as eager construction draws. Large random
+            fills run chunked in threads (:mod:`torchinit.fastfill`): the same
+            distribution as torch's, another stream; either way the weights are a
+            function of the seed.
 
     Returns:
         An :class:`~torchinit.policy.InitReport`; the rule column says where each value
@@ -457,7 +461,7 @@ def _stage(
                 streams[name] = stream_generator(base_seed, name, device)
             return streams[name]
 
-        replays[rec] = rec.replay(keys, device, generator_for=generator_for)
+        replays[rec] = rec.replay(keys, device, generator_for=generator_for, fill=replay_fill)
     for s in slots:
         replay = replays[s.recording]  # type: ignore[index]
         if s.key in replay.storages:

@@ -276,7 +276,7 @@ class Recording:
         device: torch.device,
         *,
         generator_for: Callable[[int, Op], torch.Generator | None] | None = None,
-        fill: Callable[[torch.Tensor, Op], bool] | None = None,
+        fill: Callable[[torch.Tensor, Op, torch.Generator | None], bool] | None = None,
     ) -> Replay:
         """Run the live operations for ``wanted`` storages on ``device``; return the real storages.
 
@@ -285,8 +285,9 @@ class Recording:
             device: where storages are created (a recorded ``device="meta"`` becomes this).
             generator_for: given a random operation's index and op, the generator it draws from
                 (None keeps the recorded one, usually the global RNG).
-            fill: an optional fast path for random overwrites: called with the real target and
-                the op; returns True when it filled the tensor itself.
+            fill: an optional fast path for random operations that write a tensor: called with
+                the real target, the op and the generator it would draw from (None: the
+                recorded one); returns True when it filled the tensor itself.
         """
         live, undefined = self.live_ops(wanted)
         storages: dict[int, torch.Tensor] = {}
@@ -318,9 +319,9 @@ class Recording:
                 continue
             args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
             if op.random:
-                if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op):
-                    continue
                 gen = generator_for(i, op) if generator_for is not None else None
+                if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen):
+                    continue
                 if gen is not None and op.name in _RANDOM_WITHOUT_GENERATOR:
                     out = _with_global_seed(gen, op.func, args, kwargs)
                     _keep_outputs(storages, op, out)
