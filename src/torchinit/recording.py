@@ -411,6 +411,13 @@ class RecordingMode(TorchDispatchMode):
     written since), so that a parameter registered from one is known to be undefined.
     """
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._dynamo.disable unless this says no; that wrapper
+        # imports torch._dynamo (and sympy) on the first operation, ~1.4 s per process, measured here.
+        # Recording is never compiled, so it has nothing to disable.
+        return False
+
     def __init__(self, recording: Recording) -> None:
         super().__init__()
         self.recording = recording
