@@ -486,3 +486,15 @@ def test_materialize_argument_errors_change_nothing():
         with pytest.raises(error, match=match):
             ti.materialize_(layer, **kwargs)
         assert layer.weight.is_meta and layer.bias.is_meta
+
+
+def test_deferred_does_not_import_dynamo():
+    """A dispatch mode is wrapped in torch._dynamo.disable unless it opts out; that import costs ~1.4 s."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, torchinit as ti\n"
+            "with ti.deferred():\n    m = torch.nn.Linear(4, 4)\n"
+            "ti.materialize_(m)\nprint('torch._dynamo' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
