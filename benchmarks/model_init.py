@@ -716,10 +716,7 @@ def main() -> None:
         "**(c) with the fill hook off**: `Recording.replay`'s `fill` argument dropped by a monkeypatch in that "
         "process, so every fill is torch's serial one. **memset floor**: `torch.empty(n).zero_()` for every "
         "parameter's size. **warm-up build**: the untimed first build of the process (a 2-layer model of the "
-        "same class, the same way): mostly one-time costs a one-shot script pays on top of the timed column. "
-        "(Importing transformers already imports `torch._dynamo`; in a plain-torch process the first `deferred()` "
-        "imports it, ~1.2 s here, because torch wraps every TorchDispatchMode's `__torch_dispatch__` in "
-        "`torch._compile._disable_dynamo`: that is in the issue-5 rows below, which have no warm-up.)",
+        "same class, the same way): mostly one-time costs a one-shot script pays on top of the timed column.",
         "",
         *sections,
         f"Total benchmark time: {(time.perf_counter() - start) / 60:.1f} min.",
