@@ -172,3 +172,17 @@ def test_torch_default_on_reparametrized_modules(name):
         if k.endswith("._u") or k.endswith("._v"):  # spectral_norm's power-iteration vectors: drawn, not reset
             continue
         assert torch.equal(want[k], got[k]), k
+
+
+def test_per_parameter_torch_defaults_stay_public():
+    """TorchWeight/TorchBias, the per-parameter pieces of torch's Linear/Conv default, as a policy of one's own."""
+    import torchinit.presets as module
+    from torchinit import Policy
+
+    assert all(hasattr(module, name) for name in module.__all__)
+    torch.manual_seed(3)
+    eager = nn.Conv2d(4, 6, 3, groups=2)
+    other = nn.Conv2d(4, 6, 3, groups=2)
+    torch.manual_seed(3)
+    Policy([(nn.Conv2d, {"weight": presets.TorchWeight(), "bias": presets.TorchBias()})]).apply_(other)
+    assert torch.equal(eager.weight, other.weight) and torch.equal(eager.bias, other.bias)

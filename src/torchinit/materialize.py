@@ -41,6 +41,7 @@ from torchinit.policy import (
     check_on_meta,
     derive_seed,
     named_parameter_owners,
+    parameter_shape,
     stream_generator,
 )
 from torchinit.recording import (
@@ -163,8 +164,7 @@ def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -
     mode.paused = True  # creating the stand-in is torchinit's doing, not construction's
     try:
         undefined = mode.is_undefined(param)
-        meta = _parameter_like(param, torch.empty_strided(param.shape, param.stride(), dtype=param.dtype,
-                                                          device="meta"))  # fmt: skip
+        meta = _meta_like(param)
         swap = getattr(torch.utils, "swap_tensors", None)
         if swap is not None and type(meta) is type(param):
             try:
@@ -196,7 +196,7 @@ def _patch_meta_skipping_inits() -> list[tuple[Any, str, Any]]:
     for name in _META_SKIPPING_INITS:
         original = getattr(nn.init, name)
         saved.append((nn.init, name, original))
-        setattr(nn.init, name, _recording_init(original))
+        setattr(nn.init, name, recorded_call(original))
     table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
     if isinstance(table, dict):
         for key, fn in list(table.items()):
@@ -214,18 +214,17 @@ def _set_entry(holder: Any, key: str, value: Any) -> None:
         setattr(holder, key, value)
 
 
-def _recording_init(original: Any) -> Any:
-    return recorded_call(original)
+def _meta_like(t: Tensor) -> Tensor:
+    """A meta tensor with ``t``'s shape, strides and dtype; a parameter like ``t`` if ``t`` is one."""
+    meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    return _parameter_like(t, meta) if isinstance(t, nn.Parameter) else meta
 
 
 def _parameter_like(old: Tensor, data: Tensor) -> nn.Parameter:
     """A parameter holding ``data`` with ``old``'s class (where it can), ``requires_grad`` and Python attributes."""
-    new: nn.Parameter
     try:
-        new = type(old)(data, requires_grad=old.requires_grad) if type(old) is not nn.Parameter else None  # type: ignore
-    except Exception:  # a Parameter subclass with another constructor
-        new = None  # type: ignore[assignment]
-    if new is None:
+        new = type(old)(data, requires_grad=old.requires_grad)
+    except Exception:  # noqa: BLE001 - a Parameter subclass with another constructor
         new = nn.Parameter(data, requires_grad=old.requires_grad)
     new.__dict__.update(getattr(old, "__dict__", {}))
     return new
@@ -338,7 +337,9 @@ def materialize_(
 
     plans = (policy if policy is not None else Policy([])).plan(model, strict=strict)
     slots = _meta_slots(model, plans)
-    _check_plans(slots, plans, strict)
+    for slot in slots:  # every rule's arguments, checked on meta before anything is allocated
+        if slot.plan is not None and slot.plan.initializer is not None:
+            check_on_meta(slot.plan)
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
@@ -374,8 +375,8 @@ def materialize_(
 
     base_seed = derive_seed(generator)  # the one draw from the caller's generator
     with torch.no_grad():
-        staged = _stage(slots, wanted, device, base_seed, generator)
-        _apply_rules(slots, staged, device, base_seed, generator)
+        _stage(slots, wanted, device, base_seed)
+        _apply_rules(slots, device, base_seed)
         _commit(model, slots)
         if unrecorded:
             _retie(model)
@@ -407,12 +408,6 @@ def _meta_slots(model: nn.Module, plans: list[Planned]) -> list[_Slot]:
     return slots
 
 
-def _check_plans(slots: list[_Slot], plans: list[Planned], strict: bool) -> None:
-    for s in slots:
-        if s.plan is not None and s.plan.initializer is not None:
-            check_on_meta(s.plan)
-
-
 def _wanted_by_recording(slots: list[_Slot]) -> dict[Recording, set[int]]:
     """For each recording, the storages whose recorded history decides a final value (no rule covers them)."""
     wanted: dict[Recording, set[int]] = {}
@@ -437,13 +432,7 @@ def _writers(rec: Recording, live: list[int]) -> dict[int, list[str]]:
     return names
 
 
-def _stage(
-    slots: list[_Slot],
-    wanted: dict[Recording, set[int]],
-    device: torch.device,
-    base_seed: int | None,
-    generator: torch.Generator | None,
-) -> dict[Recording, Replay]:
+def _stage(slots: list[_Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None) -> None:
     """Replay each recording into new tensors; nothing in the model changes yet."""
     names = {}
     for s in slots:
@@ -470,12 +459,9 @@ def _stage(
             s.real = torch.empty_strided(s.tensor.shape, s.tensor.stride(), dtype=s.tensor.dtype, device=device)
         if not s.source:
             s.source = "construction"
-    return replays
 
 
-def _apply_rules(
-    slots: list[_Slot], replays: Any, device: torch.device, base_seed: int | None, generator: Any
-) -> None:
+def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None) -> None:
     """Run the policy's initializers on the staged tensors; the model itself is not touched.
 
     Layout-aware initializers see a shallow stand-in of the owning layer holding the staged
@@ -529,7 +515,7 @@ def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
     return ghost
 
 
-def _commit(model: nn.Module, slots: list[_Slot]) -> None:  # noqa: C901
+def _commit(model: nn.Module, slots: list[_Slot]) -> None:
     """Register the staged tensors in place of the meta ones: one object per distinct tensor, ties kept."""
     for s in slots:
         assert s.real is not None
@@ -584,8 +570,8 @@ def _report(plans: list[Planned], slots: list[_Slot]) -> InitReport:
             source, detail = "unknown", "zeros (uninitialized by construction, no rule)"
         else:
             source, detail = s.source, ", ".join(dict.fromkeys(s.writers)) or "—"
-        shape = () if isinstance(p.param, nn.parameter.UninitializedTensorMixin) else tuple(p.param.shape)
-        rows.append(ReportRow(p.name, shape, source, detail, p.param, [o.name for o in p.owners[1:]]))
+        aliases = [o.name for o in p.owners[1:]]
+        rows.append(ReportRow(p.name, parameter_shape(p.param), source, detail, p.param, aliases))
     return InitReport(rows)
 
 
@@ -622,28 +608,25 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
                     if id(v) in targets:
                         owners_of_targets.add(id(module))
                         if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see below)
-                            store[k] = _parameter_like(v, torch.empty_like(v, device="meta")) \
-                                if isinstance(v, nn.Parameter) else torch.empty_like(v, device="meta")
+                            store[k] = _meta_like(v)
                             recording.add_leaf(store[k], UNDEFINED)
                             continue
                         first_seen.add(storage_key(v))
                         recording.add_leaf(v, UNDEFINED)
                     elif not v.is_meta:
                         if id(v) not in swapped:
-                            stand_in = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
-                            if isinstance(v, nn.Parameter):
-                                stand_in = _parameter_like(v, stand_in)
-                            recording.add_leaf(stand_in, v.detach())
-                            swapped[id(v)] = stand_in
+                            swapped[id(v)] = _meta_like(v)
+                            recording.add_leaf(swapped[id(v)], v.detach())
                         store[k] = swapped[id(v)]
-        for module in model.modules():  # a reparametrized module resets the tensors its parametrizations hold
-            if parametrize.is_parametrized(module) and any(id(t) in targets for t in module.parametrizations.parameters()):
+        for module in model.modules():
+            # a reparametrized module resets the tensors its parametrizations hold; a Transformer owns
+            # nothing but re-initializes every matrix below it
+            below = module.parametrizations if parametrize.is_parametrized(module) else \
+                module if isinstance(module, nn.Transformer) else None  # fmt: skip
+            if below is not None and any(id(t) in targets for t in below.parameters()):
                 owners_of_targets.add(id(module))
         mode.paused = False
         failures = []
-        for module in model.modules():  # Transformer owns nothing but re-initializes every matrix below it
-            if isinstance(module, nn.Transformer) and any(id(t) in targets for t in module.parameters()):
-                owners_of_targets.add(id(module))
         with _recording_into(recording, mode), mode, torch.no_grad():
             for name, module in _post_order(model):
                 method = reset_method(module)
@@ -693,7 +676,7 @@ def _retie(model: nn.Module) -> None:
             warnings.warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning, stacklevel=3)
 
 
-def _post_order(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+def _post_order(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Children before parents, as constructors run (a MultiheadAttention's out_proj before its own reset)."""
     seen: set[int] = set()
 
@@ -705,7 +688,7 @@ def _post_order(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Mo
             yield from visit(f"{name}.{child_name}" if name else child_name, child)
         yield name, module
 
-    yield from visit(prefix, model)
+    yield from visit("", model)
 
 
 def _model_init(model: nn.Module) -> Any:

@@ -280,7 +280,7 @@ class InitReport:
         return f"InitReport({len(self.rows)} parameters, {len(self.untouched)} untouched)"
 
 
-def _shape(t: Tensor) -> tuple[int, ...]:
+def parameter_shape(t: Tensor) -> tuple[int, ...]:
     """The shape, or () for a lazy module's parameter, which has none until its first forward."""
     return () if isinstance(t, nn.parameter.UninitializedTensorMixin) else tuple(t.shape)
 
@@ -477,7 +477,7 @@ def check_on_meta(p: Planned) -> None:
 
 def report_of(plans: list[Planned]) -> InitReport:
     return InitReport([
-        ReportRow(p.name, _shape(p.param), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
+        ReportRow(p.name, parameter_shape(p.param), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
                   p.param, [o.name for o in p.owners[1:]])
         for p in plans
     ])  # fmt: skip

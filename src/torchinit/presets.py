@@ -129,6 +129,38 @@ class TorchReset(Initializer):
         return name, owner
 
 
+class TorchWeight(Initializer):
+    """torch's Linear/Conv weight default: ``kaiming_uniform_(w, a=sqrt(5))`` on the weight tensor.
+
+    U(±1/sqrt(fan_in)) with torch's tensor fans (not the layer's: this is what the
+    constructors do, transposed and grouped convs included): a per-parameter piece of
+    :func:`torch_default` for policies of your own.
+    """
+
+    @staticmethod
+    def function(tensor: Tensor, *, generator=None) -> Tensor:  # type: ignore[override]
+        return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
+
+
+class TorchBias(Initializer):
+    """torch's Linear/Conv bias default: U(±1/sqrt(fan_in)), fan_in of the owning layer's weight tensor.
+
+    It needs the owning layer, which :class:`~torchinit.Policy` passes (``wants_owner``).
+    """
+
+    wants_owner = True
+
+    @staticmethod
+    def function(layer: nn.Module, *, generator=None) -> Tensor:  # type: ignore[override]
+        if not isinstance(layer, nn.Module):
+            raise TypeError("TorchBias initializes a layer's bias from its weight's fans; it needs the layer")
+        fan_in = tensor_fans(tuple(layer.weight.shape)).fan_in
+        if fan_in == 0:
+            return zeros_(layer.bias)
+        bound = 1 / math.sqrt(fan_in)
+        return uniform_(layer.bias, -bound, bound, generator=generator)
+
+
 def gpt2(n_layer: int) -> Policy:
     """GPT-2's initialization (Radford et al., 2019; as in nanoGPT and transformers' GPT2PreTrainedModel).
 

@@ -42,14 +42,12 @@ __all__ = [
     "thread_recordings", "recorded_call", "draw_seed", "seeded_global_rng",
 ]  # fmt: skip
 
-aten = torch.ops.aten
-
 #: In-place operations whose result does not depend on the tensor's previous values: when they
 #: cover the whole storage, every earlier write to it is dead.
 _OVERWRITES = {
     "uniform_", "normal_", "fill_", "zero_", "copy_", "random_", "bernoulli_", "exponential_",
     "geometric_", "cauchy_", "log_normal_",
-    # torch.nn.init functions recorded whole (they return early on meta tensors, see PYTHON_LEVEL)
+    # init functions recorded whole (Recording.record_call: they return at once on meta tensors)
     "trunc_normal_", "orthogonal_", "sparse_", "dirac_",
 }  # fmt: skip
 
@@ -88,7 +86,7 @@ class TensorRef:
         numel = 1
         for s in self.size:
             numel *= s
-        if numel * _itemsize(self.dtype) != self.nbytes or self.offset != 0:
+        if numel * self.dtype.itemsize != self.nbytes or self.offset != 0:
             return False
         expected = 1  # dense and non-overlapping: sorted strides form a contiguous layout
         for size, stride in sorted(zip(self.size, self.stride), key=lambda p: p[1]):
@@ -96,10 +94,6 @@ class TensorRef:
                 return False
             expected *= size
         return True
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return dtype.itemsize
 
 
 UNDEFINED = object()  # the value of a parameter created from uninitialized memory
@@ -197,13 +191,10 @@ class Recording:
     def record(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         """Append ``func(*args, **kwargs) -> result`` (called by :class:`RecordingMode`)."""
         schema = func._schema
-        written: set[int] = set()  # positions (in schema order) of the mutated arguments
-        for i, a in enumerate(schema.arguments):
-            if a.alias_info is not None and a.alias_info.is_write:
-                written.add(i)
+        written = _mutated(schema)
         bound = _bind(schema, args, kwargs)
         writes, reads = [], set()
-        for i, (a, value) in enumerate(zip(schema.arguments, bound)):
+        for i, value in enumerate(bound):
             for t in _tensors(value):
                 if not t.is_meta:
                     continue
@@ -323,7 +314,8 @@ class Recording:
                 if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen):
                     continue
                 if gen is not None and op.name in _RANDOM_WITHOUT_GENERATOR:
-                    out = _with_global_seed(gen, op.func, args, kwargs)
+                    with seeded_global_rng(gen):
+                        out = op.func(*args, **kwargs)
                     _keep_outputs(storages, op, out)
                     continue
                 if gen is not None:
@@ -337,12 +329,6 @@ def _keep_outputs(storages: dict[int, torch.Tensor], op: Op, out: Any) -> None:
     if op.outputs:
         for ref, t in zip(op.outputs, _tensors(out)):
             storages[ref.key] = t
-
-
-def _with_global_seed(generator: torch.Generator, func: Any, args: tuple, kwargs: dict) -> Any:
-    """Run a random op that takes no generator under the global RNG seeded from ``generator``, then restore it."""
-    with seeded_global_rng(generator):
-        return func(*args, **kwargs)
 
 
 def draw_seed(generator: torch.Generator) -> int:
@@ -364,9 +350,12 @@ def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
 
 def _new_storage(ref: TensorRef, device: torch.device, *, zero: bool) -> torch.Tensor:
     """A real tensor whose storage matches the meta one (its whole extent), as a flat base for views."""
-    numel = ref.nbytes // _itemsize(ref.dtype)
-    base = (torch.zeros if zero else torch.empty)(numel, dtype=ref.dtype, device=device)
-    return base
+    return (torch.zeros if zero else torch.empty)(ref.nbytes // ref.dtype.itemsize, dtype=ref.dtype, device=device)
+
+
+def _mutated(schema: Any) -> tuple[int, ...]:
+    """The positions (in schema order) of the arguments an op writes."""
+    return tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
 
 
 def _bind(schema: Any, args: tuple, kwargs: dict) -> list[Any]:
@@ -442,7 +431,7 @@ class RecordingMode(TorchDispatchMode):
         if name in _METADATA_OPS:
             return func(*args, **kwargs)
         schema = func._schema
-        mutated = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+        mutated = _mutated(schema)
         if mutated and all(_returns_alias(schema)):
             bound = _bind(schema, args, kwargs)
             if all(isinstance(bound[i], torch.Tensor) and bound[i].is_meta for i in mutated if bound[i] is not None):
@@ -463,14 +452,13 @@ class RecordingMode(TorchDispatchMode):
         bound = _bind(schema, args, kwargs)
         inputs = _tensors((args, kwargs))
         read_fresh = any(storage_key(t) in self.fresh for t in inputs)
-        for i, a in enumerate(schema.arguments):
-            if a.alias_info is not None and a.alias_info.is_write:
-                for t in _tensors(bound[i]):
-                    key = storage_key(t)
-                    if key in self.fresh and name in _OVERWRITES and TensorRef.of(t).covers_storage():
-                        reads = {storage_key(x) for x in inputs if x is not t}
-                        if key not in reads:
-                            del self.fresh[key]  # set entirely: defined now (a partial write leaves it undefined)
+        for i in _mutated(schema):
+            for t in _tensors(bound[i]):
+                key = storage_key(t)
+                if key in self.fresh and name in _OVERWRITES and TensorRef.of(t).covers_storage():
+                    reads = {storage_key(x) for x in inputs if x is not t}
+                    if key not in reads:
+                        del self.fresh[key]  # set entirely: defined now (a partial write leaves it undefined)
         for t in _tensors(out):
             if any(t is x for x in inputs):
                 continue
