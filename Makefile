@@ -13,11 +13,11 @@ PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/_philox.c
 	$(PIP) -e '.[plot]'
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/_philox.c
 	$(PIP) -e '.[dev]'
 	touch $@
 

@@ -1,4 +1,4 @@
-"""torchinit.fastfill: chunked, threaded normal_/uniform_ for large CPU tensors (no timing assertions)."""
+"""torchinit.fastfill: keyed, chunked, threaded normal_/uniform_ for large CPU tensors (no timing assertions)."""
 
 import math
 import threading
@@ -10,11 +10,12 @@ from torch import nn
 
 import torchinit as ti
 from torchinit import fastfill as ff
+from torchinit import keyed
 from torchinit.recording import storage_key
 
 from conftest import gen, std_tolerance
 
-N = ff.THRESHOLD + 3 * ff.CHUNK // 2 + 7  # several chunks, the last one partial
+N = ff.THRESHOLD + 3 * keyed.CHUNK // 2 + 7  # several chunks, the last one partial
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -40,21 +41,21 @@ def test_different_seeds_and_successive_calls_differ():
     a, b = filled(generator=g), filled(generator=g)  # one draw per call advances the generator
     c = filled(generator=gen(1))
     assert not torch.equal(a, b) and not torch.equal(a, c)
-    chunks = a[: 3 * ff.CHUNK].view(3, ff.CHUNK)  # chunks are distinct streams, not copies of one
+    chunks = a[: 3 * keyed.CHUNK].view(3, keyed.CHUNK)  # chunks are distinct streams, not copies of one
     assert not torch.equal(chunks[0], chunks[1]) and not torch.equal(chunks[1], chunks[2])
 
 
 def test_one_draw_from_the_generator_per_call():
     g, h = gen(7), gen(7)
     filled(generator=g)
-    torch.empty(2, dtype=torch.int64).random_(generator=h)
+    torch.empty((), dtype=torch.int64).random_(generator=h)
     assert torch.equal(g.get_state(), h.get_state())
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 def test_values_do_not_depend_on_the_thread_count(monkeypatch, threads):
     want = filled("normal_", 1.0, 2.0, generator=gen(11))
-    monkeypatch.setattr(ff, "_threads", lambda: threads)
+    monkeypatch.setattr(keyed, "threads", lambda: threads)
     assert torch.equal(filled("normal_", 1.0, 2.0, generator=gen(11)), want)
 
 
@@ -174,23 +175,23 @@ def test_thread_settings_are_unchanged():
 
 
 def test_an_error_in_a_chunk_stops_the_others_and_propagates(monkeypatch):
-    original, calls = ff._seed_chunk, []
+    original, calls = keyed._kernel_fill, []
 
-    def failing(g, key, index):
-        calls.append(index)
-        if index == 2:
+    def failing(stream, kind, a, b, first, out):
+        calls.append(first // keyed.CHUNK)
+        if first // keyed.CHUNK == 2:
             raise KeyboardInterrupt  # as a Ctrl-C landing in the caller's chunk would
-        original(g, key, index)
+        original(stream, kind, a, b, first, out)
 
-    monkeypatch.setattr(ff, "_seed_chunk", failing)
-    t = torch.zeros(8 * ff.CHUNK)
+    monkeypatch.setattr(keyed, "_kernel_fill", failing)
+    t = torch.zeros(8 * keyed.CHUNK)
     with pytest.raises(KeyboardInterrupt):
         ff.fill_(t, "normal_", generator=gen(0))
     snapshot = t.clone()
     time.sleep(0.05)
     assert torch.equal(t, snapshot)  # nothing writes after fill_ has raised
     assert len(calls) < 8  # the chunks not yet started were skipped
-    monkeypatch.setattr(ff, "_seed_chunk", original)
+    monkeypatch.setattr(keyed, "_kernel_fill", original)
     assert ff.fill_(t, "normal_", generator=gen(0))  # the pool still works
 
 
@@ -229,16 +230,9 @@ def test_replay_fill_declines_other_operations():
     assert ff.replay_fill(torch.zeros(N), Op()) is False
 
 
-def test_chunk_generators_get_a_full_state_on_this_torch():
-    assert ff.FULL_STATE  # the layout check passed: 128-bit keys, not 32-bit seeds
-    a, b = torch.Generator(), torch.Generator()
-    ff._seed_chunk(a, bytes(16), 0)
-    ff._seed_chunk(b, bytes(16), 1)
-    assert not torch.equal(torch.empty(16).normal_(generator=a), torch.empty(16).normal_(generator=b))
-
-
-def test_fallback_to_manual_seed_is_deterministic_too(monkeypatch):
-    monkeypatch.setattr(ff, "_TEMPLATE", None)
-    a = filled("normal_", 0.0, 0.02, generator=gen(3))
-    assert torch.equal(a, filled("normal_", 0.0, 0.02, generator=gen(3)))
-    assert abs(float(a.double().std()) / 0.02 - 1) < std_tolerance(N)
+def test_declines_without_the_kernel(monkeypatch):
+    monkeypatch.setattr(keyed, "KERNEL", None)
+    t, g = torch.zeros(N), gen(0)
+    state = g.get_state()
+    assert ff.fill_(t, "normal_", generator=g) is False
+    assert bool((t == 0).all()) and torch.equal(g.get_state(), state)

@@ -1,179 +1,48 @@
-"""Fast random fills of large CPU tensors: torch's own ``normal_``/``uniform_`` kernels, chunk by chunk, in threads.
+"""Fast random fills of large CPU tensors for materialization: the keyed stream, chunk by chunk, in threads.
 
 torch's CPU ``normal_`` and ``uniform_`` run on one core whatever ``torch.get_num_threads()``
 says: the kernel is serial because it draws from one generator under that generator's
-lock. :func:`fill_` splits a large contiguous tensor into fixed-size chunks and fills each
-chunk with torch's own kernel and its own ``torch.Generator``, in a small pool of threads
-(torch releases the GIL inside the kernel). Each value therefore has exactly the
-distribution torch's kernel gives in the tensor's dtype, and on ``k`` cores the fill
-takes about ``1/k`` of the time.
+lock. :func:`fill_` fills a large contiguous tensor from the keyed Philox stream of
+:mod:`torchinit.keyed` instead: the same distribution (normal, or uniform on ``[low, high)``,
+rounded to the tensor's dtype), a different stream, computed by a compiled kernel in
+fixed-size chunks over the CPUs. On 2 cores it is about 2x to 3x faster than ``normal_``
+(``benchmarks/results/keyed.md``).
 
-Determinism. One draw from the caller's generator (or the global RNG) per call gives a
-128-bit key; chunk ``i`` always covers elements ``[i * CHUNK, (i + 1) * CHUNK)`` and draws
-from a generator whose whole Mersenne-Twister state is expanded from ``(key, i)``
-(SHAKE-128). The values depend on the generator's state, the tensor's size and dtype,
-the distribution and its parameters; never on the number of threads or on which thread
-fills which chunk. They are not the values ``tensor.normal_(generator=g)`` would give:
-the same distribution, another stream.
+Determinism. One draw of 64 bits from the caller's generator (or the global RNG) per call
+keys the stream (:meth:`torchinit.keyed.Stream.from_generator`); element ``i`` is a pure
+function of that key and ``i``, so the values depend on the generator's state, the
+tensor's size and dtype, the distribution and its parameters; never on the number of
+threads. They are not the values ``tensor.normal_(generator=g)`` would give.
 
-Why the whole state and not ``manual_seed``: a CPU ``torch.Generator`` keeps only the low
-32 bits of its seed (``manual_seed(s)`` and ``manual_seed(s + 2**32)`` draw the same
-numbers), so per-chunk seeds would repeat with probability about ``chunks² / 2³³`` per
-model: 0.15% for 1B parameters (~3,600 chunks), near certain for 70B (~270,000), and a
-repeat is two identical blocks of weights. A state expanded from 128 bits avoids that. The
-state's byte layout (``Generator.get_state()``) is checked once against the documented
-mt19937 seeding; if a torch release ever changes it, chunk generators fall back to
-``manual_seed`` with the 32-bit limitation (:data:`FULL_STATE` says which).
-
-Threads. A module-level ``ThreadPoolExecutor`` is created on first use with at most
-``os.cpu_count()`` workers (the CPUs this process may run on); a call uses
-``min(torch.get_num_threads(), that)`` threads, the calling thread included, so
-``torch.set_num_threads(1)`` makes it serial. Nothing here changes a process-wide or
-thread setting (no ``torch.set_num_threads``: in OpenMP builds a count set in any thread
-leaks to threads created later). A ``KeyboardInterrupt`` (or any error) in the caller
-stops the chunks not yet started, waits for the running ones (one chunk each, ~1 ms)
-so that nothing writes to the tensor after ``fill_`` has returned or raised, and
-propagates. A forked child starts a new pool.
+Threads and interrupts: those of :mod:`torchinit.keyed` (a pool used up to
+``min(torch.get_num_threads(), CPUs)`` threads, no thread setting changed, an interrupt
+waits for the running chunks and propagates).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
-import itertools
 import math
-import os
-import struct
-import threading
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHUNK", "FULL_STATE", "THRESHOLD", "fill_", "replay_fill"]
+from torchinit import keyed
 
-#: Elements per chunk: fixed, so chunk boundaries (and the values) do not depend on the thread count.
-#: 2**18 fp32 values take ~1 ms with torch's normal_: short enough to balance a few threads on
-#: common weight shapes (a 2**20-element tensor is 4 chunks) and to stop within ~1 ms on an
-#: interrupt, long enough that the per-chunk cost (the state's SHAKE-128 and set_state, ~13 us)
-#: stays near 1% (benchmarks/NOTES_model_init.md).
-CHUNK = 1 << 18
+__all__ = ["THRESHOLD", "fill_", "replay_fill"]
 
-#: Tensors with fewer elements are left to torch (``fill_`` returns False). Measured on 2 cores
-#: (benchmarks/NOTES_model_init.md): one chunk (2**18) gains nothing; from two chunks (2**19
-#: elements, 2 MiB fp32) the threaded fill is ~1.6x faster, at 2**24 ~1.8x.
-THRESHOLD = 1 << 19
+#: Tensors with fewer elements are left to torch (``fill_`` returns False): below two chunks the
+#: threads gain nothing.
+THRESHOLD = keyed.PARALLEL_THRESHOLD
 
 _KINDS = {"normal_": (0.0, 1.0), "uniform_": (0.0, 1.0)}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _PLAIN_TYPES = (Tensor, nn.Parameter)
-_DOMAIN = b"torchinit.fastfill/v1\0"
-_MT_N = 624
-_STATE_OFFSET = 24  # uint64 the_initial_seed; int left; int seeded; uint64 next; then uint64 state[624]
-
-
-# ---- the mt19937 state layout of torch.Generator.get_state(), checked once -----------------------------------
-
-
-def _mt19937_init(seed: int) -> list[int]:
-    """The mt19937 state ``init_genrand(seed)`` makes (what ATen's CPU generator does on manual_seed)."""
-    state = [seed & 0xFFFFFFFF]
-    for j in range(1, _MT_N):
-        state.append((1812433253 * (state[-1] ^ (state[-1] >> 30)) + j) & 0xFFFFFFFF)
-    return state
-
-
-def _check_layout() -> bytes | None:
-    """The byte template of a freshly seeded generator's state if its layout is the one expected, else None.
-
-    Expected (ATen's ``CPUGeneratorImplState``): ``uint64 the_initial_seed; int left; int seeded;
-    uint64 next; uint64 state[624]; ...``, each mt19937 word in the low half of a uint64 slot, the
-    high half ignored by ``set_state``. Checked here: the words of ``manual_seed(s)`` are mt19937's
-    ``init_genrand(s)``; a state crafted with random high halves is adopted with its low halves
-    (``get_state`` gives them back) and draws exactly as the same state with the high halves zeroed.
-    """
-    try:
-        seed = 0x9E3779B9
-        raw = bytes(torch.Generator().manual_seed(seed).get_state().tolist())
-        head = struct.unpack_from("<QiiQ", raw, 0)
-        words = list(struct.unpack_from(f"<{_MT_N}Q", raw, _STATE_OFFSET))
-        if head != (seed, 1, 1, 0) or words != _mt19937_init(seed):
-            return None
-        material = hashlib.shake_128(b"torchinit.fastfill layout check").digest(8 * _MT_N)
-        low = b"".join(material[k:k + 4] + bytes(4) for k in range(0, 8 * _MT_N, 8))
-        probe, clean = torch.Generator(), torch.Generator()
-        probe.set_state(_craft(raw, material))
-        clean.set_state(_craft(raw, low))
-        if not torch.equal(probe.get_state(), _craft(raw, low)):
-            return None
-        if not torch.equal(torch.empty(64).uniform_(generator=probe), torch.empty(64).uniform_(generator=clean)):
-            return None
-        return raw
-    except Exception:  # noqa: BLE001 - any surprise: fall back to manual_seed
-        return None
-
-
-def _craft(template: bytes, material: bytes) -> Tensor:
-    """A generator state: ``template`` with its 624 uint64 word slots set to ``material`` (4992 bytes)."""
-    state = bytearray(template)
-    state[_STATE_OFFSET:_STATE_OFFSET + 8 * _MT_N] = material
-    return torch.frombuffer(state, dtype=torch.uint8)
-
-
-_TEMPLATE = _check_layout()
-
-#: True when chunk generators get a full mt19937 state (2**19968 possibilities); False when this torch's
-#: state layout was not the expected one and chunk generators are seeded with ``manual_seed`` (2**32).
-FULL_STATE = _TEMPLATE is not None
-
-
-def _seed_chunk(gen: torch.Generator, key: bytes, index: int) -> None:
-    material = hashlib.shake_128(_DOMAIN + key + index.to_bytes(8, "little")).digest(8 * _MT_N)
-    if _TEMPLATE is not None:
-        gen.set_state(_craft(_TEMPLATE, material))
-    else:
-        gen.manual_seed(int.from_bytes(material[:8], "little"))
-
-
-# ---- the thread pool ---------------------------------------------------------------------------------------
-
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 2
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=_cpus(), thread_name_prefix="torchinit-fastfill")
-        return _POOL
-
-
-def _forget_pool() -> None:  # in a forked child the pool's threads do not exist
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _threads() -> int:
-    """How many threads one call uses (the caller's included): torch's intra-op count, at most the CPUs."""
-    return max(1, min(torch.get_num_threads(), _cpus()))
-
-
-# ---- the fill ----------------------------------------------------------------------------------------------
 
 
 def _eligible(tensor: Any) -> bool:
+    if keyed.KERNEL is None:  # the torch-operations stream is slower than torch's serial fill
+        return False
     if type(tensor) not in _PLAIN_TYPES or tensor.device.type != "cpu" or tensor.layout != torch.strided:
         return False
     if tensor.dtype not in _DTYPES or tensor.numel() < THRESHOLD or not tensor.is_contiguous():
@@ -193,18 +62,18 @@ def _eligible(tensor: Any) -> bool:
 def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator | None = None) -> bool:
     """Fill ``tensor`` in place from ``normal_(mean, std)`` or ``uniform_(low, high)`` on several cores.
 
-    The values come from torch's own kernel (``Tensor.normal_``/``Tensor.uniform_``) applied
-    to fixed chunks of :data:`CHUNK` elements, each with its own generator (module
-    docstring): the same distribution as ``tensor.normal_(mean, std)`` in the tensor's
-    dtype, ``[low, high)`` for uniform, from another stream. Deterministic given the
-    generator's state (the global RNG's when ``generator`` is None), whatever the number
-    of threads; one draw is taken from the generator per call.
+    The values come from the keyed stream (module docstring): the same distribution as
+    ``tensor.normal_(mean, std)`` in the tensor's dtype, ``[low, high)`` for uniform, from
+    another stream. Deterministic given the generator's state (the global RNG's when
+    ``generator`` is None), whatever the number of threads; one draw is taken from the
+    generator per call.
 
     Returns False, changing nothing and drawing nothing, when the fast path does not
-    apply: fewer than :data:`THRESHOLD` elements, not contiguous, not on the CPU, not a
-    floating dtype torch fills (fp16, bf16, fp32, fp64), a tensor subclass, an inference
-    tensor, a leaf that requires grad with grad enabled, or a dispatch/function mode active.
-    The caller then fills the tensor the usual way.
+    apply: the kernel is not built, fewer than :data:`THRESHOLD` elements, not contiguous,
+    not on the CPU, not a floating dtype torch fills (fp16, bf16, fp32, fp64), a tensor
+    subclass, an inference tensor, a leaf that requires grad with grad enabled, a
+    dispatch/function mode active, or parameters that are not finite. The caller then
+    fills the tensor the usual way.
 
     Args:
         tensor: the tensor to fill.
@@ -236,42 +105,10 @@ def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator 
         getattr(torch.empty(1, dtype=tensor.dtype), kind)(a, b, generator=torch.Generator())
     except RuntimeError as err:
         raise ValueError(f"{kind}({a}, {b}): {err}") from None
-    key = bytes(torch.empty(2, dtype=torch.int64).random_(generator=generator).view(torch.uint8).tolist())
-    _fill_chunks(tensor.detach().view(-1), kind, a, b, key, _threads())
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    getattr(keyed, kind)(tensor.detach(), keyed.Stream.from_generator(generator), a, b)
     return True
-
-
-def _fill_chunks(flat: Tensor, kind: str, a: float, b: float, key: bytes, threads: int) -> None:
-    """Fill ``flat`` chunk by chunk in ``threads`` threads (the caller's included); chunk i from (key, i)."""
-    count = math.ceil(flat.numel() / CHUNK)
-    next_index = itertools.count().__next__  # atomic under the GIL
-    stop = threading.Event()
-
-    def work() -> None:
-        gen = torch.Generator()
-        try:
-            while not stop.is_set():
-                i = next_index()
-                if i >= count:
-                    return
-                _seed_chunk(gen, key, i)
-                getattr(flat[i * CHUNK:(i + 1) * CHUNK], kind)(a, b, generator=gen)
-        except BaseException:
-            stop.set()  # the others stop after their current chunk
-            raise
-
-    helpers = min(threads, count) - 1
-    futures = [_pool().submit(work) for _ in range(helpers)] if helpers > 0 else []
-    try:
-        work()
-        for f in futures:
-            f.result()  # interruptible; re-raises a helper's error
-    except BaseException:
-        stop.set()
-        for f in futures:
-            f.cancel()
-        concurrent.futures.wait(futures)  # running helpers finish their chunk: nothing writes after we return
-        raise
 
 
 # ---- the hook of Recording.replay --------------------------------------------------------------------------
