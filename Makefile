@@ -29,6 +29,7 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/keyed.py
 	$(BIN)/python benchmarks/model_init.py
 
 clean:

@@ -342,6 +342,8 @@ def profile(model_name: str, part: str) -> None:
     for (file, _, func), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
         if file == "~" and ("torch._ops" in func or "torch._C" in func):
             torch_ops += tottime
+        elif func == "_kernel_fill":  # the keyed C kernel, called through ctypes: profiled as this function
+            torch_ops += tottime
         elif file == "~" and "_thread.lock" in func:
             waits += tottime
         else:
@@ -384,8 +386,10 @@ def fill_bench() -> None:
                         samples[k].append((time.perf_counter() - start) * 1e3)
             rows.append({"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "kind": kind,
                          **{k: statistics.median(v) for k, v in samples.items()}})  # fmt: skip
-    print(json.dumps({"rows": rows, "threads": fastfill._threads(), "chunk": fastfill.CHUNK,
-                      "threshold": fastfill.THRESHOLD, "full_state": fastfill.FULL_STATE}))  # fmt: skip
+    from torchinit import keyed
+
+    print(json.dumps({"rows": rows, "threads": keyed.threads(), "chunk": keyed.CHUNK,
+                      "threshold": fastfill.THRESHOLD, "kernel": keyed.KERNEL is not None}))  # fmt: skip
 
 
 # ---------------------------------------------------------------- issue 5: the 135M transformer-shaped model
@@ -571,10 +575,10 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         f"| construction under `deferred()` ({p['recorded_ops']} ops recorded) | {p['construct_deferred']:.3f} | "
         f"best of 3: recording overhead {p['construct_deferred'] - p['construct_empty']:+.3f} s |",
         f"| **`materialize_`** | **{p['materialize']:.2f}** | one call under cProfile; live ops: {live} |",
-        f"| … torch operations in the calling thread | {p['profile_torch_ops']:.2f} | cProfile tottime of torch "
-        "builtins |",
+        f"| … torch operations and the keyed kernel in the calling thread | {p['profile_torch_ops']:.2f} | cProfile "
+        "tottime of torch builtins and of `keyed._kernel_fill` (the ctypes call) |",
         f"| … waiting for fill_'s other threads | {p['profile_waits']:.2f} | cProfile tottime of lock waits |",
-        f"| … Python (analysis, replay loop, fill_'s chunk seeding, commit, report) | {p['profile_python']:.3f} | "
+        f"| … Python (analysis, replay loop, fill_'s chunk dispatch, commit, report) | {p['profile_python']:.3f} | "
         "cProfile tottime of everything else |",
         f"| the same fills without torchinit | {same:.2f} | materialize_ − this = {p['materialize'] - same:+.2f} s "
         "(noise included) |",
@@ -609,7 +613,7 @@ def fill_section(f: dict[str, Any]) -> list[str]:
         f"`python benchmarks/model_init.py --fill`, one fresh process: preallocated tensors touched first, median of "
         f"{FILL_REPEATS} after a warm-up, interleaved, generator reseeded before every call. fill_ uses "
         f"{f['threads']} threads here (the caller's included), chunks of {f['chunk']:,} elements, threshold "
-        f"{f['threshold']:,} elements, full mt19937 state per chunk: {f['full_state']}.",
+        f"{f['threshold']:,} elements; values from the keyed Philox stream's C kernel (built: {f['kernel']}).",
         "",
         "| call | tensor | torch (ms) | fill_ (ms) | speedup |",
         "|---|---|---|---|---|",

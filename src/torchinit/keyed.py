@@ -280,14 +280,19 @@ def _reference_values(stream: Stream, kind: str, a: float, b: float, first: int,
     return _narrow(values, kind, b, dtype)
 
 
-def _narrow(values: Tensor, kind: str, high: float, dtype: torch.dtype) -> Tensor:
-    """float32 values in a lower dtype; a uniform that rounded up to ``high`` becomes the value below it."""
-    if values.dtype == dtype:
+def _ceiling(high: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` below ``high`` as float32 rounds it then ``dtype`` does: a uniform's cap."""
+    top = torch.tensor(high, dtype=torch.float64).to(torch.float32).to(dtype)
+    return float(_below(top))
+
+
+def _narrow(values: Tensor, kind: str, high: float, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
+    """float32 values in a lower dtype (into ``out`` if given); a uniform that rounded up to ``high`` is capped."""
+    if values.dtype == dtype and out is None:
         return values
-    out = values.to(dtype)
-    if kind == "uniform_":
-        top = torch.tensor(high, dtype=torch.float64, device=out.device).to(torch.float32).to(dtype)
-        out = torch.where(out >= top, _below(top), out)
+    out = values.to(dtype) if out is None else out.copy_(values)
+    if kind == "uniform_" and dtype not in (torch.float32, torch.float64):
+        out.clamp_max_(_ceiling(high, dtype))
     return out
 
 
@@ -432,7 +437,7 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
         else:
             buffer = torch.empty(part.numel(), dtype=torch.float32)
             _kernel_fill(stream, kind, a, b, offset + k * CHUNK, buffer)
-            part.copy_(_narrow(buffer, kind, b, part.dtype))
+            _narrow(buffer, kind, b, part.dtype, out=part)
 
     run_chunks(math.ceil(n / CHUNK), work, 1 if n < PARALLEL_THRESHOLD else workers)
     if not contiguous:

@@ -302,9 +302,9 @@ def materialize_(
             generator differ. (Values a constructor drew for real before registering them,
             ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
             global RNG, in construction order, as eager construction draws. Large random
-            fills run chunked in threads (:mod:`torchinit.fastfill`): the same
-            distribution as torch's, another stream; either way the weights are a
-            function of the seed.
+            fills run chunked in threads from the keyed Philox stream
+            (:mod:`torchinit.fastfill`): the same distribution as torch's, another stream;
+            either way the weights are a function of the seed.
 
     Returns:
         An :class:`~torchinit.policy.InitReport`; the rule column says where each value
