@@ -1,4 +1,5 @@
 import math
+import threading
 import warnings
 
 import pytest
@@ -77,6 +78,14 @@ def test_distribution_ks(mean, std, a, b, dtype):
     assert ks_stat(w, lambda x: trunc_cdf(x, mean, std, a, b)) < ks_critical(n)
 
 
+@pytest.mark.parametrize("mean,std,a,b", [c for c in CASES if max(abs(c[2] - c[0]), abs(c[3] - c[0])) / c[1] <= 3.5])
+def test_distribution_ks_on_the_parallel_kernel_path(mean, std, a, b):
+    n = truncnorm.PARALLEL_THRESHOLD + truncnorm.CHUNK + 3  # chunked in threads, computed by the keyed kernel
+    w = ti.trunc_normal_(torch.empty(n), mean, std, a, b, generator=gen(2))
+    assert bool((w.double() >= a).all() and (w.double() <= b).all())
+    assert ks_stat(w, lambda x: trunc_cdf(x, mean, std, a, b)) < ks_critical(n)
+
+
 def test_all_three_samplers_are_exercised():
     kinds = set()
     for mean, std, a, b in CASES:
@@ -136,32 +145,68 @@ def test_zero_std_and_errors():
         ti.trunc_normal_std_(torch.empty(5), 1.0, k=0.0)
 
 
+N_PAR = truncnorm.PARALLEL_THRESHOLD + truncnorm.CHUNK + 1
+
+
+def _new_thread_count():
+    out = []
+    th = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    th.start()
+    th.join()
+    return out[0]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_pipelined_draws_are_bit_identical_and_threads_restored(monkeypatch, dtype):
-    monkeypatch.setattr(truncnorm, "CHUNK", 4096)  # many chunks: the pipeline runs
-    threads = torch.get_num_threads()
-    a = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
-    assert torch.get_num_threads() == threads
-    monkeypatch.setattr(truncnorm, "PIPELINE", False)
-    b = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
+def test_parallel_values_do_not_depend_on_threads_and_settings_are_untouched(monkeypatch, dtype):
+    from torchinit import keyed
+
+    n = truncnorm.PARALLEL_THRESHOLD + 3 * truncnorm.CHUNK + 5  # the threaded, keyed path
+    main_before, new_before = torch.get_num_threads(), _new_thread_count()
+    a = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
+    assert torch.get_num_threads() == main_before and _new_thread_count() == new_before
+    monkeypatch.setattr(keyed, "threads", lambda: 1)
+    b = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
     assert torch.equal(a, b)
-    torch.manual_seed(3)  # the global RNG, drawn from the worker thread, in the same order
-    c = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
-    monkeypatch.setattr(truncnorm, "PIPELINE", True)
+    torch.manual_seed(3)  # the global RNG: one draw keys the stream
+    c = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
+    monkeypatch.setattr(keyed, "threads", lambda: 3)
     torch.manual_seed(3)
-    d = ti.trunc_normal_(torch.empty(50_001, dtype=dtype), 0.1, 0.5, -0.7, 0.9)
-    assert torch.equal(c, d)
+    assert torch.equal(c, ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9))
+    assert float(c.min()) >= -0.7 and float(c.max()) <= 0.9 and not torch.equal(a, c)
 
 
-def test_concurrent_pipelined_calls_restore_the_thread_count(monkeypatch):
-    import threading
+def test_an_interrupt_half_way_leaves_the_tensor_unchanged(monkeypatch):
+    from torchinit import keyed
 
-    monkeypatch.setattr(truncnorm, "CHUNK", 4096)
+    original, calls = keyed.kernel_trunc_poly, []
+
+    def interrupted(stream, first, *args):
+        calls.append(first)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(stream, first, *args)
+
+    monkeypatch.setattr(keyed, "kernel_trunc_poly", interrupted)
+    t = torch.zeros(truncnorm.PARALLEL_THRESHOLD + 6 * truncnorm.CHUNK)
+    with pytest.raises(KeyboardInterrupt):
+        ti.trunc_normal_(t, std=1.0, a=-1.0, b=1.0, generator=gen(0))
+    assert bool((t == 0).all()) and len(calls) < t.numel() // truncnorm.CHUNK
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    small = torch.zeros(1000)  # the serial path: an interrupt in the sampler leaves the tensor unchanged too
+    monkeypatch.setattr(truncnorm._PolySampler, "transform", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ti.trunc_normal_(small, std=1.0, a=-1.0, b=1.0)
+    assert bool((small == 0).all())
+
+
+def test_concurrent_calls_keep_the_thread_count_and_their_own_streams():
     threads_before = torch.get_num_threads()
     results = {}
 
     def work(i):
-        results[i] = ti.trunc_normal_(torch.empty(40_000), std=1.0, a=-1.0, b=1.0, generator=gen(i))
+        results[i] = ti.trunc_normal_(torch.empty(N_PAR), std=1.0, a=-1.0, b=1.0, generator=gen(i))
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for w in workers:
@@ -170,4 +215,4 @@ def test_concurrent_pipelined_calls_restore_the_thread_count(monkeypatch):
         w.join()
     assert torch.get_num_threads() == threads_before
     for i, t in results.items():  # each call still draws exactly its own stream
-        assert torch.equal(t, ti.trunc_normal_(torch.empty(40_000), std=1.0, a=-1.0, b=1.0, generator=gen(i)))
+        assert torch.equal(t, ti.trunc_normal_(torch.empty(N_PAR), std=1.0, a=-1.0, b=1.0, generator=gen(i)))

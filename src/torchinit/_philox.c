@@ -76,20 +76,26 @@ static inline uint64_t bits_of(double d) {
 /* An integer below 2^52 as a double, exactly (written with 64-bit lane operations only, which vectorize). */
 static inline double small_int(uint64_t v) { return as_double(v | 0x4330000000000000ull) - 0x1p52; }
 
-/* sqrt(-2 log u), u = (a + 1/2) 2^-32 in (0, 1): log u = (e - 32) log 2 + log m, where a + 1/2 = m 2^e
- * with m in [sqrt(1/2), sqrt(2)]. */
-static inline double radius(uint64_t a) {
-    double x = small_int(a) + 0.5;
+/* log of the mantissa m of x = m 2^e, m in [sqrt(1/2), sqrt(2)] (x > 0, normal): 2 s (1 + s^2/3 + ...),
+ * s = (m - 1)/(m + 1); *e gets e. */
+static inline double log_mantissa(double x, double *e_out) {
     uint64_t bits = bits_of(x);
-    double e = small_int(bits >> 52) - 1055.0; /* unbiased exponent - 32 */
+    double e = small_int(bits >> 52) - 1023.0;
     double m = as_double((bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull);
     int big = m > SQRT2;
     m = big ? m * 0.5 : m;
-    e = big ? e + 1.0 : e;
+    *e_out = big ? e + 1.0 : e;
     double s = (m - 1.0) / (m + 1.0), s2 = s * s;
     double p = LOG_C[8];
     for (int k = 7; k >= 0; k--) p = p * s2 + LOG_C[k];
-    double log_u = e * LN2 + (2.0 * s) * p;
+    return (2.0 * s) * p;
+}
+
+/* sqrt(-2 log u), u = (a + 1/2) 2^-32 in (0, 1): log u = (e - 32) log 2 + log m, where a + 1/2 = m 2^e
+ * with m in [sqrt(1/2), sqrt(2)]. */
+static inline double radius(uint64_t a) {
+    double e, log_m = log_mantissa(small_int(a) + 0.5, &e);
+    double log_u = (e - 32.0) * LN2 + log_m;
     return sqrt(-2.0 * log_u);
 }
 
@@ -133,21 +139,28 @@ static inline void words_tile(const uint32_t w0[TILE], const uint32_t w1[TILE], 
     }
 }
 
+/* The 4 TILE words of the tile that holds word `word`, in stream order; returns the position of `word` in it
+ * and sets *take to how many of the n - done words still wanted lie in this tile from there. */
+static inline unsigned word_tile(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3, uint64_t word, uint64_t left,
+                                 uint32_t w[4 * TILE], uint64_t *take) {
+    uint32_t w0[TILE], w1[TILE], w2[TILE], w3[TILE];
+    unsigned skip = (unsigned)(word % 4);
+    philox_tile(k0, k1, c2, c3, word / 4, w0, w1, w2, w3);
+    words_tile(w0, w1, w2, w3, w);
+    *take = 4 * TILE - skip < left ? 4 * TILE - skip : left;
+    return skip;
+}
+
 static inline float below(float high) { /* the largest float < high */
     return nextafterf(high, -INFINITY);
 }
 
 /* Words [first, first + n) of the stream. */
 TI_CLONES void ti_words(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3, uint64_t first, uint64_t n, uint32_t *out) {
-    uint32_t w0[TILE], w1[TILE], w2[TILE], w3[TILE], w[4 * TILE];
-    uint64_t done = 0;
+    uint32_t w[4 * TILE];
+    uint64_t done = 0, take;
     while (done < n) {
-        uint64_t word = first + done, block0 = word / 4;
-        unsigned skip = (unsigned)(word % 4);
-        philox_tile(k0, k1, c2, c3, block0, w0, w1, w2, w3);
-        words_tile(w0, w1, w2, w3, w);
-        uint64_t take = 4 * TILE - skip;
-        if (take > n - done) take = n - done;
+        unsigned skip = word_tile(k0, k1, c2, c3, first + done, n - done, w, &take);
         memcpy(out + done, w + skip, take * sizeof(uint32_t));
         done += take;
     }
@@ -180,17 +193,12 @@ TI_NORMAL(ti_normal_f64, double)
  * high becomes the largest value below it. */
 TI_CLONES void ti_uniform_f32(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3, uint64_t first, uint64_t n,
                               double low, double high, float *out) {
-    uint32_t w0[TILE], w1[TILE], w2[TILE], w3[TILE], w[4 * TILE];
+    uint32_t w[4 * TILE];
     double span = high - low;
     float top = (float)high, last = below(top);
-    uint64_t done = 0;
+    uint64_t done = 0, take;
     while (done < n) {
-        uint64_t i = first + done;
-        unsigned skip = (unsigned)(i % 4);
-        philox_tile(k0, k1, c2, c3, i / 4, w0, w1, w2, w3);
-        words_tile(w0, w1, w2, w3, w);
-        uint64_t take = 4 * TILE - skip;
-        if (take > n - done) take = n - done;
+        unsigned skip = word_tile(k0, k1, c2, c3, first + done, n - done, w, &take);
         for (uint64_t j = 0; j < take; j++) {
             float v = (float)(low + span * ((double)(w[skip + j] >> 8) * 0x1p-24));
             out[done + j] = v >= top ? last : v;
@@ -216,6 +224,38 @@ TI_CLONES void ti_uniform_f64(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3
             double u = (double)((hi << 21) | (lo >> 11)) * 0x1p-53;
             double v = low + span * u;
             out[done + j] = v >= high ? last : v;
+        }
+        done += take;
+    }
+}
+
+/* The truncated normal's polynomial inverse CDF (torchinit.truncnorm): element i is
+ * x = mean + y H(a0 + a1 log(1 - y^2)), y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32, H(s) = sum_k c_k s^k
+ * (Horner from the top), in double; rounded to float32 and clamped to [lo, hi]. */
+TI_CLONES void ti_trunc_poly_f32(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3, uint64_t first, uint64_t n,
+                                 double y_lo, double y_hi, double mean, double a0, double a1,
+                                 const double *coeffs, int32_t degree, float lo, float hi, float *out) {
+    uint32_t w[4 * TILE];
+    double yv[4 * TILE], sv[4 * TILE], pv[4 * TILE], c[32];
+    int32_t d = degree < 31 ? degree : 31;
+    for (int32_t k = 0; k <= d; k++) c[k] = coeffs[k];
+    double span = y_hi - y_lo;
+    uint64_t done = 0, take;
+    while (done < n) {
+        unsigned skip = word_tile(k0, k1, c2, c3, first + done, n - done, w, &take);
+        for (int t = 0; t < 4 * TILE; t++) { /* lane-parallel: y, then s = a0 + a1 log(1 - y^2) */
+            double y = y_lo + span * ((small_int(w[t]) + 0.5) * 0x1p-32), e;
+            double log_m = log_mantissa(1.0 - y * y, &e);
+            yv[t] = y;
+            sv[t] = a0 + a1 * (e * LN2 + log_m);
+            pv[t] = c[d];
+        }
+        for (int32_t k = d - 1; k >= 0; k--)
+            for (int t = 0; t < 4 * TILE; t++) pv[t] = pv[t] * sv[t] + c[k];
+        for (uint64_t j = 0; j < take; j++) {
+            float v = (float)(mean + yv[skip + j] * pv[skip + j]);
+            v = v < lo ? lo : v;
+            out[done + j] = v > hi ? hi : v;
         }
         done += take;
     }

@@ -316,6 +316,9 @@ def _load_kernel() -> ctypes.CDLL | None:
     for fn in ("ti_normal_f32", "ti_normal_f64", "ti_uniform_f32", "ti_uniform_f64"):
         getattr(lib, fn).argtypes = [u32, u32, u32, u32, u64, u64, dbl, dbl, ptr]
         getattr(lib, fn).restype = None
+    lib.ti_trunc_poly_f32.argtypes = [u32, u32, u32, u32, u64, u64, dbl, dbl, dbl, dbl, dbl, ptr, ctypes.c_int32,
+                                      ctypes.c_float, ctypes.c_float, ptr]
+    lib.ti_trunc_poly_f32.restype = None
     return lib
 
 
@@ -327,6 +330,22 @@ def _kernel_fill(stream: Stream, kind: str, a: float, b: float, first: int, out:
     """``out`` (contiguous CPU float32/float64) = elements ``[first, first + out.numel())``; GIL released."""
     fn = getattr(KERNEL, f"ti_{kind[:-1]}_f{64 if out.dtype == torch.float64 else 32}")
     fn(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, out.numel(), a, b, out.data_ptr())
+
+
+def kernel_trunc_poly(stream: Stream, first: int, out: Tensor, y_lo: float, y_hi: float, mean: float,
+                      a0: float, a1: float, coeffs: list[float], lo: float, hi: float) -> None:
+    """The truncated normal's polynomial inverse CDF on the stream, by the kernel (``KERNEL`` must be built).
+
+    ``out`` (contiguous CPU float32) gets elements ``[first, first + out.numel())``:
+    ``x = mean + y H(a0 + a1 log(1 - y^2))`` with ``y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32``
+    and ``H(s) = sum_k coeffs[k] s^k``, in float64, rounded, clamped to ``[lo, hi]``. Used by
+    :mod:`torchinit.truncnorm`, which fits ``H``; at most 32 coefficients.
+    """
+    if len(coeffs) > 32:
+        raise ValueError(f"coeffs: at most 32 coefficients; got {len(coeffs)}")
+    c = (ctypes.c_double * len(coeffs))(*coeffs)
+    KERNEL.ti_trunc_poly_f32(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, out.numel(),
+                             y_lo, y_hi, mean, a0, a1, c, len(coeffs) - 1, lo, hi, out.data_ptr())
 
 
 # ---- the thread pool ----------------------------------------------------------------------------------------

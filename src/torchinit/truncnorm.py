@@ -27,20 +27,30 @@ cache-sized chunks:
   the values that fell outside, until none is left;
 * *exact inverse CDF* in float64 (:func:`torch.special.ndtri` on the lower tail):
   far tails and float64 tensors with narrow bounds.
+
+On CPU tensors of at least :data:`PARALLEL_THRESHOLD` elements the polynomial sampler
+runs its chunks in threads (:func:`torchinit.keyed.run_chunks`, the caller's thread
+included, up to ``torch.get_num_threads()``), drawing its uniforms from the keyed Philox
+stream (:mod:`torchinit.keyed`) keyed by one draw from the generator: the values do not
+depend on the thread count, and no thread setting is changed. Smaller tensors and the
+other samplers draw from the generator itself.
+
+Faults. Values are computed into a temporary and written by one ``copy_`` at the end: an
+exception or Ctrl-C half-way leaves the tensor unchanged (the temporary is the size of the
+tensor, for the duration of the call).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import math
-import threading
 import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from torchinit import keyed
 from torchinit.recording import recorded_call
 from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
 
@@ -54,8 +64,8 @@ NOTHING_TRUNCATED_SIGMA = 6.0
 POLY_MAX_Z = 3.5
 POLY_MAX_DEGREE = 16
 POLY_REL_TOL = 5e-8
-#: Overlap the random draws of one chunk with the arithmetic of the previous one (see _pipelined).
-PIPELINE = True
+#: Large CPU tensors (at least this many elements) on the polynomial sampler run chunked in threads.
+PARALLEL_THRESHOLD = 1 << 19
 
 
 def truncated_std_factor(k: float) -> float:
@@ -222,77 +232,56 @@ def sample_truncated_(
 
     ``lo``/``hi`` are ``out.dtype`` values inside ``[a, b]``. Internal: the
     public functions validate their arguments first.
+
+    The values are computed into a new tensor and written to ``out`` by one ``copy_`` at
+    the end, so an exception or a Ctrl-C half-way leaves ``out`` unchanged; the cost is
+    one temporary the size of ``out`` while the call runs.
     """
     if std == 0.0:
         return out.fill_(mean)
-    if not out.is_contiguous():
-        tmp = torch.empty(out.shape, dtype=out.dtype, device=out.device)
-        sample_truncated_(tmp, mean, std, a, b, lo, hi, generator)
-        return out.copy_(tmp)
     compute = torch.float64 if out.dtype == torch.float64 else torch.float32
     alpha, beta = (a - mean) / std, (b - mean) / std
-    flat = out.view(-1)
-    n = flat.numel()
+    staged = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
+    n = staged.numel()
     chunk = min(CHUNK if out.device.type == "cpu" else n, n)
     fill = _choose_sampler(alpha, beta, compute, mean, std, chunk, out.device)
-    if PIPELINE and isinstance(fill, _PolySampler) and n > chunk and out.device.type == "cpu":
-        _pipelined(flat, fill, chunk, lo, hi, generator)
-        return out
-    scratch = None if out.dtype == compute else torch.empty(chunk, dtype=compute, device=out.device)
-    for start in range(0, n, chunk):
-        dst = flat[start : start + chunk]
-        buf = dst if scratch is None else scratch[: dst.numel()]
-        fill(buf, generator)
-        if buf is not dst:
-            dst.copy_(buf)
-        dst.clamp_(lo, hi)
-    return out
-
-
-def _pipelined(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, generator) -> None:
-    """The polynomial sampler with the random draws of chunk k+1 overlapping the arithmetic of chunk k.
-
-    torch's CPU ``uniform_`` is one thread running the Mersenne twister, and it costs about
-    as much as ``normal_``; the arithmetic is a dozen cheap passes. A worker thread draws the
-    uniforms into one of two float32 buffers while this thread transforms the other, with
-    torch's intra-op threads set to 1 for the duration of the call (restored after), so
-    the two run on separate cores. The draws are the same, in the same order, as without
-    the pipeline, so the values are bit-identical.
-    """
-    n = flat.numel()
-    starts = list(range(0, n, chunk))
-    buffers = [torch.empty(chunk, dtype=torch.float32) for _ in range(2)]
-
-    def draw(i: int) -> Tensor:
-        y = buffers[i % 2][: min(chunk, n - starts[i])]
-        fill.draw(y, generator)
-        return y
-
-    with _PIPELINE_LOCK:  # one pipelined call at a time: the thread count is process-wide
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _run_pipeline(flat, fill, starts, draw, lo, hi)
-        finally:
-            torch.set_num_threads(threads)
-
-
-_PIPELINE_LOCK = threading.Lock()
-
-
-def _run_pipeline(flat: Tensor, fill: _PolySampler, starts: list[int], draw: Any, lo: float, hi: float) -> None:
-    """Transform chunk i (this thread) while the worker draws chunk i + 1; clamp each into ``[lo, hi]``."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(draw, 0)
-        for i, start in enumerate(starts):
-            y = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(draw, i + 1)  # into the other buffer, transformed last round
-            dst = flat[start : start + y.numel()]
-            fill.transform(y, dst if dst.dtype == torch.float32 else y)
-            if dst.dtype != torch.float32:
-                dst.copy_(y)
+    if isinstance(fill, _PolySampler) and out.device.type == "cpu" and n >= PARALLEL_THRESHOLD and keyed.KERNEL:
+        _fill_parallel(staged, fill, chunk, lo, hi, keyed.Stream.from_generator(generator))
+    else:
+        scratch = None if out.dtype == compute else torch.empty(chunk, dtype=compute, device=out.device)
+        for start in range(0, n, chunk):
+            dst = staged[start : start + chunk]
+            buf = dst if scratch is None else scratch[: dst.numel()]
+            fill(buf, generator)
+            if buf is not dst:
+                dst.copy_(buf)
             dst.clamp_(lo, hi)
+    return out.copy_(staged.view(out.shape))
+
+
+def _fill_parallel(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, stream: keyed.Stream) -> None:
+    """The polynomial sampler on large CPU tensors: chunks in threads, computed by the keyed stream's kernel.
+
+    Chunk ``k`` is elements ``[k chunk, (k+1) chunk)`` of ``stream`` (:mod:`torchinit.keyed`),
+    whose kernel draws the uniforms and evaluates the same fitted polynomial in float64
+    (:func:`torchinit.keyed.kernel_trunc_poly`), so the values do not depend on the number of
+    threads or on which thread takes which chunk; the stream is keyed by one draw from the
+    caller's generator (or the global RNG). The threads come from
+    :func:`torchinit.keyed.run_chunks`: no thread setting is changed, and an interrupt stops
+    the chunks not yet started.
+    """
+    plan = fill.plan
+    n = flat.numel()
+
+    def work(k: int) -> None:
+        dst = flat[k * chunk : (k + 1) * chunk]
+        buf = dst if dst.dtype == torch.float32 else torch.empty(dst.numel(), dtype=torch.float32)
+        keyed.kernel_trunc_poly(stream, k * chunk, buf, plan.y_lo, plan.y_hi, fill.mean_value, plan.k0, plan.k1,
+                                plan.coeffs, lo, hi)
+        if buf is not dst:
+            dst.copy_(buf)  # lo and hi are values of dst's dtype: rounding keeps [lo, hi]
+
+    keyed.run_chunks(math.ceil(n / chunk), work)
 
 
 def _choose_sampler(alpha: float, beta: float, compute: torch.dtype, mean: float, std: float, chunk: int, device):
@@ -349,12 +338,10 @@ class _PolySampler:
     """Fills float32 chunks by the fitted inverse CDF; scratch and constants are made once per call."""
 
     def __init__(self, plan: _PolyPlan, mean: float, chunk: int, device: torch.device):
-        self.plan = plan
+        self.plan, self.mean_value = plan, mean
         const = lambda v: torch.tensor(v, dtype=torch.float32, device=device)  # noqa: E731
         self.one, self.k0, self.mean = const(1.0), const(plan.k0), const(mean)
         self.coeffs = [const(c) for c in plan.coeffs]
-        self.s = torch.empty(chunk, dtype=torch.float32, device=device)
-        self.p = torch.empty(chunk, dtype=torch.float32, device=device)
 
     def draw(self, y: Tensor, generator: torch.Generator | None) -> None:
         """The random part: ``y ~ U[y_lo, y_hi]``."""
@@ -363,8 +350,7 @@ class _PolySampler:
     def transform(self, y: Tensor, out: Tensor) -> None:
         """The deterministic part: ``out = mean + y H(s(y))`` (``out`` may be ``y``)."""
         plan, c = self.plan, self.coeffs
-        n = y.numel()
-        s, p = self.s[:n], self.p[:n]
+        s, p = torch.empty_like(y), torch.empty_like(y)  # per call: chunks may run in several threads
         torch.addcmul(self.one, y, y, value=-1.0, out=s)  # 1 - y^2
         s.log_()
         torch.add(self.k0, s, alpha=plan.k1, out=s)  # s in [-1, 1]
