@@ -19,7 +19,7 @@ from torch import nn
 from torchinit._checks import finite
 from torchinit._text import text_table
 from torchinit.policy import derive_seed, stream_generator
-from torchinit.probe import first_tensor
+from torchinit.probe import _copy_inputs, _Preserved, first_tensor
 from torchinit.structured import orthogonal_
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVRow"]
@@ -62,6 +62,7 @@ class _Stop(Exception):
 
 
 def _run(model: nn.Module, data: Any) -> None:
+    data = _copy_inputs(data)  # a forward pass writing into its input spares the caller's batch and the next pass
     with torch.no_grad():
         model(*data) if isinstance(data, (tuple, list)) else model(data)
 
@@ -130,8 +131,21 @@ def lsuv_(
     biases are left alone (the paper rescales weights only). Because a bias is not scaled
     with the weight, a layer whose output is dominated by its bias may not converge; a
     warning names it. Forward passes run in eval mode (no dropout, BatchNorm uses its
-    running statistics, which are not updated), and every module's train/eval mode is
-    restored afterwards. Nothing is kept between calls.
+    running statistics, which are not updated) on a copy of ``data`` each (the caller's
+    batch is never written). Nothing is kept between calls.
+
+    Only the Linear/conv weights change. Everything else the forward passes touch is put
+    back bit for bit afterwards: every module's train/eval mode, the other parameters and
+    the buffers (an ``Embedding(max_norm=...)`` weight renormalized in place, a counter
+    buffer or attribute a forward pass reassigns), ``.grad``, hooks, and the random number
+    generators; the only draws that stand are the orthogonal start's (from ``generator``, or
+    from the global RNG when it is None, as :func:`orthogonal_` would). Changes made by one
+    forward pass are seen by the next (the restoring happens once, at the end). If anything
+    raises or interrupts it (the exception propagates), the model is left exactly as it was
+    found, weights included, and ``generator`` is rewound. The price is one copy of the
+    model's parameters and buffers held during the call. Refused up front (``model``):
+    TorchScript modules and uninitialized (lazy) parameters; not restored: state outside
+    the module tree (globals, objects the forward pass closes over).
 
     Args:
         model: the model, initialized in place.
@@ -161,27 +175,31 @@ def lsuv_(
         raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LSUV_LAYERS) and m.weight is not None]
-    modes = {m: m.training for m in model.modules()}
+    # refuses up front what it could not restore; on success, the weights LSUV writes stay written
+    preserved = _Preserved(model, keep=[layer.weight for _, layer in layers],
+                           generators=[generator] if generator is not None else [])
     rows: list[LSUVRow] = []
-    try:
-        model.eval()
-        order = _execution_order(model, layers, data)
-        show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
+    with preserved:
         with torch.no_grad():
             if orthogonal_first:
                 base_seed = derive_seed(generator)
                 for name, layer in layers:
-                    orthogonal_(layer.weight, generator=stream_generator(base_seed, f"{name}.weight", layer.weight.device))
+                    stream = stream_generator(base_seed, f"{name}.weight", layer.weight.device)
+                    orthogonal_(layer.weight, generator=stream)
+        preserved.mark_rng()  # the orthogonal draws stand (generator's or the global RNG's), the forward passes' not
+        model.eval()
+        order = _execution_order(model, layers, data)
+        show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
+        with torch.no_grad():
             for i, (name, layer) in enumerate(order):
                 rows.append(_fit_layer(model, name, layer, data, target_std, tol, max_iter))
                 if show:
                     _progress(i + 1, len(order), name)
         if show:
             print(file=sys.stderr)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
     report = LSUVReport(rows, target_std, tol)
     if report.not_converged:
         warnings.warn(
