@@ -38,10 +38,12 @@ from torchinit.policy import (
     Planned,
     Policy,
     ReportRow,
+    Snapshot,
     check_on_meta,
     derive_seed,
     named_parameter_owners,
     parameter_shape,
+    stand_in,
     stream_generator,
 )
 from torchinit.recording import (
@@ -284,16 +286,21 @@ def materialize_(
        recomputes) is unknown: with ``strict=True`` a ValueError names it; otherwise a
        warning names it and it is set to zero. It is never silently zero.
 
-    The call is all-or-nothing: every check (unknown values, policy arguments) runs
-    before any memory is allocated, values are computed into new tensors, and the
-    model's registrations are replaced only once all of them are ready. Tied
-    parameters stay tied, Python attributes on parameters are kept, already-real
-    parameters and buffers are left as they are (moved to ``device`` when it is given).
+    The call is all-or-nothing: every check (the arguments, unknown values, each
+    policy initializer's arguments) runs before any memory is allocated, values are
+    computed into new tensors, and the model's registrations are replaced only once
+    all of them are ready (assignments only). If anything raises (``KeyboardInterrupt``
+    included), the model is put back as it was: registrations, ties, ``requires_grad``,
+    Python attributes, and the state of ``generator`` (a :class:`~torchinit.policy.Snapshot`
+    of registrations: no tensor is copied). Tied parameters stay tied, Python attributes
+    on parameters are kept, already-real parameters and buffers are left as they are
+    (moved to ``device`` when it is given: a copy there, made before anything is replaced).
 
     Args:
         model: a model built under :func:`deferred` or on the meta device.
         policy: rules that take precedence over construction.
-        device: where to allocate (default: the CPU).
+        device: where to allocate (default: the CPU): a ``torch.device``, a string such as
+            ``"cuda:0"`` or a device index; one this process cannot allocate on is a ValueError.
         strict: raise instead of zero-filling values that cannot be known.
         generator: the seed source. One number is drawn from it per call; every random
             value drawn at materialization then comes from a stream keyed by that number
@@ -328,12 +335,7 @@ def materialize_(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     explicit_device = device is not None
-    try:
-        device = torch.device("cpu") if device is None else torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {err}") from None
-    if device.type == "meta":
-        raise ValueError("device must be a real device (cpu, cuda, ...); got meta")
+    device = _device(device, generator)
 
     plans = (policy if policy is not None else Policy([])).plan(model, strict=strict)
     slots = _meta_slots(model, plans)
@@ -343,13 +345,52 @@ def materialize_(
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
-    if unrecorded:
-        reenacted = _reenact(model, unrecorded)
-        for s in unrecorded:
-            s.recording, s.source = reenacted, "reset_parameters"
+    snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
+    with snapshot.on_failure():
+        if unrecorded:
+            reenacted = _reenact(model, unrecorded)
+            for s in unrecorded:
+                s.recording, s.source = reenacted, "reset_parameters"
+        wanted = _wanted_by_recording(slots)
+        _find_unknown(slots, wanted, strict)
+        base_seed = derive_seed(generator)  # the one draw from the caller's generator
+        with torch.no_grad():
+            # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
+            _stage(slots, wanted, device, base_seed)
+            _apply_rules(slots, device, base_seed)
+            new = _replacements(model, slots, device if explicit_device else None)
+            computed = _weight_norm_weights(model, new)
+            _commit(model, new, computed)  # assignments only
+            if unrecorded:
+                _retie(model)
+        for p in plans:
+            p.param = new.get(id(p.param), p.param)  # type: ignore[assignment]
+        return _report(plans, slots)
 
-    # analysis: which values are undefined (before anything is allocated)
-    wanted = _wanted_by_recording(slots)
+
+def _device(device: Any, generator: torch.Generator | None) -> torch.device:
+    """``device`` as a ``torch.device`` this process can allocate on (and draw on, with a generator)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"device must be a torch.device, a str or an int; got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"device {device!r}: {err}") from None
+    if device.type == "meta":
+        raise ValueError("device must be a real device (cpu, cuda, ...); got meta")
+    try:
+        torch.empty(0, device=device)
+        if generator is not None:
+            torch.Generator(device=device)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError...
+        raise ValueError(f"device {str(device)!r} cannot be used here: {str(err).splitlines()[0]}") from None
+    return device
+
+
+def _find_unknown(slots: list[_Slot], wanted: dict[Recording, set[int]], strict: bool) -> None:
+    """Mark the values no rule covers and construction left undefined: an error with ``strict``, else a warning."""
     unknown: list[str] = []
     for rec, keys in wanted.items():
         live, undefined = rec.live_ops(keys)
@@ -370,19 +411,8 @@ def materialize_(
             f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
             "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-
-    base_seed = derive_seed(generator)  # the one draw from the caller's generator
-    with torch.no_grad():
-        _stage(slots, wanted, device, base_seed)
-        _apply_rules(slots, device, base_seed)
-        _commit(model, slots)
-        if unrecorded:
-            _retie(model)
-        if explicit_device:
-            _move_real(model, device)
-    return _report(plans, slots)
 
 
 def _meta_slots(model: nn.Module, plans: list[Planned]) -> list[_Slot]:
@@ -489,10 +519,7 @@ def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None
         if p.unit is None:
             target = p.target()
             if isinstance(target, nn.Module):
-                ghost = copy.copy(target)
-                ghost._parameters = {k: None if v is None else staged.get(id(v), v)
-                                     for k, v in target._parameters.items()}  # fmt: skip
-                target = ghost
+                target = stand_in(target, lambda t: staged.get(id(t), t))
             else:
                 target = s.real
             p.initializer.init(target, generator=stream_generator(base_seed, p.name, device))
@@ -515,46 +542,53 @@ def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
     return ghost
 
 
-def _commit(model: nn.Module, slots: list[_Slot]) -> None:
-    """Register the staged tensors in place of the meta ones: one object per distinct tensor, ties kept."""
+def _replacements(model: nn.Module, slots: list[_Slot], device: torch.device | None) -> dict[int, Tensor]:
+    """The tensor to register in place of each one that changes, by the old one's id (one per distinct tensor).
+
+    Every meta slot gets its staged tensor (a parameter like the old one, Python attributes
+    kept); with ``device``, every real parameter and buffer elsewhere gets a copy there.
+    """
+    new: dict[int, Tensor] = {}
     for s in slots:
         assert s.real is not None
-        new = _parameter_like(s.tensor, s.real) if s.is_parameter else s.real
-        for _, module, attr in s.places:
-            if s.is_parameter:
-                _set_parameter(module, attr, new)  # type: ignore[arg-type]
-            else:
-                module._buffers[attr] = new
-        if s.plan is not None:
-            s.plan.param = new
-    for module in model.modules():  # torch.nn.utils.weight_norm keeps the weight it computes as a plain attribute
-        for hook in weight_norm_hooks(module):
-            setattr(module, hook.name, hook.compute_weight(module))
-
-
-def _set_parameter(module: nn.Module, attr: str, param: nn.Parameter) -> None:
-    """Register ``param`` as ``module.attr``; an RNN also keeps a list of its weights, refreshed here.
-
-    torch 2.13's RNN forward notices replaced weights by itself; the refresh keeps older
-    releases (the package accepts torch >= 2.1) from running on the stale meta tensors.
-    """
-    module._parameters[attr] = param
-    if isinstance(module, nn.RNNBase):
-        module._init_flat_weights()
-
-
-def _move_real(model: nn.Module, device: torch.device) -> None:
-    """Move buffers and already-real parameters to ``device``; a parameter shared by several modules stays shared."""
-    moved: dict[int, nn.Parameter] = {}
+        new[id(s.tensor)] = _parameter_like(s.tensor, s.real) if s.is_parameter else s.real
+    if device is None:
+        return new
     for module in model.modules():
-        for k, b in module._buffers.items():
-            if b is not None and b.device != device:
-                module._buffers[k] = b.to(device)
-        for k, v in module._parameters.items():
-            if v is not None and v.device != device and not v.is_meta:
-                if id(v) not in moved:
-                    moved[id(v)] = _parameter_like(v, v.detach().to(device))
-                _set_parameter(module, k, moved[id(v)])
+        for store, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for t in store.values():
+                if t is None or id(t) in new or t.is_meta or t.device == device \
+                        or isinstance(t, nn.parameter.UninitializedTensorMixin):  # fmt: skip
+                    continue
+                new[id(t)] = _parameter_like(t, t.detach().to(device)) if is_parameter else t.to(device)
+    return new
+
+
+def _weight_norm_weights(model: nn.Module, new: dict[int, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
+    """torch.nn.utils.weight_norm keeps the weight it computes as a plain attribute: computed from the new tensors."""
+    return [(module, hook.name, hook.compute_weight(stand_in(module, lambda t: new.get(id(t), t))))
+            for module in model.modules() for hook in weight_norm_hooks(module)]  # fmt: skip
+
+
+def _commit(model: nn.Module, new: dict[int, Tensor], computed: list[tuple[nn.Module, str, Tensor]]) -> None:
+    """Register the new tensors in place of the old ones, and set the computed attributes: assignments only.
+
+    Every registration of one old tensor gets the same new one, so ties stay tied. An RNN
+    also keeps a list of its weights, refreshed here: torch 2.13's RNN forward notices
+    replaced weights by itself; the refresh keeps older releases (the package accepts
+    torch >= 2.1) from running on stale tensors.
+    """
+    for module in model.modules():
+        changed = False
+        for store in (module._parameters, module._buffers):
+            for attr, t in store.items():
+                if t is not None and id(t) in new:
+                    store[attr] = new[id(t)]
+                    changed = True
+        if changed and isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
+    for module, attr, value in computed:
+        setattr(module, attr, value)
 
 
 def _report(plans: list[Planned], slots: list[_Slot]) -> InitReport:
@@ -583,7 +617,8 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
 
     Every real parameter and buffer is swapped for a meta stand-in holding its value, so
     the init code can run on the whole model without touching a real tensor; the
-    registrations and transformers' ``_is_hf_initialized`` flags are restored afterwards.
+    model is restored afterwards from a :class:`~torchinit.policy.Snapshot` (registrations, attributes,
+    transformers' ``_is_hf_initialized`` marks, which are cleared for the duration).
     A tied parameter (one tensor, or one storage, in several places) keeps its first
     registration (the input embedding, before the output head) and the later ones get
     stand-ins of their own, because eager construction
@@ -593,10 +628,10 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
     recording = Recording()
     mode = RecordingMode(recording)
     targets = {id(s.tensor) for s in unrecorded}
-    saved = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
-    flags = _clear_init_flags(model)
+    snapshot = Snapshot(model)
     owners_of_targets = set()
     try:
+        _clear_init_flags(model)
         mode.paused = True
         swapped: dict[int, Tensor] = {}
         first_seen: set[int] = set()
@@ -657,12 +692,7 @@ def _reenact(model: nn.Module, unrecorded: list[_Slot]) -> Recording:
             )
     finally:
         mode.paused = False
-        for module, params, buffers in saved:
-            module._parameters.clear()
-            module._parameters.update(params)
-            module._buffers.clear()
-            module._buffers.update(buffers)
-        _restore_init_flags(flags)
+        snapshot.restore()
     return recording
 
 
@@ -707,15 +737,7 @@ def _model_init(model: nn.Module) -> Any:
     return None
 
 
-def _clear_init_flags(model: nn.Module) -> list[tuple[Any, Any]]:
-    """Clear transformers' ``_is_hf_initialized`` marks (set under init_empty_weights), returning them for restore."""
-    saved = []
+def _clear_init_flags(model: nn.Module) -> None:
+    """Clear transformers' ``_is_hf_initialized`` marks (set under init_empty_weights): the caller restores them."""
     for obj in [*model.modules(), *model.parameters(), *model.buffers()]:
-        if "_is_hf_initialized" in getattr(obj, "__dict__", {}):
-            saved.append((obj, obj.__dict__.pop("_is_hf_initialized")))
-    return saved
-
-
-def _restore_init_flags(saved: list[tuple[Any, Any]]) -> None:
-    for obj, value in saved:
-        obj.__dict__["_is_hf_initialized"] = value
+        getattr(obj, "__dict__", {}).pop("_is_hf_initialized", None)

@@ -32,6 +32,7 @@ mark their catalogue rules (one per layer class) as optional.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import hashlib
@@ -47,7 +48,7 @@ from torch import Tensor, nn
 from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
-from torchinit.recording import draw_seed
+from torchinit.recording import draw_seed, storage_key
 
 __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
@@ -390,11 +391,19 @@ class Policy:
     ) -> InitReport:
         """Initialize every parameter a rule covers, exactly once; leave the rest untouched.
 
-        The whole plan is checked first (every initializer is run on a meta copy of
-        its target), so a call that raises leaves the model unchanged. Tied
-        parameters are initialized once and stay tied. Layout-aware initializers
+        Tied parameters are initialized once and stay tied. Layout-aware initializers
         (the fan-based family, glass) receive the owning layer for its ``weight``,
         so ConvTranspose, grouped convs and transformers' Conv1D get their true fans.
+
+        All or nothing: the arguments and the whole plan are checked first (every
+        initializer is run on a meta copy of its target), and the tensors the call will
+        write are then copied (a :class:`Snapshot`); if anything raises after that (an
+        initializer failing on real values, a ``KeyboardInterrupt``), the model is put
+        back as it was: values, registrations, ties, ``requires_grad``, and the state of
+        ``generator``. Memory: the copy holds every parameter a rule covers (for a
+        module-level rule such as ``torch_default``, every parameter and buffer of its
+        unit) until the call returns, so the peak is about twice the written tensors:
+        twice the model when every parameter is covered.
 
         Args:
             model: the model.
@@ -402,29 +411,112 @@ class Policy:
             generator: the seed source: one number is drawn from it per call, and each parameter
                 draws from a stream keyed by that number and its qualified name
                 (re-seeding reproduces; two calls differ). None: the global RNG, in parameter order.
+                Nothing can be drawn for a meta parameter (use :func:`~torchinit.materialize_`):
+                a covered one is a ValueError.
 
         Returns:
             An :class:`InitReport`.
         """
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
         plans = self.plan(model, strict=strict)
         uncovered = [p.name for p in plans if p.initializer is None]
         if strict and uncovered:
             raise ValueError(f"strict: no rule covers {len(uncovered)} parameter(s): {', '.join(uncovered)}")
-        for p in plans:
-            if p.initializer is not None:
-                check_on_meta(p)
-        base_seed = derive_seed(generator)
-        done: set[tuple[int, int]] = set()
-        with torch.no_grad():
-            for p in plans:
-                if p.initializer is None:
-                    continue
+        covered = [p for p in plans if p.initializer is not None]
+        on_meta = [p.name for p in covered if p.param.is_meta]
+        if generator is not None and on_meta:
+            raise ValueError(f"generator: nothing can be drawn for meta parameters ({', '.join(on_meta)}); "
+                             "give them memory and values with torchinit.materialize_")
+        for p in covered:
+            check_on_meta(p)
+        # what the call writes in place: each covered parameter; a module-level rule's whole unit
+        writes = [t for p in covered for t in
+                  ([p.param] if p.unit is None else [*p.unit[1].parameters(), *p.unit[1].buffers()])]  # fmt: skip
+        snapshot = Snapshot(model, writes=writes, generator=generator)
+        with snapshot.on_failure(), torch.no_grad():
+            base_seed = derive_seed(generator)
+            done: set[tuple[int, int]] = set()
+            for p in covered:
                 if p.unit is None:
-                    p.initializer.init(p.target(), generator=stream_generator(base_seed, p.name, p.param.device))
+                    stream = stream_generator(base_seed, p.name, p.param.device)
+                    p.initializer.init(p.target(), generator=stream)  # type: ignore[union-attr]
                 elif (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
                     done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
                     run_unit(p, plans, stream_generator(base_seed, p.unit[0], p.param.device))
-        return report_of(plans)
+            return report_of(plans)
+
+
+class Snapshot:
+    """What a whole-model call may change, kept so that a failed call can put the model back (all or nothing).
+
+    Kept: every module's attributes and its parameter, buffer and child registrations
+    (shallow copies: no tensor memory), every parameter's and buffer's ``requires_grad``
+    and Python attributes, the state of ``generator``, and a clone of each real tensor in
+    ``writes``, with its storage (the tensors the call writes in place: the only tensor
+    memory this costs). :meth:`restore` puts all of it back; :meth:`on_failure` does so
+    when the block it guards raises anything, ``KeyboardInterrupt`` included.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> before = layer.weight.detach().clone()
+        >>> snapshot = Snapshot(layer, writes=[layer.weight])
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.fill_(7.0)
+        >>> snapshot.restore()
+        >>> torch.equal(layer.weight, before)
+        True
+    """
+
+    def __init__(
+        self, model: nn.Module, *, writes: Iterable[Tensor] = (), generator: torch.Generator | None = None
+    ) -> None:
+        self.modules = [(m, dict(m.__dict__), [(d, dict(d)) for d in (m._parameters, m._buffers, m._modules)])
+                        for m in model.modules()]  # fmt: skip
+        tensors = {id(t): t for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+                   if t is not None}  # fmt: skip
+        self.tensors = [(t, t.requires_grad, dict(t.__dict__)) for t in tensors.values()]
+        real = {id(t): t for t in writes
+                if not t.is_meta and not isinstance(t, nn.parameter.UninitializedTensorMixin)}  # fmt: skip
+        self.values = [(t, t.detach().clone(), t.untyped_storage(), storage_key(t), t.storage_offset(), t.size(),
+                        t.stride()) for t in real.values()]  # fmt: skip
+        self.rng = None if generator is None else (generator, generator.get_state())
+
+    def restore(self) -> None:
+        """Put the model (and the generator) back as they were when the snapshot was taken."""
+        with torch.no_grad():
+            for t, value, storage, key, offset, size, stride in self.values:
+                if storage_key(t) != key:  # set_ gave it another storage (a parametrization's right_inverse)
+                    t.set_(storage, offset, size, stride)
+                t.copy_(value)
+        for module, attributes, stores in self.modules:
+            _put_back(module.__dict__, attributes)
+            for store, saved in stores:
+                _put_back(store, saved)
+        for t, requires_grad, attributes in self.tensors:
+            if t.requires_grad != requires_grad:
+                t.requires_grad_(requires_grad)
+            _put_back(t.__dict__, attributes)
+        if self.rng is not None:
+            self.rng[0].set_state(self.rng[1])
+
+    @contextlib.contextmanager
+    def on_failure(self) -> Iterator[None]:
+        """Run the block; if it raises anything, :meth:`restore` and re-raise."""
+        try:
+            yield
+        except BaseException:
+            self.restore()
+            raise
+
+
+def _put_back(d: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Make ``d`` hold ``saved`` again, in its order (compared by identity: values may be tensors)."""
+    if len(d) != len(saved) or any(k != j or v is not w for (k, v), (j, w) in zip(d.items(), saved.items())):
+        d.clear()
+        d.update(saved)
 
 
 def _paths(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
@@ -462,9 +554,8 @@ def check_on_meta(p: Planned) -> None:
         return  # module-level schemes take no settings that could be wrong
     target = p.target()
     if isinstance(target, nn.Module):
-        ghost = copy.copy(target)  # a shallow copy with its own parameter dict of meta tensors
-        ghost._parameters = {k: None if v is None else nn.Parameter(torch.empty_like(v, device="meta"))
-                             for k, v in target._parameters.items()}  # fmt: skip
+        ghost = stand_in(target, lambda t: t if isinstance(t, nn.parameter.UninitializedTensorMixin)
+                         else torch.empty_like(t, device="meta"))  # fmt: skip
     else:
         ghost = torch.empty_like(target, device="meta")
     try:
@@ -473,6 +564,28 @@ def check_on_meta(p: Planned) -> None:
             p.initializer.init(ghost)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{p.name} ({p.source}, {p.initializer!r}): {err}") from None
+
+
+def stand_in(module: nn.Module, swap: Callable[[Tensor], Tensor]) -> nn.Module:
+    """A shallow copy of ``module`` holding ``swap(t)`` for each of its parameters and buffers ``t``.
+
+    What an initializer that wants the layer is given when the layer itself must not be
+    written (meta copies for a dry run, staged tensors for materialization). A swapped
+    parameter stays an ``nn.Parameter``.
+    """
+
+    def swapped(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        new = swap(t)
+        if isinstance(t, nn.Parameter) and not isinstance(new, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=t.requires_grad)
+        return new
+
+    ghost = copy.copy(module)
+    ghost._parameters = {k: swapped(v) for k, v in module._parameters.items()}
+    ghost._buffers = {k: swapped(v) for k, v in module._buffers.items()}
+    return ghost
 
 
 def report_of(plans: list[Planned]) -> InitReport:
