@@ -86,3 +86,6 @@ __all__ = [
 ]  # fmt: skip
 
 from torchinit import presets  # noqa: E402  (presets build on everything above)
+from torchinit._deprecated import ALIASES as _ALIASES  # noqa: E402
+
+globals().update(_ALIASES)  # uniform, normal, ..., sparse: torch.nn.init's deprecated names (not in __all__)

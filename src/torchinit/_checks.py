@@ -14,6 +14,7 @@ Every public initializer follows the same contract, implemented here once:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,22 +24,44 @@ from torch import Tensor
 __all__: list[str] = []
 
 
-def choice(name: str, value: Any, valid: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming ``name``."""
+def choice(name: str, value: Any, valid: Iterable[str], *, fold_case: bool = False) -> str:
+    """Return ``value`` if it is one of ``valid``, else raise a ValueError naming ``name``.
+
+    With ``fold_case`` the comparison ignores case (torch lowercases ``mode``) and the
+    lowercase value is returned.
+    """
     valid = tuple(valid)
+    if isinstance(value, str) and fold_case:
+        value = value.lower()
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
     return value
 
 
+def is_bool(value: Any) -> bool:
+    """A Python or NumPy bool."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"))
+
+
+def is_real(value: Any) -> bool:
+    """A real number that is not a bool: Python ints and floats, NumPy integers and floats."""
+    return isinstance(value, numbers.Real) and not is_bool(value)
+
+
 def real_number(name: str, value: Any) -> float:
-    """Return ``value`` as a float; bools, non-numbers and NaN raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex():
+    """Return ``value`` as a float; bools, non-numbers and NaN raise.
+
+    Accepts Python and NumPy reals and one-element real tensors.
+    """
+    if not is_real(value):
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"{name} is too large for a float; got {value}") from None
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
     return value

@@ -8,13 +8,15 @@ tensors, no autograd history, NumPy arrays in place.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit._checks import as_tensor, finite, float_tensor, non_negative, nothing_to_write
+from torchinit._checks import as_tensor, finite, float_tensor, is_bool, is_real, non_negative, nothing_to_write
 
 __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
@@ -71,12 +73,39 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
                 [0.3000, 0.3000, 0.3000]])
     """
     t = as_tensor(tensor)
-    if isinstance(val, bool) or not isinstance(val, (int, float, complex, Tensor)):
-        raise TypeError(f"val must be a number; got {type(val).__name__}")
+    _check_fill_value(val, t.dtype)
     if not nothing_to_write(t):
         with torch.no_grad():
             t.fill_(val)
     return tensor
+
+
+def _check_fill_value(val: Any, dtype: torch.dtype) -> None:
+    """``val`` must be exactly representable in kind and range by ``dtype``: a bool for bool tensors, an
+    integral value in range for integer ones, a finite value within the dtype's range for floating ones."""
+    number = val.item() if isinstance(val, Tensor) and val.numel() == 1 else val
+    if dtype == torch.bool:
+        if not (is_bool(number) or (is_real(number) and number in (0, 1))):
+            raise ValueError(f"val must be a bool (or 0/1) for a torch.bool tensor; got {val!r}")
+        return
+    if is_bool(number) or not isinstance(number, numbers.Number):
+        raise TypeError(f"val must be a number; got {type(val).__name__}")
+    if isinstance(number, numbers.Complex) and not isinstance(number, numbers.Real):
+        if not dtype.is_complex:
+            raise TypeError(f"val is complex but the tensor's dtype is {dtype}")
+        parts = (number.real, number.imag)
+    else:
+        parts = (number,)
+    for part in parts:
+        if dtype.is_floating_point or dtype.is_complex:
+            limit = torch.finfo(dtype).max
+            if not (abs(part) <= limit and math.isfinite(part)):  # abs first: an int too large for a float
+                raise ValueError(f"val must be finite and within {dtype}'s range (±{limit:.4g}); got {val!r}")
+        else:
+            info = torch.iinfo(dtype)
+            integral = isinstance(part, numbers.Integral) or math.isfinite(part) and float(part).is_integer()
+            if not (integral and info.min <= part <= info.max):
+                raise ValueError(f"val must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
 
 
 @recorded_call

@@ -102,7 +102,7 @@ def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator 
     if not _eligible(tensor):
         return False
     try:  # torch's own argument checks, with its messages, before anything is drawn or written
-        getattr(torch.empty(1, dtype=tensor.dtype), kind)(a, b, generator=torch.Generator())
+        getattr(torch.empty(1, dtype=tensor.dtype, device="cpu"), kind)(a, b, generator=torch.Generator())
     except RuntimeError as err:
         raise ValueError(f"{kind}({a}, {b}): {err}") from None
     if not (math.isfinite(a) and math.isfinite(b)):

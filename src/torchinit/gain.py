@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchinit._checks import finite
+from torchinit._checks import finite, is_real
 
 __all__ = ["calculate_gain", "variance_gain", "ACTIVATIONS", "TORCH_NONLINEARITIES"]
 
@@ -105,6 +105,7 @@ def calculate_gain(nonlinearity: Nonlinearity, param: int | float | str | None =
         1.6765
     """
     if isinstance(nonlinearity, str):
+        nonlinearity = nonlinearity.lower()  # names are matched case-insensitively
         if nonlinearity in TORCH_NONLINEARITIES:
             return _torch_gain(nonlinearity, param)
         if nonlinearity in ACTIVATIONS:
@@ -131,8 +132,8 @@ def _torch_gain(name: str, param: Any) -> float:
     if name == "leaky_relu":
         if param is None:
             slope = 0.01
-        elif isinstance(param, (int, float)) and not isinstance(param, bool):
-            slope = param
+        elif is_real(param):
+            slope = float(param)
         else:
             raise ValueError(f"param: negative_slope must be a number; got {param!r}")
         return math.sqrt(2.0 / (1 + slope**2))

@@ -214,9 +214,9 @@ def _glass(
 def tent_entries(O: int, I: int, gain: float) -> _Entries:
     """The published circular tent map, exactly: at most two entries per long-side index."""
     n, N = min(O, I), max(O, I)
-    c = torch.arange(N, dtype=torch.int64)
+    c = torch.arange(N, dtype=torch.int64, device="cpu")  # index plans live on the CPU, whatever device context
     if n == 1:
-        short, weight = torch.zeros_like(c), torch.ones(N, dtype=torch.float64)
+        short, weight = torch.zeros_like(c), torch.ones(N, dtype=torch.float64, device="cpu")
     else:
         n3 = 3 * N + 1 - N // n  # ceil(3N - N/n + 1) for integers
         offset = (n3 - N) // 2
@@ -231,18 +231,18 @@ def tent_entries(O: int, I: int, gain: float) -> _Entries:
 
 def sparse_entries(O: int, I: int, gain: float) -> _Entries:
     """Sparse mode (O > I): input ``a`` goes to row ``round(a O / I)`` (half to even), exactly."""
-    a = torch.arange(I, dtype=torch.int64)
+    a = torch.arange(I, dtype=torch.int64, device="cpu")
     numerator = 2 * a * O + I  # floor(a O / I + 1/2) = numerator // (2 I)
     quotient, remainder = numerator // (2 * I), numerator % (2 * I)
     tie = (remainder == 0) & (quotient % 2 == 1)
     rows = quotient - tie.long()
-    return _Entries(rows, a, torch.full((I,), gain, dtype=torch.float64))
+    return _Entries(rows, a, torch.full((I,), gain, dtype=torch.float64, device="cpu"))
 
 
 def isometric_entries(O: int, I: int, gain: float) -> _Entries:
     """The exactly semi-orthogonal local map: long index ``c`` in cell ``floor((2c + 1) n / (2N))``."""
     n, N = min(O, I), max(O, I)
-    c = torch.arange(N, dtype=torch.int64)
+    c = torch.arange(N, dtype=torch.int64, device="cpu")  # index plans live on the CPU, whatever device context
     cell = (2 * c + 1) * n // (2 * N)
     size = torch.bincount(cell, minlength=n).double()
     return _oriented(cell, c, gain / size[cell].sqrt(), O <= I)
@@ -278,8 +278,8 @@ def _tensor_index(
     for d in range(len(shape)):
         if index[d] is None:  # a kernel dim of a centre-tap map
             assert centre_tap
-            index[d] = torch.full((count,), shape[d] // 2, dtype=torch.int64)
-    offsets = torch.arange(groups, dtype=torch.int64).repeat_interleave(count) * shape[0]
+            index[d] = torch.full((count,), shape[d] // 2, dtype=torch.int64, device="cpu")
+    offsets = torch.arange(groups, dtype=torch.int64, device="cpu").repeat_interleave(count) * shape[0]
     full = [i.repeat(groups) for i in index]  # type: ignore[union-attr]
     full[0] = full[0] + offsets
     return full

@@ -154,7 +154,8 @@ class Stream:
     @classmethod
     def from_generator(cls, generator: torch.Generator | None = None) -> Stream:
         """A stream keyed by one draw of 64 random bits from ``generator`` (None: the global RNG)."""
-        bits = int(torch.empty((), dtype=torch.int64).random_(generator=generator)) & ((1 << 64) - 1)
+        device = generator.device if generator is not None else "cpu"  # explicit: a device context may be active
+        bits = int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)) & ((1 << 64) - 1)
         return cls(bits & _MASK32, bits >> 32)
 
     def substream(self, sub: int) -> Stream:
@@ -282,7 +283,7 @@ def _reference_values(stream: Stream, kind: str, a: float, b: float, first: int,
 
 def _ceiling(high: float, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` below ``high`` as float32 rounds it then ``dtype`` does: a uniform's cap."""
-    top = torch.tensor(high, dtype=torch.float64).to(torch.float32).to(dtype)
+    top = torch.tensor(high, dtype=torch.float64, device="cpu").to(torch.float32).to(dtype)
     return float(_below(top))
 
 
@@ -391,14 +392,17 @@ def run_chunks(count: int, work: Callable[[int], None], workers: int | None = No
     """
     next_index = itertools.count().__next__  # atomic under the GIL
     stop = threading.Event()
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def loop() -> None:
         try:
-            while not stop.is_set():
-                k = next_index()
-                if k >= count:
-                    return
-                work(k)
+            # torch's grad and inference modes are per thread: the helpers work in the caller's
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while not stop.is_set():
+                    k = next_index()
+                    if k >= count:
+                        return
+                    work(k)
         except BaseException:
             stop.set()
             raise
@@ -446,7 +450,7 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
         target.copy_(values.view(target.shape))
         return tensor
     contiguous = target.is_contiguous()
-    flat = target.view(-1) if contiguous else torch.empty(n, dtype=target.dtype)
+    flat = target.view(-1) if contiguous else torch.empty(n, dtype=target.dtype, device="cpu")
     wide = flat.dtype in (torch.float32, torch.float64)
 
     def work(k: int) -> None:
@@ -454,7 +458,7 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
         if wide:
             _kernel_fill(stream, kind, a, b, offset + k * CHUNK, part)
         else:
-            buffer = torch.empty(part.numel(), dtype=torch.float32)
+            buffer = torch.empty(part.numel(), dtype=torch.float32, device="cpu")
             _kernel_fill(stream, kind, a, b, offset + k * CHUNK, buffer)
             _narrow(buffer, kind, b, part.dtype, out=part)
 
@@ -519,6 +523,6 @@ def words(stream: Stream, first: int, count: int) -> Tensor:
     first, count = _u64(first, "first"), _u64(count, "count")
     if KERNEL is None:
         return reference_words(stream, first, count)
-    out = torch.empty(count, dtype=torch.int32)
+    out = torch.empty(count, dtype=torch.int32, device="cpu")
     KERNEL.ti_words(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, count, out.data_ptr())
     return out.to(torch.int64) & _MASK32

@@ -197,9 +197,9 @@ def _round_inward(x: float, dtype: torch.dtype, *, up: bool) -> float:
     info = torch.finfo(dtype)
     if math.isinf(x):
         return -info.max if x < 0 else info.max
-    v = torch.tensor(x, dtype=torch.float64).to(dtype)
+    v = torch.tensor(x, dtype=torch.float64, device="cpu").to(dtype)
     if (up and float(v) < x) or (not up and float(v) > x) or v.isinf():
-        direction = torch.tensor(math.inf if up else -math.inf, dtype=dtype)
+        direction = torch.tensor(math.inf if up else -math.inf, dtype=dtype, device="cpu")
         v = torch.nextafter(v.clamp(-info.max, info.max), direction)
     return float(v)
 
@@ -275,7 +275,7 @@ def _fill_parallel(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: 
 
     def work(k: int) -> None:
         dst = flat[k * chunk : (k + 1) * chunk]
-        buf = dst if dst.dtype == torch.float32 else torch.empty(dst.numel(), dtype=torch.float32)
+        buf = dst if dst.dtype == torch.float32 else torch.empty(dst.numel(), dtype=torch.float32, device="cpu")
         keyed.kernel_trunc_poly(stream, k * chunk, buf, plan.y_lo, plan.y_hi, fill.mean_value, plan.k0, plan.k1,
                                 plan.coeffs, lo, hi)
         if buf is not dst:
@@ -317,10 +317,10 @@ def _poly_fit(alpha: float, beta: float, std: float) -> _PolyPlan | None:
         ratio = torch.where(y > 0, torch.special.erfinv(y) / y, torch.full_like(y, math.sqrt(math.pi) / 2))
         return std * math.sqrt(2.0) * ratio
 
-    check = torch.linspace(-1, 1, 513, dtype=torch.float64)
+    check = torch.linspace(-1, 1, 513, dtype=torch.float64, device="cpu")
     want = target(check)
     for degree in range(0, POLY_MAX_DEGREE + 1):
-        powers = torch.arange(degree + 1, dtype=torch.float64)
+        powers = torch.arange(degree + 1, dtype=torch.float64, device="cpu")
         nodes = torch.cos(math.pi * (powers + 0.5) / (degree + 1))  # Chebyshev points
         coeffs = torch.linalg.solve(nodes[:, None] ** powers, target(nodes))
         got = (check[:, None] ** powers) @ coeffs

@@ -29,6 +29,7 @@ bit-identical to ``torch.nn.init``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -77,15 +78,22 @@ def _init(
     out_dims: Dims,
     blocks: int,
     generator: torch.Generator | None,
+    *,
+    warn_empty: bool = False,
 ) -> Any:
-    """The one place where a fan-based initializer validates, computes sigma and writes."""
-    choice("mode", mode, MODES)
-    choice("distribution", distribution, DISTRIBUTIONS)
+    """The one place where a fan-based initializer validates, computes sigma and writes.
+
+    ``warn_empty``: warn, as torch's kaiming functions do, that a zero-element tensor is a no-op.
+    """
+    mode = choice("mode", mode, MODES, fold_case=True)
+    distribution = choice("distribution", distribution, DISTRIBUTIONS)
     gain = non_negative("gain", gain)
     written = weight_of(target)
     t = float_tensor(written, complex_ok=distribution != "truncated_normal")
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
+        if warn_empty:
+            warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=4)
         return written
     f = fans(target, in_dims=in_dims, out_dims=out_dims, blocks=blocks)  # validated on meta tensors too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
@@ -229,7 +237,8 @@ def kaiming_uniform_(
         True
         >>> w = kaiming_uniform_(nn.ConvTranspose2d(16, 64, 3))  # the layer's true fans: fan_in = 16 * 3 * 3
     """
-    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator)
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator,
+                 warn_empty=True)
 
 
 @recorded_call
@@ -258,12 +267,14 @@ def kaiming_normal_(
         >>> round(w.std().item() * 500**0.5 / calculate_gain("gelu"), 2)
         1.0
     """
-    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, blocks, generator)
+    return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, blocks, generator,
+                 warn_empty=True)
 
 
 def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
     # As in torch, ``a`` is leaky_relu's negative slope and is ignored for other nonlinearities.
-    return calculate_gain(nonlinearity, a if nonlinearity == "leaky_relu" else None)
+    leaky = isinstance(nonlinearity, str) and nonlinearity.lower() == "leaky_relu"
+    return calculate_gain(nonlinearity, a if leaky else None)
 
 
 @recorded_call
