@@ -86,24 +86,78 @@ def is_numpy_array(x: Any) -> bool:
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
 
-def as_tensor(target: Any, name: str = "tensor") -> Tensor:
-    """The torch view of an initializer's target (zero-copy for NumPy arrays)."""
+def as_tensor(target: Any, name: str = "tensor", *, write: bool = True) -> Tensor:
+    """The torch view of an initializer's target (zero-copy for NumPy arrays).
+
+    With ``write`` (the default: the caller is about to fill it) a view whose elements
+    share memory (``expand()``, stride 0, overlapping ``as_strided``) is refused: writing
+    through it would give several elements one value.
+    """
     if isinstance(target, Tensor):
-        return target
-    if is_numpy_array(target):
+        t = target
+    elif is_numpy_array(target):
         if not target.flags.writeable:
             raise ValueError(f"{name} is a read-only NumPy array; it cannot be initialized in place")
         if target.dtype.kind not in "fc":
             raise TypeError(f"{name} must be a floating-point array; got NumPy dtype {target.dtype}")
         try:
-            return torch.from_numpy(target)
+            t = torch.from_numpy(target)
         except (TypeError, ValueError) as err:
             raise TypeError(f"{name}: this NumPy array cannot be viewed by torch in place ({err})") from None
-    raise TypeError(f"{name} must be a torch.Tensor or a NumPy array; got {type(target).__name__}")
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or a NumPy array; got {type(target).__name__}")
+    if write and overlapping(t):
+        raise ValueError(
+            f"{name} is a view whose elements share memory (stride 0, e.g. from expand(), or an overlapping "
+            f"as_strided: shape {tuple(t.shape)}, strides {t.stride()}); initialize a tensor with its own "
+            "storage (.clone() it first)"
+        )
+    return t
+
+
+def overlapping(t: Tensor) -> bool:
+    """Whether two elements of ``t`` share memory (a stride-0 dim of size > 1, or an overlapping layout)."""
+    if t.layout != torch.strided or t.numel() <= 1:
+        return False
+    try:
+        verdict = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard to tell
+    except (AttributeError, RuntimeError):  # pragma: no cover - older or exotic tensors
+        verdict = 2
+    if verdict != 2:
+        return verdict == 1
+    reach = 0  # dims by increasing stride: each must step past everything the smaller ones span
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= reach:
+            return True
+        reach += stride * (size - 1)
+    return False
+
+
+def check_generator(generator: Any, t: Tensor, name: str = "generator") -> None:
+    """``generator`` is None or a ``torch.Generator`` on ``t``'s device type (any device for meta tensors)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None; got {type(generator).__name__}")
+    if not t.is_meta and generator.device.type != t.device.type:
+        raise ValueError(f"{name} is on {generator.device}, the tensor on {t.device}: they must be on one device type")
+
+
+#: No normal draw exceeds this many std: Box-Muller from 53-bit uniforms reaches sqrt(2 * 53 * ln 2) ~ 8.6.
+NORMAL_REACH = 9.0
+
+
+def within_dtype(name: str, bound: float, dtype: torch.dtype) -> None:
+    """Values up to ``bound`` in magnitude must be finite in ``dtype``, else a ValueError naming ``name``."""
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return
+    limit = torch.finfo(dtype).max
+    if not (math.isfinite(bound) and bound <= limit):
+        raise ValueError(f"{name}: values up to {bound:.4g} would overflow {dtype} (largest finite {limit:.4g})")
 
 
 def float_tensor(target: Any, name: str = "tensor", *, complex_ok: bool = True) -> Tensor:
-    """``as_tensor`` plus a floating-point (optionally complex) dtype check."""
+    """``as_tensor`` (for writing) plus a floating-point (optionally complex) dtype check."""
     t = as_tensor(target, name)
     if t.is_floating_point() or (complex_ok and t.is_complex()):
         return t

@@ -16,7 +16,18 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit._checks import as_tensor, finite, float_tensor, is_bool, is_real, non_negative, nothing_to_write
+from torchinit._checks import (
+    NORMAL_REACH,
+    as_tensor,
+    check_generator,
+    finite,
+    float_tensor,
+    is_bool,
+    is_real,
+    non_negative,
+    nothing_to_write,
+    within_dtype,
+)
 
 __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
@@ -33,9 +44,11 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Ge
         True
     """
     t = float_tensor(tensor)
+    check_generator(generator, t)
     a, b = finite("a", a), finite("b", b)
     if not a < b:
         raise ValueError(f"a must be less than b; got a={a}, b={b}")
+    within_dtype("a, b", max(abs(a), abs(b), b - a), t.dtype)
     if not nothing_to_write(t):
         with torch.no_grad():
             t.uniform_(a, b, generator=generator)
@@ -54,7 +67,9 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torc
         0.02
     """
     t = float_tensor(tensor)
+    check_generator(generator, t)
     mean, std = finite("mean", mean), non_negative("std", std)
+    within_dtype("mean, std", abs(mean) + NORMAL_REACH * std, t.dtype)
     if not nothing_to_write(t):
         with torch.no_grad():
             t.normal_(mean, std, generator=generator)
@@ -201,6 +216,7 @@ def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
         raise ValueError(f"groups must be a positive int; got {groups!r}")
     if t.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide dim 0 of the tensor (size {t.shape[0]})")
+    within_dtype("gain", abs(value), t.dtype)
     if nothing_to_write(t):
         return tensor
     per_group = t.shape[0] // groups

@@ -96,7 +96,7 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1
             raise ValueError("in_dims/out_dims apply to tensors; a module's fans come from its own layout")
         return module_fans(x, blocks)
     if isinstance(x, Tensor) or is_numpy_array(x):
-        shape = block_shape(tuple(as_tensor(x, "x").shape), blocks, "blocks")
+        shape = block_shape(tuple(as_tensor(x, "x", write=False).shape), blocks, "blocks")
         return tensor_fans(shape, in_dims, out_dims)
     raise TypeError(f"x must be a tensor, a NumPy array or one of: {_FAN_MODULES}; got {type(x).__name__}")
 

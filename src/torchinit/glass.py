@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit.recording import recorded_call
-from torchinit._checks import finite, float_tensor, nothing_to_write
+from torchinit._checks import check_generator, finite, float_tensor, nothing_to_write, within_dtype
 from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dims
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
@@ -177,6 +177,8 @@ def _glass(
 ) -> Tensor:
     """Validate, build the non-zeros of one group's map, then zero the weight and write them."""
     t = float_tensor(weight, complex_ok=False)
+    if generator is not None and not isinstance(generator, torch.Generator):  # any device: signs move to the CPU
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     for name, flag in (("zero_mean", zero_mean), ("sparse", sparse), ("isometric", isometric)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {flag!r}")
@@ -199,6 +201,7 @@ def _glass(
         entries = sparse_entries(O, I, math.sqrt(O / I) if gain is None else gain)
     else:
         entries = tent_entries(O, I, (math.sqrt(O / I) if O <= I else 1.0) if gain is None else gain)
+    within_dtype("gain", float(entries.values.abs().max()) if entries.values.numel() else 0.0, t.dtype)
     index = _tensor_index(entries, shape, in_dims, out_dims, layout.groups, centre_tap)
     values = entries.values.repeat(layout.groups)
     if zero_mean:  # one sign per non-zero, from the generator's device (as torch.nn.init draws on the tensor's)

@@ -18,7 +18,16 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
+from torchinit._checks import (
+    NORMAL_REACH,
+    check_generator,
+    finite,
+    float_tensor,
+    non_negative,
+    nothing_to_write,
+    real_number,
+    within_dtype,
+)
 from torchinit.basic import identity_
 from torchinit.fans import block_shape
 
@@ -86,7 +95,9 @@ def orthogonal_(
         True
     """
     t = float_tensor(tensor)
+    check_generator(generator, t)
     gain = finite("gain", gain)
+    within_dtype("gain", abs(gain), t.dtype)
     if t.dim() < 2:
         raise ValueError(f"tensor must have at least 2 dims for orthogonal_; got shape {tuple(t.shape)}")
     rows = block_shape(tuple(t.shape), blocks)[0]
@@ -118,7 +129,9 @@ def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Gen
         (True, True)
     """
     t = float_tensor(tensor)
+    check_generator(generator, t)
     gain = finite("gain", gain)
+    within_dtype("gain", abs(gain), t.dtype)
     if t.dim() not in (3, 4, 5):
         raise ValueError(f"tensor must have 3, 4 or 5 dims for delta_orthogonal_; got shape {tuple(t.shape)}")
     if nothing_to_write(t):
@@ -166,6 +179,7 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     """
     t = float_tensor(tensor)
     gain = finite("gain", gain)
+    within_dtype("gain", abs(gain), t.dtype)
     if t.dim() not in (2, 3, 4, 5):
         raise ValueError(f"tensor must have 2 to 5 dims for hadamard_; got shape {tuple(t.shape)}")
     out, inp = t.shape[:2]
@@ -224,6 +238,8 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
     std = non_negative("std", std)
+    check_generator(generator, t)
+    within_dtype("std", NORMAL_REACH * std, t.dtype)
     if t.dim() < 2:
         raise ValueError(f"tensor must have at least 2 dims for sparse_; got shape {tuple(t.shape)}")
     if nothing_to_write(t):

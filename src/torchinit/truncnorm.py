@@ -52,7 +52,16 @@ from torch import Tensor
 
 from torchinit import keyed
 from torchinit.recording import recorded_call
-from torchinit._checks import finite, float_tensor, non_negative, nothing_to_write, real_number
+from torchinit._checks import (
+    NORMAL_REACH,
+    check_generator,
+    finite,
+    float_tensor,
+    non_negative,
+    nothing_to_write,
+    real_number,
+    within_dtype,
+)
 
 __all__ = ["trunc_normal_", "trunc_normal_std_", "truncated_std_factor", "sample_truncated_"]
 
@@ -60,6 +69,8 @@ __all__ = ["trunc_normal_", "trunc_normal_std_", "truncated_std_factor", "sample
 CHUNK = 1 << 18
 #: Bounds beyond this many std truncate nothing measurable: a UserWarning says so.
 NOTHING_TRUNCATED_SIGMA = 6.0
+#: Standardized bounds this close to the mean truncate to a flat density (relative variation below FLAT_Z**2 / 2).
+FLAT_Z = 1e-6
 #: The polynomial sampler covers standardized bounds up to this magnitude.
 POLY_MAX_Z = 3.5
 POLY_MAX_DEGREE = 16
@@ -81,6 +92,12 @@ def truncated_std_factor(k: float) -> float:
     k = finite("k", k)
     if k <= 0:
         raise ValueError(f"k must be > 0; got {k}")
+    if k < 0.5:  # the closed form cancels (1 - 0.99999...): the moments' series instead, no cancellation
+        # Var = (int_{-k}^{k} x^2 e^{-x^2/2}) / (int_{-k}^{k} e^{-x^2/2}) = k^2 S(3) / S(1),
+        # S(j) = sum_n (-1/2)^n / n! * k^(2n) / (2n + j): terms fall by k^2/2 per step
+        terms = [(-0.5) ** n / math.factorial(n) * k ** (2 * n) for n in range(20)]
+        ratio = sum(c / (2 * n + 3) for n, c in enumerate(terms)) / sum(c / (2 * n + 1) for n, c in enumerate(terms))
+        return k * math.sqrt(ratio)
     mass = math.erf(k / math.sqrt(2.0))
     density = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
     return math.sqrt(1.0 - 2.0 * k * density / mass)
@@ -114,6 +131,7 @@ def trunc_normal_(
         True
     """
     t = float_tensor(tensor, complex_ok=False)
+    check_generator(generator, t)
     mean = finite("mean", mean)
     std = non_negative("std", std)
     a, b = real_number("a", a), real_number("b", b)
@@ -121,6 +139,8 @@ def trunc_normal_(
         raise ValueError(f"a must be less than b; got a={a}, b={b}")
     if std == 0.0 and not a <= mean <= b:
         raise ValueError(f"mean={mean} lies outside [a, b] = [{a}, {b}] and std is 0")
+    reach = NORMAL_REACH * std  # the values lie in [a, b] and within reach of the mean
+    within_dtype("mean, std, a, b", max(abs(max(a, mean - reach)), abs(min(b, mean + reach))), t.dtype)
     lo, hi = _inner_bounds(a, b, t.dtype)
     if std > 0:
         alpha, beta = (a - mean) / std, (b - mean) / std
@@ -166,10 +186,12 @@ def trunc_normal_std_(
         (0.02, True)
     """
     t = float_tensor(tensor, complex_ok=False)
+    check_generator(generator, t)
     std = non_negative("std", std)
     factor = truncated_std_factor(k)
     mean = finite("mean", mean)
     sigma_u = std / factor
+    within_dtype("mean, std, k", abs(mean) + min(k, NORMAL_REACH) * sigma_u, t.dtype)
     a, b = mean - k * sigma_u, mean + k * sigma_u
     if std == 0.0:
         a, b = mean, mean
@@ -237,10 +259,13 @@ def sample_truncated_(
     the end, so an exception or a Ctrl-C half-way leaves ``out`` unchanged; the cost is
     one temporary the size of ``out`` while the call runs.
     """
-    if std == 0.0:
-        return out.fill_(mean)
+    if std == 0.0:  # the mean, rounded to the dtype and kept inside [lo, hi]
+        return out.fill_(min(max(float(torch.tensor(mean, dtype=out.dtype, device="cpu")), lo), hi))
     compute = torch.float64 if out.dtype == torch.float64 else torch.float32
     alpha, beta = (a - mean) / std, (b - mean) / std
+    if max(abs(alpha), abs(beta)) < FLAT_Z:  # the density is flat to 1e-12 on [a, b]: the uniform there
+        return out.copy_(torch.empty(out.shape, dtype=out.dtype, device=out.device).uniform_(a, b, generator=generator)
+                         .clamp_(lo, hi))
     staged = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
     n = staged.numel()
     chunk = min(CHUNK if out.device.type == "cpu" else n, n)

@@ -36,10 +36,10 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit._checks import choice, finite, float_tensor, non_negative
+from torchinit._checks import NORMAL_REACH, check_generator, choice, finite, float_tensor, non_negative, within_dtype
 from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
-from torchinit.truncnorm import trunc_normal_std_
+from torchinit.truncnorm import trunc_normal_std_, truncated_std_factor
 
 __all__ = [
     "MODES",
@@ -90,6 +90,7 @@ def _init(
     gain = non_negative("gain", gain)
     written = weight_of(target)
     t = float_tensor(written, complex_ok=distribution != "truncated_normal")
+    check_generator(generator, t)
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
         if warn_empty:
@@ -102,6 +103,8 @@ def _init(
     if t.is_meta:
         return written
     std = scaled_std(gain, f, mode)
+    reach = {"normal": NORMAL_REACH, "uniform": math.sqrt(3.0)}.get(distribution, 2.0 / truncated_std_factor(2.0))
+    within_dtype("gain/scale", reach * std, t.dtype)
     with torch.no_grad():
         if distribution == "normal":
             t.normal_(0, std, generator=generator)
