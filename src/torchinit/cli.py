@@ -10,20 +10,46 @@
 ``torchinit probe``
     The full per-layer table of one scheme.
 
-Bad input (an unknown model, callable or scheme, a malformed shape) ends with exit
-status 2 and a one-line message naming it. Run ``torchinit compare --help``.
+Your own model: ``pkg.mod`` is imported from the current directory when its top-level
+package (``pkg.py`` or ``pkg/``) is there, else as installed. Only that package is taken
+from the current directory: while it is imported the directory is *last* on ``sys.path``,
+so its own imports of sibling files work but a local ``matplotlib.py`` never shadows the
+installed one, and ``sys.path`` is restored exactly afterwards (see :func:`load_model`).
+
+``--out PATH`` writes the plot; the suffix (.png, .pdf or .svg) picks the format, and an
+existing directory gets ``compare.png`` (``probe.png``) inside it. It is checked to be
+writable before the run starts.
+
+Before running, the memory the run needs is estimated (:func:`estimate_bytes`:
+``3 * (P + B*I + S + J)`` bytes, from the parameters, the input batch and every layer's
+output, found on the ``meta`` device without allocating anything); a run over
+``--max-memory`` (default: half the physical memory) is refused.
+
+Exit status: 0 on success; 2 for your error (bad arguments; a ``--model`` that fails to
+import, build or run, ``sys.exit()`` in it included: with your own model any error of the
+run counts as yours, with an embedded one what a wrong ``--input-shape`` raises; an
+``--out`` that cannot be written; a run over ``--max-memory``); 1 for a bug in torchinit,
+or a stdout closed early (``| head``); 130 when interrupted. Every failure prints exactly
+one line to stderr; ``--debug`` (before or after the command) prints the traceback above it.
+Run ``torchinit compare --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.machinery
+import importlib.util
+import itertools
 import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TextIO
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import ModuleType
+from typing import NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -32,14 +58,16 @@ import torchinit
 from torchinit._demo_model import ResidualMLP, SmallCNN
 from torchinit._text import text_table
 from torchinit.compare import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, SchemeResult, compare
-from torchinit.probe import plot_reports
+from torchinit.probe import first_tensor, plot_reports
 
-__all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "UsageError"]
+__all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
 
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 256
 #: Rows of each scheme's per-layer table in ``compare`` (evenly spaced; ``probe`` shows all).
 TABLE_ROWS = 12
+#: The plot formats ``--out`` accepts, by suffix.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 #: The embedded models: a builder and the input shape (without the batch).
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
@@ -52,6 +80,26 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], str]] = {
 
 class UsageError(Exception):
     """Bad command-line input: reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors raise :class:`UsageError` (one line) instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+@contextmanager
+def _user_code(what: str, errors: tuple[type[BaseException], ...] = (Exception, SystemExit)) -> Iterator[None]:
+    """Report ``errors`` raised inside (the user's code; ``sys.exit()`` included) as one UsageError naming ``what``."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except errors as err:
+        if isinstance(err, SystemExit):
+            raise UsageError(f"{what} called sys.exit({err.code!r})") from err
+        raise UsageError(f"{what} failed ({type(err).__name__}: {err})") from err
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -71,20 +119,51 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _import_user_module(name: str) -> ModuleType:
+    """Import ``name``, its top-level package from the current directory when it is there.
+
+    Only that package is taken from the current directory ahead of installed ones: while it
+    runs, the directory is last on ``sys.path`` (its imports of sibling files work, a local
+    ``matplotlib.py`` never shadows the installed one), and ``sys.path`` is restored exactly.
+    """
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"{name!r} is not a module name")
+    top, cwd, saved = name.partition(".")[0], os.getcwd(), list(sys.path)
+    importlib.invalidate_caches()  # files written since the last import are seen
+    try:
+        sys.path.append(cwd)
+        local = importlib.machinery.PathFinder.find_spec(top, [cwd]) if top not in sys.modules else None
+        if local is not None and local.loader is not None:
+            module = sys.modules[top] = importlib.util.module_from_spec(local)
+            try:
+                local.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[top]
+                raise
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+
+
 def load_model(spec: str) -> Callable[[], nn.Module]:
-    """The builder named by ``spec``: an embedded model name, or ``module:callable`` (imported from the cwd too)."""
+    """The builder named by ``spec``: an embedded model name, or ``module:callable``.
+
+    The module is imported from the current directory when its top-level package is there,
+    else as installed; ``sys.path`` is left as it was. Any failure, ``sys.exit()`` in the
+    module included, is a :class:`UsageError`.
+
+    Example:
+        >>> load_model("mlp") is MODELS["mlp"][0]
+        True
+    """
     if spec in MODELS:
         return MODELS[spec][0]
-    if ":" not in spec:
+    module_name, colon, attr = spec.partition(":")
+    if not colon:
         raise UsageError(f"--model {spec!r} is unknown; use {', '.join(MODELS)} or module:callable")
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001  (any import failure is the user's module)
-        raise UsageError(f"--model {spec!r}: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
-    builder = getattr(module, attr, None) if attr else None
+    with _user_code(f"--model {spec!r}: importing {module_name!r}"):
+        module = _import_user_module(module_name)
+        builder = getattr(module, attr, None) if attr else None
     if not callable(builder):
         raise UsageError(f"--model {spec!r}: {module_name!r} has no callable {attr!r}")
     return builder
@@ -92,15 +171,101 @@ def load_model(spec: str) -> Callable[[], nn.Module]:
 
 def _checked_builder(spec: str, builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        try:
+        with _user_code(f"--model {spec!r}: building the model"):
             model = builder()
-        except Exception as err:  # noqa: BLE001
-            raise UsageError(f"--model {spec!r}: building the model failed ({type(err).__name__}: {err})") from None
         if not isinstance(model, nn.Module):
             raise UsageError(f"--model {spec!r} returned {type(model).__name__}, not an nn.Module")
         return model
 
     return build
+
+
+def estimate_bytes(build: Callable[[], nn.Module], batch: int, shape: tuple[int, ...], *,
+                   spectrum: bool = False) -> int:
+    """A rough estimate of the memory a run needs, in bytes: ``3 * (P + B*I + S + J)``.
+
+    ``P``: the bytes of the model's parameters and buffers; ``B*I``: the input batch
+    (``batch`` samples of ``shape``, float32); ``S``: the bytes of every leaf module's output
+    on that batch; ``J`` (with ``spectrum``): the Jacobian at one sample, float32,
+    ``numel(output) * numel(input)`` entries. The factor 3 covers the gradients, the
+    activations autograd saves and the probe's copies. ``P``, ``S`` and the output size come
+    from building the model and running it on the ``meta`` device, which allocates nothing;
+    where that fails, ``S = B*I * (number of leaf modules)`` and the output is as large as
+    the input (and, if the model cannot even be built there, ``P = 0``). Default: no spectrum.
+
+    Example:
+        >>> estimate_bytes(lambda: nn.Linear(64, 10), 256, (64,))  # 3 * (650*4 + 256*64*4 + 256*10*4)
+        235128
+    """
+    numel = math.prod(shape)
+    params, leaves, outputs, out_numel = 0, 1, None, numel
+    try:
+        with torch.device("meta"):
+            model = build()
+            params = sum(t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers()))
+            leaf_modules = [m for m in model.modules() if next(m.children(), None) is None]
+            leaves, sizes = max(1, len(leaf_modules)), []
+            for module in leaf_modules:
+                module.register_forward_hook(lambda m, i, out: sizes.append(_nbytes(first_tensor(out))))
+            with torch.no_grad():
+                out = first_tensor(model(torch.empty(batch, *shape)))
+            outputs, out_numel = sum(sizes), (out.numel() // batch if out is not None else numel)
+    except (Exception, SystemExit):  # noqa: BLE001  (not meta-friendly: the fallbacks above; the run reports errors)
+        pass
+    inputs = 4 * batch * numel
+    jacobian = 4 * out_numel * numel if spectrum else 0
+    return 3 * (params + inputs + (inputs * leaves if outputs is None else outputs) + jacobian)
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def _human(n: int) -> str:
+    """``n`` bytes in binary units, e.g. ``1.5 GiB``."""
+    if n >= 2**60:
+        return "over 1 EiB"
+    k = max(0, (n.bit_length() - 1) // 10)
+    return f"{n / 1024**k:.3g} {('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB')[k]}"
+
+
+def _default_memory_limit() -> int:
+    """Half the physical memory (8 GiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 * 2**30
+
+
+def _memory_size(text: str) -> int:
+    """``"4G"``, ``"512M"``, ``"1.5GiB"`` or ``"100000"`` (bytes) as bytes; K, M, G, T are powers of 1024."""
+    number = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1024 ** (" KMGT".index(number[-1]) if number and number[-1] in "KMGT" else 0)
+    try:
+        value = float(number.rstrip("KMGT")) * scale
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a size like 4G, 512M or 100000 (bytes); got {text!r}")
+    return int(value)
+
+
+def _plot_path(out: str, command: str) -> str:
+    """Where ``--out`` writes the plot (``<out>/<command>.png`` for a directory), checked to be writable now."""
+    path = os.path.join(out, f"{command}.png") if os.path.isdir(out) else out
+    if os.path.splitext(path)[1].lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"--out {out!r}: name a {', '.join(PLOT_SUFFIXES)} file or an existing directory")
+    existed = os.path.lexists(path)
+    if existed and not os.path.isfile(path):
+        raise UsageError(f"--out {out!r}: {path!r} exists and is not a regular file")
+    try:
+        with open(path, "ab"):  # creates nothing new when the file is there; changes nothing in it
+            pass
+        if not existed:
+            os.remove(path)
+    except OSError as err:
+        raise UsageError(f"--out {out!r} is not writable ({err.strerror or err})") from err
+    return path
 
 
 def _scheme_list(text: str) -> list[str]:
@@ -133,14 +298,16 @@ def _seed(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``torchinit`` argument parser (subcommands ``compare`` and ``probe``).
+    """The ``torchinit`` argument parser (subcommands ``compare`` and ``probe``); its usage errors raise UsageError.
 
     Example:
         >>> build_parser().parse_args(["compare", "--seed", "3"]).seed
         3
     """
-    parser = argparse.ArgumentParser(prog="torchinit", description="Weight initialization for PyTorch: see the signal.")
+    parser = _Parser(prog="torchinit", description="Weight initialization for PyTorch: see the signal.")
     parser.add_argument("--version", action="version", version=f"torchinit {torchinit.__version__}")
+    debug_help = "on failure, print the traceback above the one-line message"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     models = "; ".join(f"{k}: {v[2]}" for k, v in MODELS.items())
     for name, help_text in (("compare", "compare init schemes on one model: signal by depth, table and plot"),
@@ -148,14 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text + ". Embedded models: " + models + ".")
         cmd.add_argument("--model", default="mlp", metavar="MODEL",
                          help=f"{', '.join(MODELS)}, or module:callable returning an nn.Module (default: mlp)")
-        cmd.add_argument("--input-shape", metavar="SHAPE",
+        cmd.add_argument("--input-shape", "--shape", dest="input_shape", metavar="SHAPE",
                          help="input size without the batch, e.g. 64 or 3,32,32 (required for your own model)")
         cmd.add_argument("--batch", type=_positive_int, default=DEFAULT_BATCH,
                          help=f"batch size of the random N(0, 1) input (default: {DEFAULT_BATCH})")
         cmd.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
                          help=f"seed of the input; models and schemes use seed+1 (default: {DEFAULT_SEED})")
-        cmd.add_argument("--out", metavar="PNG", help="write the plot of activation and gradient std by depth here")
+        cmd.add_argument("--out", metavar="PATH", help="write the plot of activation and gradient std by depth here "
+                                                        f"({', '.join(PLOT_SUFFIXES)}; a directory gets {name}.png)")
         cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+        cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
+                         help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical "
+                              f"memory, {_human(_default_memory_limit())})")
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == "compare":
             cmd.add_argument("--init", type=_scheme_list, default=list(SCHEMES), metavar="LIST",
                              help=f"comma-separated schemes (default: all: {','.join(SCHEMES)})")
@@ -195,35 +367,45 @@ def _evenly(n: int, k: int) -> list[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
-def _run(args: argparse.Namespace, stdout: TextIO) -> int:
-    builder = _checked_builder(args.model, load_model(args.model))
+def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
     if args.input_shape is not None:
-        shape = parse_shape(args.input_shape)
-    elif args.model in MODELS:
-        shape = MODELS[args.model][1]
-    else:
-        raise UsageError(f"--input-shape is required with --model {args.model!r}")
-    inputs = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed))
+        return parse_shape(args.input_shape)
+    if args.model in MODELS:
+        return MODELS[args.model][1]
+    raise UsageError(f"--input-shape is required with --model {args.model!r}")
+
+
+def _run(args: argparse.Namespace, stdout: TextIO) -> int:
+    shape = _input_shape(args)
+    out = _plot_path(args.out, args.command) if args.out else None
+    builder = _checked_builder(args.model, load_model(args.model))
+    spectrum = getattr(args, "spectrum", False)
+    need = estimate_bytes(builder, args.batch, shape, spectrum=spectrum)
+    limit = _default_memory_limit() if args.max_memory is None else args.max_memory
+    if need > limit:
+        raise UsageError(f"the run would need about {_human(need)} (batch {args.batch}, input {shape}), over the "
+                         f"--max-memory limit of {_human(limit)}; lower --batch or the input shape")
     schemes = args.init if args.command == "compare" else [args.init]
-    try:
-        results = compare(builder, inputs, schemes, seed=args.seed, spectrum=getattr(args, "spectrum", False))
-    except UsageError:
-        raise
-    except (RuntimeError, ValueError) as err:  # e.g. the input shape does not fit the model
-        raise UsageError(f"running --model {args.model!r} on input {tuple(inputs.shape)} failed: {err}") from None
+    # Any error running your own model is yours; with an embedded one, only what a wrong input shape raises.
+    errors = (Exception, SystemExit) if args.model not in MODELS else (RuntimeError, ValueError, MemoryError)
+    with _user_code(f"running --model {args.model!r} on input {(args.batch, *shape)}", errors):
+        inputs = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(args.seed))
+        results = compare(builder, inputs, schemes, seed=args.seed, spectrum=spectrum)
     if args.format == "json":
         data = [{**r.summary(), "layers": r.report.rows} for r in results]
         json.dump(data, stdout, indent=2, default=_json_default)
         stdout.write("\n")
     else:
         stdout.write(_text(args, results, tuple(inputs.shape)))
-    if args.out:
+    if out:
         try:
-            plot_reports({r.scheme: r.report for r in results}, args.out,
+            plot_reports({r.scheme: r.report for r in results}, out,
                          title=f"{args.model}: signal by depth, batch {args.batch}, seed {args.seed}")
-            print(f"wrote {args.out}", file=sys.stderr)
+            print(f"wrote {out}", file=sys.stderr)
         except ModuleNotFoundError as err:
             print(f"torchinit: the plot was not written: {err}", file=sys.stderr)
+        except OSError as err:
+            raise UsageError(f"--out {args.out!r}: writing {out!r} failed ({err.strerror or err})") from err
     return 0
 
 
@@ -252,26 +434,47 @@ def _text(args: argparse.Namespace, results: Sequence[SchemeResult], shape: tupl
     return "\n".join(out) + "\n"
 
 
+def _report(err: BaseException, args: argparse.Namespace | None) -> int:
+    """Print ``err`` as one line on stderr (the traceback above it with ``--debug``); return the exit status."""
+    if isinstance(err, UsageError):
+        status, what = 2, f"error: {err}"
+    elif isinstance(err, BrokenPipeError):  # stdout closed early (| head): nothing more goes there
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real file (captured output)
+        status, what = 1, "stdout was closed before all the output was written"
+    elif isinstance(err, KeyboardInterrupt):
+        status, what = 130, "interrupted"
+    else:
+        status, what = 1, (f"internal error ({type(err).__name__}: {err}); this is a bug in torchinit, "
+                           "please report it with the output of --debug")
+    if args is not None and args.debug:
+        traceback.print_exception(err)
+    prog = "torchinit" + (f" {args.command}" if args is not None and args.command else "")
+    print(f"{prog}: {' '.join(what.split())}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torchinit`` command; returns the exit status.
 
-    Usage errors print a one-line message to stderr and return 2, as does a call
-    without a subcommand (after printing the help); ``--help`` and ``--version`` return 0.
+    Every failure prints one line to stderr and returns 2 (the user's error, a call without
+    a subcommand included), 1 (a bug in torchinit) or 130 (interrupted); ``--help`` and
+    ``--version`` return 0.
 
     Example:
         >>> main(["compare", "--init", "default,glass", "--format", "json"])  # doctest: +SKIP
         0
     """
-    parser = build_parser()
+    parser, args = build_parser(), None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version (usage errors raise UsageError)
+            return exc.code if isinstance(exc.code, int) else 0
+        if args.command is None:
+            raise UsageError("a command is required: compare or probe (see torchinit --help)")
         return _run(args, sys.stdout)
-    except UsageError as err:
-        print(f"torchinit {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        return _report(err, args)
