@@ -73,7 +73,8 @@ def test_equality_by_settings():
     assert ti.Orthogonal(gain=1) == ti.Orthogonal(gain=1.0)
     assert ti.Normal(std=0.02) != ti.Normal(std=0.03)
     assert ti.Zeros() != ti.Ones()
-    assert ti.Glass(zero_mean=True) != ti.Glass(zero_mean=1)  # a bool is not an int setting
+    # a bool is not an int setting (Glass(zero_mean=1) is now refused at construction: zero_mean must be a bool)
+    assert ti.Constant(True) != ti.Constant(1)
     assert ti.Glass(in_dims=[1, 2]) == ti.Glass(in_dims=(1, 2))
 
 

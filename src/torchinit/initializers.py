@@ -7,15 +7,23 @@ An initializer is the function form with its arguments fixed::
     init.init(w, generator=g)     # == kaiming_normal_(w, mode="fan_out", nonlinearity="relu", generator=g)
     Initializer.from_config(init.to_config()) == init   # True
 
-The objects call the functions; the math lives only there. A class is declared
-by naming its function: the settings, their order and their defaults are read
-from the function's signature (every parameter but the tensor and the generator).
+An initializer is also callable, ``init(w, generator=g)`` being ``init.init(w, generator=g)``.
+
+The objects call the functions; the math and the argument checks live only there.
+A class is declared by naming its function: the settings, their order and their
+defaults are read from the function's signature (every parameter but the tensor
+and the generator), and the settings are validated when the object is built by
+running the function on small meta tensors (see :meth:`Initializer._check_settings`),
+so a bad setting is a ValueError or TypeError at construction, not at first use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +31,7 @@ from torch import Tensor, nn
 
 from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
 from torchinit.glass import glass_
+from torchinit.recording import thread_recordings
 from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_
 from torchinit.variance import (
@@ -75,6 +84,9 @@ class Initializer:
     #: A module-level scheme initializes a whole module (its "unit") at once, in an order of its own; see
     #: :class:`~torchinit.presets.TorchReset`. It defines ``unit`` and ``covers``.
     module_level: ClassVar[bool] = False
+    #: Validate the settings at construction by running ``function`` on meta tensors (see ``_check_settings``).
+    #: A scheme whose function takes no tensor can turn it off; schemes without settings are never probed.
+    probe_settings: ClassVar[bool] = True
 
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
@@ -96,6 +108,38 @@ class Initializer:
             ) from None
         bound.apply_defaults()
         self._settings: dict[str, Any] = dict(bound.arguments)
+        if self.probe_settings and self._settings:
+            self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Raise the function's own ValueError/TypeError now if no tensor could take these settings.
+
+        The function is run, with these settings, on small meta tensors (nothing is written,
+        no random number is drawn; warnings are the real call's to give): float64 weights of 2,
+        3, 4, 5, 1 and more dims (enough for every dim the settings name), then complex and bool
+        ones, each with dim 0 a multiple of every positive int setting (``groups``, ``blocks``)
+        and the other dims 1. The first that passes ends the check. A setting that fails on
+        every one is rejected with the error of the first probe the function accepts with its
+        default settings: its shape and dtype are ones the function takes, so the error is about
+        the settings. A probe that raises anything else, or a function that takes none of the
+        probes, settles nothing: the settings are then checked when the object is applied.
+        """
+        function = type(self).function
+        errors: list[tuple[tuple[int, torch.dtype], Exception]] = []
+        with _unrecorded():
+            for probe in _probes(self._settings):
+                try:
+                    _run_on_probe(function, probe, self._settings)
+                    return
+                except (ValueError, TypeError) as err:
+                    errors.append((probe, err))
+                except Exception:  # not an argument error: the probe cannot tell
+                    return
+            accepted = [err for probe, err in errors if _takes_probe(type(self), probe)]
+        if accepted:
+            err = accepted[0]
+            kind = TypeError if isinstance(err, TypeError) else ValueError
+            raise kind(f"{type(self).__name__}: {err}") from None
 
     @classmethod
     def _signature(cls) -> inspect.Signature:
@@ -122,6 +166,9 @@ class Initializer:
             kwargs["generator"] = generator
         return type(self).function(tensor, **kwargs)
 
+    def __call__(self, tensor: Any, *, generator: torch.Generator | None = None) -> Tensor:
+        """``init(tensor, generator=g)`` is ``init.init(tensor, generator=g)``."""
+        return self.init(tensor, generator=generator)
 
     def __repr__(self) -> str:
         defaults = {n: p.default for n, p in self._signature().parameters.items()}
@@ -158,6 +205,73 @@ class Initializer:
         return Initializer._registry[name](**settings)
 
 
+#: The dtypes settings are probed with: float64 holds every float32/bf16/fp16 value (tightest bounds checks);
+#: complex and bool tensors take fill values float ones refuse (``Constant(1j)``, ``Constant(True)``).
+_PROBE_DTYPES = (torch.float64, torch.complex128, torch.bool)
+_MAX_DIMS = 64  # torch's limit on a tensor's dims
+_TAKES_PROBE: dict[tuple[Callable[..., Any], int, torch.dtype], bool] = {}
+
+
+def _ints(value: Any) -> Iterator[int]:
+    """The ints in a setting (bools excluded), looking into tuples and lists."""
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _ints(v)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield value
+
+
+def _probes(settings: dict[str, Any]) -> Iterator[tuple[int, torch.dtype]]:
+    """(dims, dtype) of the meta tensors ``settings`` are tried on, most common first."""
+    ints = [i for v in settings.values() for i in _ints(v)]
+    needed = [i + 1 if i >= 0 else -i for i in ints]  # the dims a tensor needs for dim i to exist
+    most = min(_MAX_DIMS, max([5] + [n + 1 for n in needed if n < _MAX_DIMS]))
+    for dtype in _PROBE_DTYPES:
+        for ndim in (2, 3, 4, 5, 1, *range(6, most + 1)):
+            yield ndim, dtype
+
+
+def _probe_tensor(ndim: int, dtype: torch.dtype, settings: dict[str, Any]) -> Tensor:
+    """A meta tensor of ``ndim`` dims whose dim 0 every positive int setting divides; the other dims are 1."""
+    size0 = math.lcm(1, *(i for v in settings.values() for i in _ints(v) if i > 0))
+    return torch.empty((size0 if size0 < 2**40 else 1,) + (1,) * (ndim - 1), dtype=dtype, device="meta")
+
+
+def _run_on_probe(function: Callable[..., Any], probe: tuple[int, torch.dtype], settings: dict[str, Any]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the real call warns
+        function(_probe_tensor(*probe, settings), **settings)
+
+
+def _takes_probe(cls: type[Initializer], probe: tuple[int, torch.dtype]) -> bool:
+    """Whether ``cls.function`` with its default settings accepts the probe (all probes count when it has none)."""
+    params = cls._signature().parameters.values()
+    if any(p.default is inspect.Parameter.empty for p in params):
+        return True  # a required setting: no default to tell the function's shapes and dtypes by
+    key = (cls.function, *probe)
+    if key not in _TAKES_PROBE:
+        try:
+            _run_on_probe(cls.function, probe, {})
+            _TAKES_PROBE[key] = True
+        except Exception:
+            _TAKES_PROBE[key] = False
+    return _TAKES_PROBE[key]
+
+
+@contextlib.contextmanager
+def _unrecorded() -> Iterator[None]:
+    """Pause this thread's ``deferred()`` recordings: probing settings is not part of a model's construction."""
+    modes = [mode for _, mode in thread_recordings()]
+    paused = [mode.paused for mode in modes]
+    for mode in modes:
+        mode.paused = True
+    try:
+        yield
+    finally:
+        for mode, was in zip(modes, paused):
+            mode.paused = was
+
+
 def _same(a: Any, b: Any) -> bool:
     """Settings equality: 1 == 1.0, but True is not 1; sequences elementwise."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -192,141 +306,43 @@ def _from_json(name: str, value: Any) -> Any:
     return value
 
 
-class Uniform(Initializer):
-    """:func:`~torchinit.uniform_` as an object: ``Uniform(a=-0.1, b=0.1)``."""
-
-    function = uniform_
-
-
-class Normal(Initializer):
-    """:func:`~torchinit.normal_` as an object: ``Normal(std=0.02)``."""
-
-    function = normal_
-
-
-class TruncNormal(Initializer):
-    """:func:`~torchinit.trunc_normal_` as an object (absolute bounds): ``TruncNormal(std=0.02, a=-0.04, b=0.04)``."""
-
-    function = trunc_normal_
-
-
-class TruncNormalStd(Initializer):
-    """:func:`~torchinit.trunc_normal_std_` as an object (bounds at ``k`` std): ``TruncNormalStd(std=0.02)``."""
-
-    function = trunc_normal_std_
-
-
-class Constant(Initializer):
-    """:func:`~torchinit.constant_` as an object: ``Constant(0.1)``."""
-
-    function = constant_
-
-
-class Zeros(Initializer):
-    """:func:`~torchinit.zeros_` as an object."""
-
-    function = zeros_
-
-
-class Ones(Initializer):
-    """:func:`~torchinit.ones_` as an object."""
-
-    function = ones_
-
-
-class Eye(Initializer):
-    """:func:`~torchinit.eye_` as an object."""
-
-    function = eye_
-
-
-class Dirac(Initializer):
-    """:func:`~torchinit.dirac_` as an object: ``Dirac(groups=2)``."""
-
-    function = dirac_
-
-
-class Identity(Initializer):
-    """:func:`~torchinit.identity_` as an object: ``Identity(gain=0.5)``."""
-
-    function = identity_
-
-
-class XavierUniform(Initializer):
-    """:func:`~torchinit.xavier_uniform_` as an object: ``XavierUniform(gain=1.0, blocks=3)``."""
-
-    function = xavier_uniform_
-    uses_layout = True
-
-
-class XavierNormal(Initializer):
-    """:func:`~torchinit.xavier_normal_` as an object."""
-
-    function = xavier_normal_
-    uses_layout = True
-
-
-class KaimingUniform(Initializer):
-    """:func:`~torchinit.kaiming_uniform_` as an object: ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default."""
-
-    function = kaiming_uniform_
-    uses_layout = True
-
-
-class KaimingNormal(Initializer):
-    """:func:`~torchinit.kaiming_normal_` as an object: ``KaimingNormal(mode="fan_out", nonlinearity="relu")``."""
-
-    function = kaiming_normal_
-    uses_layout = True
-
-
-class LecunUniform(Initializer):
-    """:func:`~torchinit.lecun_uniform_` as an object."""
-
-    function = lecun_uniform_
-    uses_layout = True
-
-
-class LecunNormal(Initializer):
-    """:func:`~torchinit.lecun_normal_` as an object."""
-
-    function = lecun_normal_
-    uses_layout = True
-
-
-class VarianceScaling(Initializer):
-    """:func:`~torchinit.variance_scaling_` as an object: ``VarianceScaling(2.0, "fan_out", "normal")``."""
-
-    function = variance_scaling_
-    uses_layout = True
-
-
-class Orthogonal(Initializer):
-    """:func:`~torchinit.orthogonal_` as an object: ``Orthogonal(gain=2 ** 0.5, blocks=4)``."""
-
-    function = orthogonal_
-
-
-class DeltaOrthogonal(Initializer):
-    """:func:`~torchinit.delta_orthogonal_` as an object."""
-
-    function = delta_orthogonal_
-
-
-class Sparse(Initializer):
-    """:func:`~torchinit.sparse_` as an object: ``Sparse(0.9, std=0.01)``."""
-
-    function = sparse_
-
-
-class Hadamard(Initializer):
-    """:func:`~torchinit.hadamard_` (ZerO) as an object."""
-
-    function = hadamard_
-
-
-class Glass(Initializer):
-    """:func:`~torchinit.glass_` as an object: ``Glass(isometric=True, zero_mean=False)``."""
-
-    function = glass_
-    uses_layout = True
+def _scheme(function: Callable[..., Any], detail: str = "", *, uses_layout: bool = False) -> type[Initializer]:
+    """The Initializer class of ``function``, named after it (``kaiming_normal_`` -> ``KaimingNormal``).
+
+    Everything else (settings, validation, call, repr, equality, config) the base class
+    derives from ``function``; ``detail`` ends the class docstring.
+    """
+    name = "".join(part.capitalize() for part in function.__name__.rstrip("_").split("_"))
+    namespace = {
+        "__doc__": f":func:`~torchinit.{function.__name__}` as an object{detail}.",
+        "__module__": __name__,
+        "__qualname__": name,
+        "function": staticmethod(function),
+        "uses_layout": uses_layout,
+    }
+    return type(name, (Initializer,), namespace)
+
+
+# One row per scheme; ``uses_layout``: the fan-based family and glass read a layer's layout.
+Uniform = _scheme(uniform_, ": ``Uniform(a=-0.1, b=0.1)``")
+Normal = _scheme(normal_, ": ``Normal(std=0.02)``")
+TruncNormal = _scheme(trunc_normal_, " (absolute bounds): ``TruncNormal(std=0.02, a=-0.04, b=0.04)``")
+TruncNormalStd = _scheme(trunc_normal_std_, " (bounds at ``k`` std): ``TruncNormalStd(std=0.02)``")
+Constant = _scheme(constant_, ": ``Constant(0.1)``")
+Zeros = _scheme(zeros_)
+Ones = _scheme(ones_)
+Eye = _scheme(eye_)
+Dirac = _scheme(dirac_, ": ``Dirac(groups=2)``")
+Identity = _scheme(identity_, ": ``Identity(gain=0.5)``")
+XavierUniform = _scheme(xavier_uniform_, ": ``XavierUniform(gain=1.0, blocks=3)``", uses_layout=True)
+XavierNormal = _scheme(xavier_normal_, uses_layout=True)
+KaimingUniform = _scheme(kaiming_uniform_, ": ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default", uses_layout=True)
+KaimingNormal = _scheme(kaiming_normal_, ': ``KaimingNormal(mode="fan_out", nonlinearity="relu")``', uses_layout=True)
+LecunUniform = _scheme(lecun_uniform_, uses_layout=True)
+LecunNormal = _scheme(lecun_normal_, uses_layout=True)
+VarianceScaling = _scheme(variance_scaling_, ': ``VarianceScaling(2.0, "fan_out", "normal")``', uses_layout=True)
+Orthogonal = _scheme(orthogonal_, ": ``Orthogonal(gain=2 ** 0.5, blocks=4)``")
+DeltaOrthogonal = _scheme(delta_orthogonal_)
+Sparse = _scheme(sparse_, ": ``Sparse(0.9, std=0.01)``")
+Hadamard = _scheme(hadamard_, " (ZerO)")
+Glass = _scheme(glass_, ": ``Glass(isometric=True, zero_mean=False)``", uses_layout=True)
