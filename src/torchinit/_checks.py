@@ -119,10 +119,12 @@ def overlapping(t: Tensor) -> bool:
     """Whether two elements of ``t`` share memory (a stride-0 dim of size > 1, or an overlapping layout)."""
     if t.layout != torch.strided or t.numel() <= 1:
         return False
-    try:
-        verdict = torch._debug_has_internal_overlap(t)  # 0: no, 1: yes, 2: too hard to tell
-    except (AttributeError, RuntimeError):  # pragma: no cover - older or exotic tensors
-        verdict = 2
+    verdict = 2  # 0: no, 1: yes, 2: too hard to tell (then the stride rule below decides)
+    if not _compiling():  # torch.compile cannot trace a torch function that returns an int
+        try:
+            verdict = torch._debug_has_internal_overlap(t)
+        except (AttributeError, RuntimeError):  # pragma: no cover - older or exotic tensors
+            pass
     if verdict != 2:
         return verdict == 1
     reach = 0  # dims by increasing stride: each must step past everything the smaller ones span
@@ -141,6 +143,11 @@ def check_generator(generator: Any, t: Tensor, name: str = "generator") -> None:
         raise TypeError(f"{name} must be a torch.Generator or None; got {type(generator).__name__}")
     if not t.is_meta and generator.device.type != t.device.type:
         raise ValueError(f"{name} is on {generator.device}, the tensor on {t.device}: they must be on one device type")
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 #: No normal draw exceeds this many std: Box-Muller from 53-bit uniforms reaches sqrt(2 * 53 * ln 2) ~ 8.6.

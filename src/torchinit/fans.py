@@ -10,7 +10,10 @@ Tensors (the default follows ``torch.nn.init`` so drop-in results match)::
     fan_out = size(out_dims) * receptive_field
     receptive_field = product of the sizes of the dims named on neither side
 
-with ``out_dims=0`` and ``in_dims=1`` unless told otherwise.
+with ``out_dims=0`` and ``in_dims=1`` unless told otherwise. Dims named in
+``batch_dims`` (JAX's ``batch_axis``) count on neither side and are not receptive
+field: they index independent weights stacked in one tensor (experts, heads,
+ensemble members), and the fans are those of one slice.
 
 Modules use their own layout (see ``docs/fans.md`` for the table and where it
 differs from torch):
@@ -50,7 +53,9 @@ class Fans(NamedTuple):
     fan_out: int
 
 
-def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1) -> Fans:
+def fans(
+    x: Any, *, in_dims: Dims = None, out_dims: Dims = None, batch_dims: Dims = None, blocks: int = 1
+) -> Fans:
     """Fan-in and fan-out of a tensor (or NumPy array) or of a layer.
 
     For a tensor, ``out_dims`` defaults to 0 and ``in_dims`` to 1 (torch's
@@ -61,6 +66,12 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1
     For a module (Linear, ConvNd, ConvTransposeNd, Embedding) the layer's own
     layout is used, groups included; ``in_dims``/``out_dims`` are not accepted.
 
+    ``batch_dims`` (JAX's ``batch_axis``) names dims that stack independent
+    weights (e.g. experts in an ``(experts, out, in)`` tensor): they count in
+    neither fan nor in the receptive field, so the fans are those of one slice.
+    The default sides then apply to the remaining dims: the first is the output
+    dim, the second the input dim, the rest receptive field.
+
     ``blocks`` splits dim 0 into that many equal chunks and returns the fans of
     one chunk, as if it were its own tensor: a fused weight such as
     MultiheadAttention's packed ``in_proj_weight`` (3 blocks) or an LSTM's
@@ -70,6 +81,8 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1
         x: a tensor, NumPy array or supported ``nn.Module``.
         in_dims: the dims that index the inputs: an int, a tuple of ints or ``...``.
         out_dims: the dims that index the outputs: an int, a tuple of ints or ``...``.
+        batch_dims: the dims of stacked independent weights, excluded from both
+            fans: an int or a tuple of ints (default None: none).
         blocks: the number of equal chunks along dim 0 (default 1).
 
     Returns:
@@ -77,9 +90,12 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1
 
     Raises:
         ValueError: a tensor with fewer than 2 dims and no explicit dims, a dim
-            out of range, a dim named twice, both sides ``...``, or ``blocks``
-            that does not divide dim 0.
-        TypeError: an unsupported module, or dims that are not ints.
+            out of range, a dim named twice, both sides ``...``, a batch dim also
+            named in ``in_dims``/``out_dims``, fewer than 2 dims left outside
+            ``batch_dims`` and no explicit dims, ``batch_dims`` on a module, or
+            ``blocks`` that does not divide dim 0.
+        TypeError: an unsupported module, or dims that are not ints (``batch_dims``
+            does not accept ``...``).
 
     Example:
         >>> fans(torch.empty(128, 64, 3, 3))
@@ -90,56 +106,85 @@ def fans(x: Any, *, in_dims: Dims = None, out_dims: Dims = None, blocks: int = 1
         Fans(fan_in=72, fan_out=144)
         >>> fans(nn.MultiheadAttention(64, 8).in_proj_weight, blocks=3)  # q, k, v: each (64, 64)
         Fans(fan_in=64, fan_out=64)
+        >>> fans(torch.empty(8, 256, 64), batch_dims=0)  # 8 experts, each (out=256, in=64)
+        Fans(fan_in=64, fan_out=256)
     """
     if isinstance(x, nn.Module):
-        if in_dims is not None or out_dims is not None:
-            raise ValueError("in_dims/out_dims apply to tensors; a module's fans come from its own layout")
+        if in_dims is not None or out_dims is not None or batch_dims is not None:
+            raise ValueError("in_dims/out_dims/batch_dims apply to tensors; a module's fans come from its own layout")
         return module_fans(x, blocks)
     if isinstance(x, Tensor) or is_numpy_array(x):
         shape = block_shape(tuple(as_tensor(x, "x", write=False).shape), blocks, "blocks")
-        return tensor_fans(shape, in_dims, out_dims)
+        return tensor_fans(shape, in_dims, out_dims, batch_dims)
     raise TypeError(f"x must be a tensor, a NumPy array or one of: {_FAN_MODULES}; got {type(x).__name__}")
 
 
-def tensor_fans(shape: tuple[int, ...], in_dims: Dims = None, out_dims: Dims = None) -> Fans:
+def tensor_fans(shape: tuple[int, ...], in_dims: Dims = None, out_dims: Dims = None, batch_dims: Dims = None) -> Fans:
     """Fans of a weight of ``shape`` under the given axis spec (see :func:`fans`)."""
     ndim = len(shape)
+    batch_t = batch_tuple(batch_dims, ndim)
     if in_dims is None and out_dims is None:
-        if ndim < 2:
+        rest = [d for d in range(ndim) if d not in batch_t]
+        if len(rest) < 2:
+            where = f" outside batch_dims {batch_t}" if batch_t else ""
             raise ValueError(
-                f"fans of a tensor with {ndim} dim(s) are undefined: it needs at least 2 dims, "
+                f"fans of a tensor with {len(rest)} dim(s){where} are undefined: it needs at least 2 dims, "
                 "or explicit in_dims/out_dims"
             )
-        in_set, out_set = {1}, {0}
+        in_set, out_set = {rest[1]}, {rest[0]}
     else:
-        in_t, out_t = resolve_dims(ndim, ... if in_dims is None else in_dims, ... if out_dims is None else out_dims)
+        in_t, out_t = resolve_dims(
+            ndim, ... if in_dims is None else in_dims, ... if out_dims is None else out_dims, batch_t
+        )
         in_set, out_set = set(in_t), set(out_t)
-    receptive = math.prod(shape[d] for d in range(ndim) if d not in in_set and d not in out_set)
-    fan_in = math.prod(shape[d] for d in in_set) * receptive
-    fan_out = math.prod(shape[d] for d in out_set) * receptive
+    skip = in_set | out_set | set(batch_t)
+    receptive = math.prod([shape[d] for d in range(ndim) if d not in skip])  # lists: torch.compile traces them
+    fan_in = math.prod([shape[d] for d in in_set]) * receptive
+    fan_out = math.prod([shape[d] for d in out_set]) * receptive
     return Fans(fan_in, fan_out)
 
 
-def resolve_dims(ndim: int, in_dims: Dims, out_dims: Dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def batch_tuple(batch_dims: Dims, ndim: int) -> tuple[int, ...]:
+    """``batch_dims`` (None, an int or a tuple/list of ints) as non-negative dims; ``...`` is a TypeError."""
+    if batch_dims is None:
+        return ()
+    if batch_dims is ...:
+        raise TypeError("batch_dims must be an int or a tuple of ints; ... (Ellipsis) is not accepted")
+    return dim_tuple("batch_dims", batch_dims, ndim)
+
+
+def resolve_dims(
+    ndim: int, in_dims: Dims, out_dims: Dims, batch_dims: tuple[int, ...] = ()
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The input and output dims of an ``ndim``-dim tensor, each in the order given.
 
-    One side may be ``...``: every dim not named on the other side, ascending.
+    One side may be ``...``: every dim not named on the other side nor in
+    ``batch_dims`` (already resolved, non-negative), ascending.
     Raises ValueError when both are ``...``, a dim is out of range or named
-    twice, or a dim is on both sides.
+    twice, a dim is on both sides, or a batch dim is named on either side.
     """
     if in_dims is ... and out_dims is ...:
         raise ValueError("in_dims and out_dims cannot both be ... (Ellipsis)")
     if in_dims is ...:
         out_t = dim_tuple("out_dims", out_dims, ndim)
-        return tuple(d for d in range(ndim) if d not in out_t), out_t
+        _no_batch_overlap(batch_dims, out_t, "out_dims")
+        return tuple(d for d in range(ndim) if d not in out_t and d not in batch_dims), out_t
     in_t = dim_tuple("in_dims", in_dims, ndim)
+    _no_batch_overlap(batch_dims, in_t, "in_dims")
     if out_dims is ...:
-        return in_t, tuple(d for d in range(ndim) if d not in in_t)
+        return in_t, tuple(d for d in range(ndim) if d not in in_t and d not in batch_dims)
     out_t = dim_tuple("out_dims", out_dims, ndim)
+    _no_batch_overlap(batch_dims, out_t, "out_dims")
     both = sorted(set(in_t) & set(out_t))
     if both:
         raise ValueError(f"dims {both} are named in both in_dims and out_dims")
     return in_t, out_t
+
+
+def _no_batch_overlap(batch_dims: tuple[int, ...], side: tuple[int, ...], name: str) -> None:
+    both = sorted(set(batch_dims) & set(side))
+    if both:
+        raise ValueError(f"batch_dims: dims {both} are also named in {name}; a batch dim counts on neither side")
 
 
 def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:

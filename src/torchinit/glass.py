@@ -191,8 +191,8 @@ def _glass(
     in_dims, out_dims = layout.in_dims, layout.out_dims
     if centre_tap:  # only the channels are mapped; the kernel keeps one tap
         in_dims = tuple(d for d in in_dims if d < 2)
-    O = math.prod(shape[d] for d in out_dims)
-    I = math.prod(shape[d] for d in in_dims)
+    O = math.prod([shape[d] for d in out_dims])
+    I = math.prod([shape[d] for d in in_dims])
     if nothing_to_write(t):
         return weight
     if isometric:

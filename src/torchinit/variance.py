@@ -18,7 +18,18 @@ fan_geo_avg   :math:`\sqrt{n_\text{in}\, n_\text{out}}`
 and the weight drawn from ``normal`` :math:`\mathcal{N}(0, \sigma^2)`, ``uniform``
 :math:`\mathcal{U}(\pm\sqrt3\sigma)` or ``truncated_normal`` (cut at :math:`\pm 2`
 std of the underlying normal, whose std is :math:`\sigma / 0.8796\ldots`, so the
-result's std is exactly :math:`\sigma`). Fans come from :mod:`torchinit.fans`,
+result's std is exactly :math:`\sigma`).
+
+Complex tensors get :math:`E|w|^2 = \sigma^2` from every distribution, each
+circularly symmetric (JAX's convention): ``normal`` is torch's complex ``normal_``,
+:math:`\mathcal{CN}(0, \sigma^2)`, each part of variance :math:`\sigma^2/2`;
+``uniform`` is uniform on the disk :math:`|w| \le \sqrt2\sigma`
+(:math:`w = \sigma\sqrt{2u}\,e^{i\theta}`, :math:`u \sim \mathcal{U}[0,1)`,
+:math:`\theta \sim \mathcal{U}[0,2\pi)`); ``truncated_normal`` is
+:math:`\mathcal{CN}(0, \sigma_u^2)` with the modulus cut at :math:`2\sigma_u`,
+:math:`\sigma_u = \sigma / 0.9620\ldots` (see :func:`~torchinit.truncnorm.trunc_normal_std_`).
+
+Fans come from :mod:`torchinit.fans`,
 gains from :mod:`torchinit.gain`; this module holds neither.
 
 The arithmetic of :math:`\sigma` follows torch's (``gain / sqrt(fan)``,
@@ -39,7 +50,7 @@ from torchinit.recording import recorded_call
 from torchinit._checks import NORMAL_REACH, check_generator, choice, finite, float_tensor, non_negative, within_dtype
 from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
-from torchinit.truncnorm import trunc_normal_std_, truncated_std_factor
+from torchinit.truncnorm import complex_truncated_std_factor, sample_circular_, trunc_normal_std_, truncated_std_factor
 
 __all__ = [
     "MODES",
@@ -79,6 +90,7 @@ def _init(
     blocks: int,
     generator: torch.Generator | None,
     *,
+    batch_dims: Dims = None,
     warn_empty: bool = False,
 ) -> Any:
     """The one place where a fan-based initializer validates, computes sigma and writes.
@@ -89,31 +101,43 @@ def _init(
     distribution = choice("distribution", distribution, DISTRIBUTIONS)
     gain = non_negative("gain", gain)
     written = weight_of(target)
-    t = float_tensor(written, complex_ok=distribution != "truncated_normal")
+    t = float_tensor(written)
     check_generator(generator, t)
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
         if warn_empty:
             warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=4)
         return written
-    f = fans(target, in_dims=in_dims, out_dims=out_dims, blocks=blocks)  # validated on meta tensors too
+    f = fans(target, in_dims=in_dims, out_dims=out_dims, batch_dims=batch_dims, blocks=blocks)  # meta too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
     if fan <= 0:
         raise ValueError(f"mode={mode!r} needs a positive fan; fans are {tuple(f)}")
     if t.is_meta:
         return written
     std = scaled_std(gain, f, mode)
-    reach = {"normal": NORMAL_REACH, "uniform": math.sqrt(3.0)}.get(distribution, 2.0 / truncated_std_factor(2.0))
+    cplx = t.is_complex()
+    reach = {
+        "normal": NORMAL_REACH,
+        "uniform": math.sqrt(2.0 if cplx else 3.0),
+        "truncated_normal": 2.0 / (complex_truncated_std_factor(2.0) if cplx else truncated_std_factor(2.0)),
+    }[distribution]
     within_dtype("gain/scale", reach * std, t.dtype)
     with torch.no_grad():
         if distribution == "normal":
-            t.normal_(0, std, generator=generator)
+            t.normal_(0, std, generator=generator)  # complex: E|w|^2 = std^2, each part std^2 / 2
+        elif distribution == "uniform" and cplx:  # the disk |w| <= sqrt(2) std: |w|^2 ~ U[0, 2 std^2]
+            sample_circular_(t, _disk_radius_, math.sqrt(2.0) * std, 0.0, generator)
         elif distribution == "uniform":
             bound = math.sqrt(3.0) * std
             t.uniform_(-bound, bound, generator=generator)
         else:
             trunc_normal_std_(t, std, 2.0, generator=generator)
     return written
+
+
+def _disk_radius_(u: Tensor) -> Tensor:
+    """``u ~ U[0, 1)`` -> the modulus of a uniform point of the unit disk, ``sqrt(u)``, in place."""
+    return u.sqrt_()
 
 
 @recorded_call
@@ -125,6 +149,7 @@ def variance_scaling_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -136,6 +161,10 @@ def variance_scaling_(
     module docstring. Defaults: ``scale=1``, ``mode='fan_in'``,
     ``distribution='truncated_normal'`` (JAX's and Keras's defaults).
 
+    Complex tensors get :math:`E|w|^2 = \text{scale}/\text{fan}` from every
+    distribution (circularly symmetric: a complex normal, a uniform disk, a complex
+    normal with truncated modulus); see the module docstring for the formulas.
+
     ``tensor`` may also be a Linear, ConvNd, ConvTransposeNd or Embedding
     module: its ``weight`` is filled with the module's own fans (groups and
     transposition included), and the weight is returned.
@@ -146,8 +175,10 @@ def variance_scaling_(
     fan_out = 3E, half that variance); LSTMs have 4 blocks, GRUs 3.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> g = torch.Generator()
@@ -155,9 +186,11 @@ def variance_scaling_(
         >>> torch.equal(a, kaiming_normal_(torch.empty(256, 128), generator=g.manual_seed(0)))
         True
         >>> w = variance_scaling_(torch.empty(256, 128), in_dims=0, out_dims=1)  # a weight used as x @ w: fan_in 256
+        >>> w = variance_scaling_(torch.empty(8, 256, 128), batch_dims=0)  # 8 experts, each (256, 128): fan_in 128
     """
     scale = non_negative("scale", scale)
-    return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, blocks, generator)
+    return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, blocks, generator,
+                 batch_dims=batch_dims)
 
 
 @recorded_call
@@ -168,6 +201,7 @@ def xavier_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""Glorot & Bengio (2010), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{6/(n_\text{in}+n_\text{out})})`.
@@ -175,15 +209,18 @@ def xavier_uniform_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
         >>> bool(w.abs().max() <= 2**0.5 * (6 / 80) ** 0.5)
         True
     """
-    return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, blocks, generator)
+    return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, blocks, generator,
+                 batch_dims=batch_dims)
 
 
 @recorded_call
@@ -194,6 +231,7 @@ def xavier_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""Glorot & Bengio (2010), normal: :math:`\mathcal{N}(0,\ \text{gain}^2 \cdot 2/(n_\text{in}+n_\text{out}))`.
@@ -201,15 +239,18 @@ def xavier_normal_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
         >>> round(w.std().item() / (2 / 800) ** 0.5, 2)
         1.0
     """
-    return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, blocks, generator)
+    return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, blocks, generator,
+                 batch_dims=batch_dims)
 
 
 @recorded_call
@@ -222,6 +263,7 @@ def kaiming_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""He et al. (2015), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{3/\text{fan}})`.
@@ -231,8 +273,10 @@ def kaiming_uniform_(
     Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
@@ -241,7 +285,7 @@ def kaiming_uniform_(
         >>> w = kaiming_uniform_(nn.ConvTranspose2d(16, 64, 3))  # the layer's true fans: fan_in = 16 * 3 * 3
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator,
-                 warn_empty=True)
+                 batch_dims=batch_dims, warn_empty=True)
 
 
 @recorded_call
@@ -254,6 +298,7 @@ def kaiming_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""He et al. (2015), normal: :math:`\mathcal{N}(0,\ \text{gain}^2/\text{fan})`.
@@ -261,8 +306,10 @@ def kaiming_normal_(
     ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
@@ -271,7 +318,7 @@ def kaiming_normal_(
         1.0
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, blocks, generator,
-                 warn_empty=True)
+                 batch_dims=batch_dims, warn_empty=True)
 
 
 def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
@@ -287,6 +334,7 @@ def lecun_uniform_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""LeCun et al. (1998), uniform: :math:`\mathcal{U}(\pm\sqrt{3/n_\text{in}})`, variance :math:`1/n_\text{in}`.
@@ -294,15 +342,18 @@ def lecun_uniform_(
     ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = lecun_uniform_(torch.empty(30, 50))
         >>> bool(w.abs().max() <= (3 / 50) ** 0.5)
         True
     """
-    return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, blocks, generator)
+    return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, blocks, generator,
+                 batch_dims=batch_dims)
 
 
 @recorded_call
@@ -312,6 +363,7 @@ def lecun_normal_(
     *,
     in_dims: Dims = None,
     out_dims: Dims = None,
+    batch_dims: Dims = None,
     blocks: int = 1,
 ) -> Tensor:
     r"""LeCun et al. (1998), normal: :math:`\mathcal{N}(0, 1/n_\text{in})` (not truncated).
@@ -320,12 +372,15 @@ def lecun_normal_(
     variant use ``variance_scaling_(tensor)``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``blocks`` (default 1) splits dim 0 into equal
-    chunks, each scaled by its own fans.
+    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
+    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
 
     Example:
         >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
         >>> round(w.std().item() * 500**0.5, 2)
         1.0
     """
-    return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, blocks, generator)
+    return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, blocks, generator,
+                 batch_dims=batch_dims)
