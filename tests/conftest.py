@@ -7,6 +7,17 @@ import torch
 import _thirdparty  # noqa: F401, E402
 
 
+def new_thread_count() -> int:
+    """torch's intra-op thread count in a thread started now (in OpenMP builds: the last count set anywhere)."""
+    import threading
+
+    out = []
+    th = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    th.start()
+    th.join()
+    return out[0]
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -1,7 +1,6 @@
 """torchinit.fastfill: keyed, chunked, threaded normal_/uniform_ for large CPU tensors (no timing assertions)."""
 
 import math
-import threading
 import time
 
 import pytest
@@ -13,7 +12,7 @@ from torchinit import fastfill as ff
 from torchinit import keyed
 from torchinit.recording import storage_key
 
-from conftest import gen, std_tolerance
+from conftest import gen, new_thread_count, std_tolerance
 
 N = ff.THRESHOLD + 3 * keyed.CHUNK // 2 + 7  # several chunks, the last one partial
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -158,19 +157,12 @@ def test_argument_errors():
 
 
 def test_thread_settings_are_unchanged():
-    def in_new_thread():
-        out = []
-        th = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
-        th.start()
-        th.join()
-        return out[0]
-
-    main_before, new_before = torch.get_num_threads(), in_new_thread()
+    main_before, new_before = torch.get_num_threads(), new_thread_count()
     interop_before = torch.get_num_interop_threads()
     filled(generator=gen(0))
     filled("uniform_", dtype=torch.bfloat16)
     assert torch.get_num_threads() == main_before
-    assert in_new_thread() == new_before
+    assert new_thread_count() == new_before
     assert torch.get_num_interop_threads() == interop_before
 
 

@@ -7,7 +7,7 @@ import torch
 
 import torchinit as ti
 from torchinit import truncnorm
-from conftest import gen, ks_critical, std_tolerance
+from conftest import gen, ks_critical, new_thread_count, std_tolerance
 
 SQ2 = math.sqrt(2.0)
 
@@ -148,22 +148,14 @@ def test_zero_std_and_errors():
 N_PAR = truncnorm.PARALLEL_THRESHOLD + truncnorm.CHUNK + 1
 
 
-def _new_thread_count():
-    out = []
-    th = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
-    th.start()
-    th.join()
-    return out[0]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_parallel_values_do_not_depend_on_threads_and_settings_are_untouched(monkeypatch, dtype):
     from torchinit import keyed
 
     n = truncnorm.PARALLEL_THRESHOLD + 3 * truncnorm.CHUNK + 5  # the threaded, keyed path
-    main_before, new_before = torch.get_num_threads(), _new_thread_count()
+    main_before, new_before = torch.get_num_threads(), new_thread_count()
     a = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
-    assert torch.get_num_threads() == main_before and _new_thread_count() == new_before
+    assert torch.get_num_threads() == main_before and new_thread_count() == new_before
     monkeypatch.setattr(keyed, "threads", lambda: 1)
     b = ti.trunc_normal_(torch.empty(n, dtype=dtype), 0.1, 0.5, -0.7, 0.9, generator=gen(1))
     assert torch.equal(a, b)
