@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python >= 3.10 and make:
 #   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
 #   make test   - create .venv, install with the dev extras, run the test suite
+#   make fuzz   - the initializer fuzz (tests/test_fuzz.py) with its large Hypothesis profile
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test bench clean
+.PHONY: demo test fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+fuzz: $(VENV)/.installed-dev
+	TORCHINIT_FUZZ=large $(BIN)/python -m pytest tests/test_fuzz.py -p no:randomly
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py

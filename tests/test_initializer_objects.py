@@ -121,7 +121,7 @@ BAD = [
     (ti.KaimingUniform, {"nonlinearity": "nope"}, ValueError, "nonlinearity"),
     (ti.KaimingNormal, {"mode": "fan"}, ValueError, "mode"),
     (ti.KaimingNormal, {"nonlinearity": 3}, TypeError, "nonlinearity"),
-    (ti.KaimingNormal, {"a": float("nan")}, ValueError, "gain must not be NaN"),  # gain.py's wording for a
+    (ti.KaimingNormal, {"a": float("nan")}, ValueError, "a must not be NaN"),
     (ti.KaimingNormal, {"blocks": True}, ValueError, "blocks"),
     (ti.LecunUniform, {"out_dims": (0, 0)}, ValueError, "out_dims"),
     (ti.LecunNormal, {"in_dims": ..., "out_dims": ...}, ValueError, "in_dims and out_dims"),

@@ -122,3 +122,70 @@ def test_zero_std_fills_the_mean_rounded_into_the_bounds():
     # bf16 near 1 steps by 2**-7: the mean rounds to 1.0, outside [1.002, 1.008], whose only bf16 value is 1.0078125
     t = ti.trunc_normal_(torch.empty(5, dtype=torch.bfloat16), mean=1.0035, std=0.0, a=1.002, b=1.008)
     assert t.tolist() == [1.0078125] * 5
+
+
+# ---- the failure classes the fuzz found (tests/test_fuzz.py), one regression each ------------------------------
+
+
+def test_an_inference_tensor_outside_inference_mode_is_refused_before_writing():
+    with torch.inference_mode():
+        t = torch.zeros(3, 3)
+    for call in (ti.ones_, ti.normal_, ti.trunc_normal_, ti.orthogonal_, lambda x: ti.constant_(x, 2.0)):
+        with pytest.raises(ValueError, match="inference_mode"):
+            call(t)
+    assert bool((t == 0).all())
+
+
+def test_a_nonlinearity_that_is_not_elementwise_is_a_type_error():
+    with pytest.raises(TypeError, match="nonlinearity"):
+        ti.kaiming_uniform_(torch.zeros(3, 3), nonlinearity=torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("a", [1e308, -1e308, 10**400])
+def test_a_huge_leaky_relu_slope(a):
+    t = torch.zeros(3, 3)
+    try:
+        ti.kaiming_uniform_(t, a=a)  # gain sqrt(2 / (1 + a^2)) -> 0: zeros, finite
+    except ValueError as err:
+        assert "a" in str(err)
+    assert bool(torch.isfinite(t).all())
+
+
+def test_numpy_k_is_converted_before_use():
+    np = pytest.importorskip("numpy")
+    w = ti.trunc_normal_std_(torch.empty(10_000, dtype=torch.float64), std=0.5, k=np.float32(1.5), generator=torch.Generator().manual_seed(0))
+    bound = 1.5 * 0.5 / ti.truncated_std_factor(1.5)
+    assert float(w.abs().max()) <= bound
+
+
+def test_identity_gain_must_fit_an_integer_dtype():
+    t = torch.ones(3, 3, dtype=torch.int8)
+    for gain in (1e4, 0.5):
+        with pytest.raises(ValueError, match="gain"):
+            ti.identity_(t, gain=gain)
+        assert bool((t == 1).all())
+    assert ti.identity_(t, gain=3).tolist() == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+
+
+def test_numpy_extreme_integers_in_constant():
+    np = pytest.importorskip("numpy")
+    t = torch.zeros(3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="val"):
+        ti.constant_(t, np.int64(-2**63))
+    assert bool((t == 0).all())
+    assert ti.constant_(torch.zeros(2, dtype=torch.int64), np.int64(-2**63)).tolist() == [-2**63] * 2
+
+
+@pytest.mark.parametrize("k", [1e-200, 1e-162, 1e-8])
+def test_complex_truncated_factor_for_tiny_k(k):
+    assert ti.truncated_std_factor(k) > 0
+    from torchinit.truncnorm import complex_truncated_std_factor
+
+    assert complex_truncated_std_factor(k) == pytest.approx(k / math.sqrt(2), rel=1e-12)
+    z = ti.trunc_normal_std_(torch.zeros(1000, dtype=torch.complex64), std=0.5, k=k)
+    assert bool(torch.isfinite(torch.view_as_real(z)).all())
+
+
+def test_complex_truncated_normal_with_a_huge_k_stays_finite():
+    z = ti.trunc_normal_std_(torch.zeros(1000, dtype=torch.complex64), std=1e30, k=1e16)
+    assert bool(torch.isfinite(torch.view_as_real(z)).all())

@@ -95,6 +95,11 @@ def as_tensor(target: Any, name: str = "tensor", *, write: bool = True) -> Tenso
     """
     if isinstance(target, Tensor):
         t = target
+        if write and not _compiling() and t.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"{name} was created under torch.inference_mode() and can be written only inside it; "
+                "initialize it inside inference_mode, or clone() it outside"
+            )
     elif is_numpy_array(target):
         if not target.flags.writeable:
             raise ValueError(f"{name} is a read-only NumPy array; it cannot be initialized in place")

@@ -95,19 +95,21 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
     return tensor
 
 
-def _check_fill_value(val: Any, dtype: torch.dtype) -> None:
+def _check_fill_value(val: Any, dtype: torch.dtype, name: str = "val") -> None:
     """``val`` must be exactly representable in kind and range by ``dtype``: a bool for bool tensors, an
     integral value in range for integer ones, a finite value within the dtype's range for floating ones."""
     number = val.item() if isinstance(val, Tensor) and val.numel() == 1 else val
+    if type(number).__module__ == "numpy" and hasattr(number, "item"):
+        number = number.item()  # Python numbers: NumPy's abs() of its smallest int64 overflows
     if dtype == torch.bool:
         if not (is_bool(number) or (is_real(number) and number in (0, 1))):
-            raise ValueError(f"val must be a bool (or 0/1) for a torch.bool tensor; got {val!r}")
+            raise ValueError(f"{name} must be a bool (or 0/1) for a torch.bool tensor; got {val!r}")
         return
     if is_bool(number) or not isinstance(number, numbers.Number):
-        raise TypeError(f"val must be a number; got {type(val).__name__}")
+        raise TypeError(f"{name} must be a number; got {type(val).__name__}")
     if isinstance(number, numbers.Complex) and not isinstance(number, numbers.Real):
         if not dtype.is_complex:
-            raise TypeError(f"val is complex but the tensor's dtype is {dtype}")
+            raise TypeError(f"{name} is complex but the tensor's dtype is {dtype}")
         parts = (number.real, number.imag)
     else:
         parts = (number,)
@@ -115,12 +117,12 @@ def _check_fill_value(val: Any, dtype: torch.dtype) -> None:
         if dtype.is_floating_point or dtype.is_complex:
             limit = torch.finfo(dtype).max
             if not (abs(part) <= limit and math.isfinite(part)):  # abs first: an int too large for a float
-                raise ValueError(f"val must be finite and within {dtype}'s range (±{limit:.4g}); got {val!r}")
+                raise ValueError(f"{name} must be finite and within {dtype}'s range (±{limit:.4g}); got {val!r}")
         else:
             info = torch.iinfo(dtype)
             integral = isinstance(part, numbers.Integral) or math.isfinite(part) and float(part).is_integer()
             if not (integral and info.min <= part <= info.max):
-                raise ValueError(f"val must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
+                raise ValueError(f"{name} must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
 
 
 @recorded_call
@@ -216,7 +218,7 @@ def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
         raise ValueError(f"groups must be a positive int; got {groups!r}")
     if t.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide dim 0 of the tensor (size {t.shape[0]})")
-    within_dtype("gain", abs(value), t.dtype)
+    _check_fill_value(value, t.dtype, "gain")
     if nothing_to_write(t):
         return tensor
     per_group = t.shape[0] // groups

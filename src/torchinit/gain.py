@@ -133,10 +133,10 @@ def _torch_gain(name: str, param: Any) -> float:
         if param is None:
             slope = 0.01
         elif is_real(param):
-            slope = float(param)
+            slope = finite("param (negative_slope)", param)
         else:
             raise ValueError(f"param: negative_slope must be a number; got {param!r}")
-        return math.sqrt(2.0 / (1 + slope**2))
+        return math.sqrt(2.0 / (1 + slope * slope))  # slope * slope: inf for huge slopes, where ** raises
     if name == "selu":
         return 3.0 / 4  # torch's empirical value (pytorch PR #50664)
     return 1.0
@@ -198,7 +198,12 @@ def second_moment(f: Callable[[Tensor], Tensor]) -> float:
         try:
             y = f(z.clone())
         except (RuntimeError, TypeError):  # e.g. a module with float32 parameters
-            y = f(z.float()).double()
+            try:
+                y = f(z.float())
+            except (RuntimeError, TypeError) as err:  # not an elementwise map of a 1-D tensor (an nn.Linear, ...)
+                raise TypeError(
+                    f"nonlinearity must map a 1-D float tensor to a tensor of the same shape; calling it failed: {err}"
+                ) from None
     if not isinstance(y, Tensor) or y.shape != z.shape:
         raise TypeError("nonlinearity must map a 1-D float tensor to a tensor of the same shape")
     return float((w * y.double() ** 2).sum())

@@ -141,9 +141,10 @@ def complex_truncated_std_factor(k: float) -> float:
     """
     k = _positive_k(k)
     x = k * k
-    if x < 0.5:  # expm1(x) - x cancels for small x: its series instead
-        num = sum(x**n / math.factorial(n) for n in range(2, 30))
-        return math.sqrt(num / math.expm1(x))
+    if x < 0.5:  # expm1(x) - x cancels for small x: k * sqrt(series / series), which no underflow of x breaks
+        num = sum(x ** (n - 2) / math.factorial(n) for n in range(2, 30))  # (e^x - 1 - x) / x^2
+        den = sum(x ** (n - 1) / math.factorial(n) for n in range(1, 30))  # (e^x - 1) / x
+        return k * math.sqrt(num / den)
     return math.sqrt(1.0 - x * math.exp(-x) / -math.expm1(-x))  # no overflow for large k
 
 
@@ -261,6 +262,7 @@ def trunc_normal_std_(
     t = float_tensor(tensor, complex_ok=True)
     check_generator(generator, t)
     std = non_negative("std", std)
+    k = _positive_k(k)
     factor = complex_truncated_std_factor(k) if t.is_complex() else truncated_std_factor(k)
     mean = finite("mean", mean)
     sigma_u = std / factor
@@ -272,7 +274,8 @@ def trunc_normal_std_(
             if std == 0.0:
                 t.fill_(complex(mean, mean))
             else:
-                sample_circular_(t, _truncated_rayleigh(k), k * sigma_u, mean, generator)
+                # no modulus reaches NORMAL_REACH sigma_u (the draw's uniforms have 53 bits): a finite clamp
+                sample_circular_(t, _truncated_rayleigh(k), min(k, NORMAL_REACH) * sigma_u, mean, generator)
         return tensor
     a, b = mean - k * sigma_u, mean + k * sigma_u
     if std == 0.0:
@@ -293,6 +296,8 @@ def _truncated_rayleigh(k: float):
     mass = -math.expm1(-k * k)  # P(|z|^2 <= k^2), |z|^2 ~ Exp(1)
 
     def radius_(u: Tensor) -> Tensor:
+        if k < FLAT_Z:  # the density is flat on the disk to 1e-12 (and k^2 may underflow): the uniform disk
+            return u.sqrt_()
         return u.mul_(-mass).log1p_().neg_().sqrt_().div_(k)  # sqrt(-log(1 - u mass)) / k, in [0, 1)
 
     return radius_

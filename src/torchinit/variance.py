@@ -324,7 +324,7 @@ def kaiming_normal_(
 def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
     # As in torch, ``a`` is leaky_relu's negative slope and is ignored for other nonlinearities.
     leaky = isinstance(nonlinearity, str) and nonlinearity.lower() == "leaky_relu"
-    return calculate_gain(nonlinearity, a if leaky else None)
+    return calculate_gain(nonlinearity, finite("a", a) if leaky else None)
 
 
 @recorded_call
