@@ -87,3 +87,11 @@ def test_constant_rejects_what_the_dtype_cannot_hold_and_changes_nothing(dtype, 
     with pytest.raises(error, match="val"):
         ti.constant_(t, val)
     assert bool((t == 0).all())
+
+
+def test_numpy_integers_where_ints_are_expected():
+    w = ti.dirac_(torch.empty(8, 4, 3), groups=np.int64(2))
+    assert torch.equal(w, ti.dirac_(torch.empty(8, 4, 3), groups=2))
+    assert tuple(ti.fans(torch.empty(6, 4), in_dims=np.int64(0), out_dims=np.int32(1))) == (6, 4)
+    assert torch.equal(ti.xavier_uniform_(torch.empty(8, 6), blocks=np.int64(2), generator=gen(0)),
+                       ti.xavier_uniform_(torch.empty(8, 6), blocks=2, generator=gen(0)))  # fmt: skip

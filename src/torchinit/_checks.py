@@ -48,6 +48,18 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not is_bool(value)
 
 
+def is_integral(value: Any) -> bool:
+    """An integer that is not a bool: Python ints and NumPy integers."""
+    return isinstance(value, numbers.Integral) and not is_bool(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as a Python int >= 1 (NumPy integers accepted), else a ValueError naming ``name``."""
+    if not is_integral(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
 def real_number(name: str, value: Any) -> float:
     """Return ``value`` as a float; bools, non-numbers and NaN raise.
 

@@ -26,6 +26,7 @@ from torchinit._checks import (
     is_real,
     non_negative,
     nothing_to_write,
+    positive_int,
     within_dtype,
 )
 
@@ -214,8 +215,7 @@ def identity_(tensor: Tensor, gain: float = 1.0, *, groups: int = 1) -> Tensor:
 def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
     """Zero ``tensor`` and put ``value`` on each group's channel diagonal, at the kernel centre."""
     t = as_tensor(tensor)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int; got {groups!r}")
+    groups = positive_int("groups", groups)
     if t.shape[0] % groups:
         raise ValueError(f"groups={groups} must divide dim 0 of the tensor (size {t.shape[0]})")
     _check_fill_value(value, t.dtype, "gain")

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Union
 
 from torch import Tensor, nn
 
-from torchinit._checks import as_tensor, is_numpy_array
+from torchinit._checks import as_tensor, is_integral, is_numpy_array, positive_int
 
 __all__ = ["Fans", "fans", "Dims", "Layout", "module_layout", "resolve_dims"]
 
@@ -189,13 +189,14 @@ def _no_batch_overlap(batch_dims: tuple[int, ...], side: tuple[int, ...], name: 
 
 def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:
     """``dims`` (an int or a tuple/list of ints) as non-negative dims, in the order given."""
-    items = (dims,) if isinstance(dims, int) and not isinstance(dims, bool) else dims
+    items = (dims,) if is_integral(dims) else dims
     if not isinstance(items, (tuple, list)):
         raise TypeError(f"{name} must be an int, a tuple of ints or ... (Ellipsis); got {dims!r}")
     out: list[int] = []
     for d in items:
-        if isinstance(d, bool) or not isinstance(d, int):
+        if not is_integral(d):
             raise TypeError(f"{name} must contain ints; got {d!r}")
+        d = int(d)
         if not -ndim <= d < ndim:
             raise ValueError(f"{name}: dim {d} is out of range for a tensor with {ndim} dim(s)")
         d %= ndim
@@ -251,8 +252,7 @@ def module_layout(module: nn.Module) -> Layout:
 
 def block_shape(shape: tuple[int, ...], parts: int, name: str = "blocks") -> tuple[int, ...]:
     """The shape of one of ``parts`` equal chunks along dim 0 (``name`` is the argument, for errors)."""
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
-        raise ValueError(f"{name} must be a positive int; got {parts!r}")
+    parts = positive_int(name, parts)
     if parts == 1:
         return shape
     if not shape or shape[0] % parts:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchinit._checks import finite
+from torchinit._checks import finite, positive_int
 from torchinit._text import text_table
 from torchinit.policy import derive_seed, stream_generator
 from torchinit.probe import _copy_inputs, _Preserved, first_tensor
@@ -173,8 +173,7 @@ def lsuv_(
     tol = finite("tol", tol)
     if target_std <= 0 or tol <= 0:
         raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int; got {max_iter!r}")
+    max_iter = positive_int("max_iter", max_iter)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LSUV_LAYERS) and m.weight is not None]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from torch.nn.utils import parametrize
 
+from torchinit._checks import positive_int
 from torchinit.basic import uniform_, zeros_
 from torchinit.construction import COMPOSITES, constructor_init, is_torch_module, reset_method
 from torchinit.fans import is_transposed_linear, tensor_fans
@@ -174,8 +175,7 @@ def gpt2(n_layer: int) -> Policy:
         >>> gpt2(12).rules[-1].spec
         Normal(std=0.004082482904638631)
     """
-    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer < 1:
-        raise ValueError(f"n_layer must be a positive int; got {n_layer!r}")
+    n_layer = positive_int("n_layer", n_layer)
     weight, bias = Normal(std=0.02), Zeros()
 
     def conv1d_weight(name: str, param: Tensor, module: nn.Module) -> bool:
@@ -310,9 +310,7 @@ def fixup(num_branches: int, branch_depth: int = 2) -> Policy:
         >>> fixup(16).rules[1].spec
         VarianceScaling(scale=0.125, mode='fan_out', distribution='normal')
     """
-    for name, value in (("num_branches", num_branches), ("branch_depth", branch_depth)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}")
+    num_branches, branch_depth = positive_int("num_branches", num_branches), positive_int("branch_depth", branch_depth)
     if branch_depth < 2:
         raise ValueError(f"branch_depth must be >= 2 (Fixup scales all but the last layer); got {branch_depth}")
     scale = 2.0 * num_branches ** (-1.0 / (branch_depth - 1))
