@@ -9,9 +9,13 @@ warm-up:
 * keyed, 1 thread / keyed, 2 threads: ``torchinit.keyed.uniform_``/``normal_`` with ``workers=1``/``2``;
 * memset floor: ``tensor.zero_()``.
 
+The truncated normal rows (N(0, 1) cut at ±2) compare torch's ``nn.init.trunc_normal_`` with
+torchinit's ``trunc_normal_``, whose large-tensor path is the keyed kernel, with torchinit's
+thread pool capped at 1 and 2 threads (``keyed.threads`` patched in this process); its time
+includes the staging copy that keeps the tensor unchanged on errors.
+
 Peak memory: the extra resident memory of one call above the tensor (VmHWM reset through
-``/proc/self/clear_refs`` before the call), in MiB. The truncated normal is not in this table:
-it is not on the keyed stream yet (issue 13). The markdown goes to ``benchmarks/results/keyed.md``.
+``/proc/self/clear_refs`` before the call), in MiB. The markdown goes to ``benchmarks/results/keyed.md``.
 
     python benchmarks/keyed.py
 """
@@ -29,6 +33,7 @@ from typing import Callable
 
 import torch
 
+import torchinit as ti
 from torchinit import keyed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +44,28 @@ REPEATS = 11
 RESULTS = Path(__file__).resolve().parent / "results" / "keyed.md"
 
 
+def _threads(n: int, call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` with torchinit's pools capped at ``n`` threads (keyed.threads patched here only)."""
+
+    def capped() -> object:
+        original = keyed.threads
+        keyed.threads = lambda: n
+        try:
+            return call()
+        finally:
+            keyed.threads = original
+
+    return capped
+
+
 def cases(t: torch.Tensor, kind: str, gen: torch.Generator) -> dict[str, Callable[[], object]]:
+    if kind == "trunc_normal_":  # torch's sampler against torchinit's, whose large-tensor path runs on the kernel
+        return {
+            "torch": lambda: torch.nn.init.trunc_normal_(t, 0.0, 1.0, -2.0, 2.0, generator=gen),
+            "keyed, 1 thread": _threads(1, lambda: ti.trunc_normal_(t, 0.0, 1.0, -2.0, 2.0, generator=gen)),
+            "keyed, 2 threads": _threads(2, lambda: ti.trunc_normal_(t, 0.0, 1.0, -2.0, 2.0, generator=gen)),
+            "memset floor": lambda: t.zero_(),
+        }
     stream = keyed.Stream.of(0, "bench")
     return {
         "torch": lambda: getattr(t, kind)(generator=gen),
@@ -92,7 +118,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     goals = []
-    for kind in ("uniform_", "normal_"):
+    for kind in ("uniform_", "normal_", "trunc_normal_"):
         for dtype in (torch.float32, torch.bfloat16):
             rows = measure(dtype, kind)
             ref, floor = rows["torch"][0], rows["memset floor"][0]

@@ -24,8 +24,10 @@ from torchinit import truncnorm
 from conftest import new_thread_count
 
 CHILD = textwrap.dedent("""
-    import sys, torch, torchinit as ti
+    import signal, sys, torch, torchinit as ti
     from torchinit import fastfill
+    # as in an interactive session: a job started in the background inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t = torch.empty(1 << 23)
     print("ready", flush=True)
     while True:
