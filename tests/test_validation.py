@@ -189,3 +189,12 @@ def test_complex_truncated_factor_for_tiny_k(k):
 def test_complex_truncated_normal_with_a_huge_k_stays_finite():
     z = ti.trunc_normal_std_(torch.zeros(1000, dtype=torch.complex64), std=1e30, k=1e16)
     assert bool(torch.isfinite(torch.view_as_real(z)).all())
+
+
+def test_a_uniform_span_beyond_the_largest_double_is_refused():
+    t = torch.zeros(2, 4, dtype=torch.float64)  # bound sqrt(3) * 1e308 / ... : the span overflows a double
+    with pytest.raises(ValueError, match="gain"):
+        ti.xavier_uniform_(t, gain=1e308)
+    with pytest.raises(ValueError, match="gain"):
+        ti.XavierUniform(gain=1e308, out_dims=())(torch.zeros(1, 1, 1, dtype=torch.float64))
+    assert bool((t == 0).all())

@@ -118,7 +118,7 @@ def _init(
     cplx = t.is_complex()
     reach = {
         "normal": NORMAL_REACH,
-        "uniform": math.sqrt(2.0 if cplx else 3.0),
+        "uniform": math.sqrt(2.0) if cplx else 2.0 * math.sqrt(3.0),  # real: torch also needs the span to be finite
         "truncated_normal": 2.0 / (complex_truncated_std_factor(2.0) if cplx else truncated_std_factor(2.0)),
     }[distribution]
     within_dtype("gain/scale", reach * std, t.dtype)
