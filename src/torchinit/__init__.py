@@ -10,6 +10,7 @@ Change one import::
 
 from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
 from torchinit.fans import Fans, fans
+from torchinit.fingerprint import fingerprint
 from torchinit.gain import calculate_gain, variance_gain
 from torchinit.glass import glass_, glass_layout, glassInit, glassInit_
 from torchinit.initializers import (
@@ -81,7 +82,7 @@ __all__ = [
     "Initializer", "Uniform", "Normal", "TruncNormal", "TruncNormalStd", "Constant", "Zeros", "Ones", "Eye", "Dirac",
     "Identity", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal", "LecunUniform", "LecunNormal",
     "VarianceScaling", "Orthogonal", "DeltaOrthogonal", "Sparse", "Hadamard", "Glass",
-    "Policy", "InitReport", "deferred", "materialize_", "presets",
+    "Policy", "InitReport", "deferred", "materialize_", "presets", "fingerprint",
     "probe", "SignalReport", "jacobian_spectrum", "lsuv_",
 ]  # fmt: skip
 
