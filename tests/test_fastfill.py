@@ -201,7 +201,7 @@ def test_replay_fill_fills_recorded_random_overwrites():
             m.small.normal_()
     used = []
 
-    def hook(tensor, op, generator=None):  # replay passes the generator it would use (None here)
+    def hook(tensor, op, generator=None, index=-1):  # replay passes the generator it would use (None here), the index
         assert generator is None
         done = ff.replay_fill(tensor, op, gen(len(used)))
         used.append((op.name, tuple(tensor.shape), done))

@@ -236,6 +236,14 @@ generator_param = Param(
         Lit(lambda: torch.default_generator, "torch.default_generator"),  # a valid generator, but the global one
     ]),
 )  # fmt: skip
+seed_param = Param(
+    typical=st.sampled_from([None, None, 0, 12345, 2**64 - 1, np.int64(7)]),
+    hostile=st.sampled_from([-1, 2**64, 1.5, "0", True, tensor_scalar(1), [0]]),
+)
+stream_name_param = Param(
+    typical=st.sampled_from(["", "", "layer.0.weight", "ü", "w#1"]),
+    hostile=st.sampled_from([None, 3, b"w", ["w"]]),
+)
 nonlinearity_param = Param(
     typical=st.one_of(
         st.sampled_from(TORCH_NONLINEARITIES + tuple(ACTIVATIONS)),
@@ -278,6 +286,8 @@ ARGUMENTS: dict[str, Param] = {
     "sparse": bool_param,
     "isometric": bool_param,
     "generator": generator_param,
+    "seed": seed_param,
+    "name": stream_name_param,
 }
 OMIT = object()  # the parameter is left at its default
 

@@ -112,7 +112,8 @@ def test_glass_signature():
     want = [("tensor_or_module", P.empty, P.POSITIONAL_OR_KEYWORD), ("in_dims", ..., P.POSITIONAL_OR_KEYWORD),
             ("out_dims", 0, P.POSITIONAL_OR_KEYWORD), ("gain", None, P.POSITIONAL_OR_KEYWORD),
             ("zero_mean", True, P.POSITIONAL_OR_KEYWORD), ("sparse", False, P.POSITIONAL_OR_KEYWORD),
-            ("isometric", False, P.KEYWORD_ONLY), ("generator", None, P.KEYWORD_ONLY)]
+            ("isometric", False, P.KEYWORD_ONLY), ("generator", None, P.KEYWORD_ONLY),
+            ("seed", None, P.KEYWORD_ONLY), ("name", "", P.KEYWORD_ONLY)]
     got = [(p.name, p.default, p.kind) for p in inspect.signature(ti.glass_).parameters.values()]
     assert got == want
 

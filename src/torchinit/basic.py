@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
+from torchinit.sampling import make_sampler, shardable
 from torchinit._checks import (
     NORMAL_REACH,
     as_tensor,
-    check_generator,
     finite,
     float_tensor,
     is_bool,
@@ -34,10 +34,22 @@ __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac
 
 
 @recorded_call
-def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+@shardable(local=lambda t: True)
+def uniform_(
+    tensor: Tensor,
+    a: float = 0.0,
+    b: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
+    name: str = "",
+) -> Tensor:
     r"""Fill ``tensor`` from the uniform distribution :math:`\mathcal{U}(a, b)`.
 
-    Defaults: ``a=0``, ``b=1``. Requires ``a < b``.
+    Defaults: ``a=0``, ``b=1``. Requires ``a < b``. ``generator`` draws from torch's RNG
+    (bit-identical to ``torch.nn.init.uniform_``); ``seed`` (keyword-only, with ``name``)
+    draws from the keyed stream of ``(seed, name)`` instead (:mod:`torchinit.keyed`), so
+    the values are a function of ``(seed, name, shape)`` alone; not both.
 
     Example:
         >>> w = uniform_(torch.empty(3, 5), -0.1, 0.1)
@@ -45,22 +57,32 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Ge
         True
     """
     t = float_tensor(tensor)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     a, b = finite("a", a), finite("b", b)
     if not a < b:
         raise ValueError(f"a must be less than b; got a={a}, b={b}")
     within_dtype("a, b", max(abs(a), abs(b), b - a), t.dtype)
     if not nothing_to_write(t):
         with torch.no_grad():
-            t.uniform_(a, b, generator=generator)
+            sampler.fill(t, "uniform_", a, b)
     return tensor
 
 
 @recorded_call
-def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+@shardable(local=lambda t: True)
+def normal_(
+    tensor: Tensor,
+    mean: float = 0.0,
+    std: float = 1.0,
+    generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
+    name: str = "",
+) -> Tensor:
     r"""Fill ``tensor`` from the normal distribution :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
 
-    Defaults: ``mean=0``, ``std=1``. Requires ``std >= 0``.
+    Defaults: ``mean=0``, ``std=1``. Requires ``std >= 0``. ``generator`` or ``seed``
+    (with ``name``) as in :func:`uniform_`.
 
     Example:
         >>> w = normal_(torch.empty(1000, 1000), std=0.02, generator=torch.Generator().manual_seed(0))
@@ -68,12 +90,12 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torc
         0.02
     """
     t = float_tensor(tensor)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     mean, std = finite("mean", mean), non_negative("std", std)
     within_dtype("mean, std", abs(mean) + NORMAL_REACH * std, t.dtype)
     if not nothing_to_write(t):
         with torch.no_grad():
-            t.normal_(mean, std, generator=generator)
+            sampler.fill(t, "normal_", mean, std)
     return tensor
 
 
@@ -151,6 +173,7 @@ def zeros_(tensor: Tensor) -> Tensor:
 
 
 @recorded_call
+@shardable()
 def eye_(tensor: Tensor) -> Tensor:
     r"""Fill a 2-D ``tensor`` with the identity: :math:`w_{ij} = [i = j]`.
 
@@ -168,6 +191,7 @@ def eye_(tensor: Tensor) -> Tensor:
 
 
 @recorded_call
+@shardable()
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the Dirac delta: identity at the kernel centre.
 
@@ -186,6 +210,7 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
 
 
 @recorded_call
+@shardable()
 def identity_(tensor: Tensor, gain: float = 1.0, *, groups: int = 1) -> Tensor:
     r"""Fill a 2- to 5-D weight with the (partial) identity times ``gain``, square or not.
 

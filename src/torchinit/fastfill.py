@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from torchinit import keyed
 
-__all__ = ["THRESHOLD", "fill_", "replay_fill"]
+__all__ = ["THRESHOLD", "fill_", "replay_fill", "recorded_fill"]
 
 #: Tensors with fewer elements are left to torch (``fill_`` returns False): below two chunks the
 #: threads gain nothing.
@@ -114,14 +114,14 @@ def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator 
 # ---- the hook of Recording.replay --------------------------------------------------------------------------
 
 
-def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = None) -> bool:
+def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = None, index: int = -1) -> bool:
     """``Recording.replay``'s ``fill`` hook: fill a recorded ``normal_``/``uniform_`` with :func:`fill_`.
 
     ``op`` is a recorded :class:`~torchinit.recording.Op` whose ATen arguments are
     ``(TensorRef, mean, std)`` / ``(TensorRef, from, to)``, trailing defaults possibly
     omitted, scalars possibly given by name. ``generator`` is the one replay would pass
     (a stream of ``materialize_(generator=...)``); None uses the recorded one (usually
-    None: the global RNG). Returns False for any other operation and whenever
+    None: the global RNG). ``index`` (the op's place in the recording) is not used. Returns False for any other operation and whenever
     :func:`fill_` does.
 
     Example:
@@ -130,12 +130,26 @@ def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = Non
         >>> replay_fill(torch.empty(1 << 20), op, torch.Generator().manual_seed(0))
         True
     """
+    recorded = recorded_fill(op)
+    if recorded is None:
+        return False
+    if generator is None:
+        generator = op.kwargs.get("generator")
+    return fill_(tensor, recorded[0], *recorded[1], generator=generator)
+
+
+def recorded_fill(op: Any) -> tuple[str, tuple[float, float]] | None:
+    """``(kind, (a, b))`` of a recorded ATen ``normal_``/``uniform_`` (defaults filled in), or None for any other op.
+
+    ``op``'s arguments are ``(TensorRef, mean, std)`` / ``(TensorRef, from, to)``, trailing
+    defaults possibly omitted, scalars possibly given by name.
+    """
     name = getattr(op, "name", None)
     if name not in _KINDS:
-        return False
+        return None
     schema = getattr(op.func, "_schema", None)
     if schema is None:  # a whole-function call (trunc_normal_ ...), not the ATen op
-        return False
+        return None
     params = []
     for i, arg in enumerate(schema.arguments[1:3], start=1):
         if i < len(op.args):
@@ -145,8 +159,6 @@ def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = Non
         else:
             value = arg.default_value
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return False
+            return None
         params.append(float(value))
-    if generator is None:
-        generator = op.kwargs.get("generator")
-    return fill_(tensor, name, *params, generator=generator)
+    return name, (params[0], params[1])

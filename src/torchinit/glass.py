@@ -50,7 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from torchinit.recording import recorded_call
-from torchinit._checks import check_generator, finite, float_tensor, nothing_to_write, within_dtype
+from torchinit.sampling import Sampler, make_sampler, shardable
+from torchinit._checks import finite, float_tensor, nothing_to_write, within_dtype
 from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dims
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
@@ -67,6 +68,7 @@ class _Entries(NamedTuple):
 
 
 @recorded_call
+@shardable()
 def glass_(
     tensor_or_module: Any,
     in_dims: Dims = ...,
@@ -77,6 +79,8 @@ def glass_(
     *,
     isometric: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Fill a shortcut/skip weight with glass init (in place); see the module docstring for the math.
 
@@ -99,6 +103,9 @@ def glass_(
         isometric: the exactly semi-orthogonal variant (default ``False``).
         generator: the source of the random signs; the global RNG is not touched
             when one is given.
+        seed, name: draw the signs from the keyed stream of ``(seed, name)`` instead (the
+            sign of the ``j``-th non-zero, in the order of the construction, is the low bit
+            of the stream's word ``j``); not with ``generator``.
 
     Example:
         >>> glass_(torch.empty(2, 4), zero_mean=False) ** 2  # O < I: P times the gain O/I, circular
@@ -108,16 +115,17 @@ def glass_(
         >>> torch.allclose(w @ w.T, torch.eye(3))
         True
     """
+    sampler = make_sampler(generator, seed, name)
     if isinstance(tensor_or_module, nn.Module):
         module = tensor_or_module
         if in_dims is not ... or out_dims != 0:
             raise ValueError("in_dims/out_dims apply to tensors; a module's dims come from its own layout")
         layout = glass_layout(module)
-        return _glass(module.weight, layout, gain, zero_mean, sparse, isometric, generator,
+        return _glass(module.weight, layout, gain, zero_mean, sparse, isometric, sampler,
                       centre_tap=isometric and _has_kernel_in(module, layout))
     t = float_tensor(tensor_or_module, complex_ok=False)
     layout = _tensor_layout(t.dim(), in_dims, out_dims)
-    return _glass(tensor_or_module, layout, gain, zero_mean, sparse, isometric, generator)
+    return _glass(tensor_or_module, layout, gain, zero_mean, sparse, isometric, sampler)
 
 
 def glass_layout(module: nn.Module) -> Layout:
@@ -172,13 +180,14 @@ def _glass(
     zero_mean: bool,
     sparse: bool,
     isometric: bool,
-    generator: torch.Generator | None,
+    sampler: Sampler,
     centre_tap: bool = False,
 ) -> Tensor:
-    """Validate, build the non-zeros of one group's map, then zero the weight and write them."""
+    """Validate, build the non-zeros of one group's map, then zero the weight and write them.
+
+    The generator may be on any device: the signs move to the CPU.
+    """
     t = float_tensor(weight, complex_ok=False)
-    if generator is not None and not isinstance(generator, torch.Generator):  # any device: signs move to the CPU
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     for name, flag in (("zero_mean", zero_mean), ("sparse", sparse), ("isometric", isometric)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {flag!r}")
@@ -204,10 +213,8 @@ def _glass(
     within_dtype("gain", float(entries.values.abs().max()) if entries.values.numel() else 0.0, t.dtype)
     index = _tensor_index(entries, shape, in_dims, out_dims, layout.groups, centre_tap)
     values = entries.values.repeat(layout.groups)
-    if zero_mean:  # one sign per non-zero, from the generator's device (as torch.nn.init draws on the tensor's)
-        device = t.device if generator is None else generator.device
-        signs = torch.randint(0, 2, (values.numel(),), generator=generator, dtype=torch.int8, device=device)
-        values = torch.where(signs.bool().cpu(), values, -values)
+    if zero_mean:  # one sign per non-zero
+        values = torch.where(sampler.coin_flips(values.numel(), t.device), values, -values)
     with torch.no_grad():
         t.zero_()
         t.index_put_(tuple(i.to(t.device) for i in index), values.to(device=t.device, dtype=t.dtype))

@@ -5,6 +5,7 @@ An initializer is the function form with its arguments fixed::
     init = KaimingNormal(mode="fan_out", nonlinearity="relu")
     init                          # KaimingNormal(mode='fan_out', nonlinearity='relu')
     init.init(w, generator=g)     # == kaiming_normal_(w, mode="fan_out", nonlinearity="relu", generator=g)
+    init.init(w, seed=0, name="fc.weight")   # the keyed stream of (0, "fc.weight") instead
     Initializer.from_config(init.to_config()) == init   # True
 
 An initializer is also callable, ``init(w, generator=g)`` being ``init.init(w, generator=g)``.
@@ -12,7 +13,7 @@ An initializer is also callable, ``init(w, generator=g)`` being ``init.init(w, g
 The objects call the functions; the math and the argument checks live only there.
 A class is declared by naming its function: the settings, their order and their
 defaults are read from the function's signature (every parameter but the tensor
-and the generator), and the settings are validated when the object is built by
+and the randomness: ``generator``, ``seed``, ``name``), and the settings are validated when the object is built by
 running the function on small meta tensors (see :meth:`Initializer._check_settings`),
 so a bad setting is a ValueError or TypeError at construction, not at first use.
 """
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
 from torchinit.glass import glass_
 from torchinit.recording import thread_recordings
+from torchinit.sampling import make_sampler
 from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
 from torchinit.truncnorm import trunc_normal_, trunc_normal_std_
 from torchinit.variance import (
@@ -50,6 +52,9 @@ __all__ = [
     "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal", "LecunUniform", "LecunNormal",
     "VarianceScaling", "Orthogonal", "DeltaOrthogonal", "Sparse", "Hadamard", "Glass",
 ]  # fmt: skip
+
+#: The parameters that say where random values come from: arguments of each call, not settings.
+_RANDOMNESS = ("generator", "seed", "name")
 
 #: Settings whose value may be ``...`` (Ellipsis): written as the string "..." in configs.
 _DIMS_SETTINGS = ("in_dims", "out_dims")
@@ -143,9 +148,9 @@ class Initializer:
 
     @classmethod
     def _signature(cls) -> inspect.Signature:
-        """The function's signature without the tensor (first) and the generator."""
+        """The function's signature without the tensor (first) and the randomness (generator, seed, name)."""
         params = list(inspect.signature(cls.function).parameters.values())[1:]
-        return inspect.Signature([p for p in params if p.name != "generator"])
+        return inspect.Signature([p for p in params if p.name not in _RANDOMNESS])
 
     @classmethod
     def _takes_generator(cls) -> bool:
@@ -156,19 +161,28 @@ class Initializer:
         """Every setting, defaults included (a copy)."""
         return dict(self._settings)
 
-    def init(self, tensor: Any, *, generator: torch.Generator | None = None) -> Tensor:
+    def init(
+        self, tensor: Any, *, generator: torch.Generator | None = None, seed: int | None = None, name: str = ""
+    ) -> Tensor:
         """Initialize ``tensor`` in place and return it: the function form with these settings.
 
-        Deterministic schemes (constants, identities, Hadamard) ignore ``generator``.
+        ``generator`` draws from torch's RNG; ``seed`` (with ``name``) from the keyed stream
+        of ``(seed, name)`` (:mod:`torchinit.sampling`); not both. Deterministic schemes
+        (constants, identities, Hadamard) check and then ignore them.
         """
         kwargs = dict(self._settings)
         if self._takes_generator():
-            kwargs["generator"] = generator
+            kwargs.update(generator=generator, seed=seed, name=name)
+        else:
+            make_sampler(generator, seed, name)  # the same checks: both given, a bad type
         return type(self).function(tensor, **kwargs)
 
-    def __call__(self, tensor: Any, *, generator: torch.Generator | None = None) -> Tensor:
-        """``init(tensor, generator=g)`` is ``init.init(tensor, generator=g)``."""
-        return self.init(tensor, generator=generator)
+    def __call__(
+        self, tensor: Any, *, generator: torch.Generator | None = None, seed: int | None = None, name: str = ""
+    ) -> Tensor:
+        """``init(tensor, generator=g)`` is ``init.init(tensor, generator=g)`` (``seed``, ``name`` likewise)."""
+        keyed = {"seed": seed, "name": name} if seed is not None or name else {}  # a subclass's init may not take them
+        return self.init(tensor, generator=generator, **keyed)
 
     def __repr__(self) -> str:
         defaults = {n: p.default for n, p in self._signature().parameters.items()}

@@ -59,6 +59,7 @@ __all__ = [
     "normal_",
     "philox4x32_10",
     "reference_words",
+    "trunc_poly_",
     "uniform_",
     "words",
 ]
@@ -218,19 +219,28 @@ def _polynomial(coefficients: list[float], x: Tensor) -> Tensor:
     return p
 
 
-def _reference_standard_normals(stream: Stream, first: int, count: int, device: torch.device) -> Tensor:
-    """Standard normals ``z_first .. z_{first+count-1}`` in float64 (the module docstring's transform)."""
-    b0 = first // 4
-    w = _reference_blocks(stream, b0, (first + count + 3) // 4 - b0, device)
-    x = w[:, 0::2].to(torch.float64) + 0.5  # radius words a, d
+def _reference_log(x: Tensor, bias: float = 1023.0) -> Tensor:
+    """``log`` of positive normal float64 values as the kernel computes it: ``e ln 2 + 2 s P(s^2)``.
+
+    ``x = m 2^(E - bias)`` with ``m`` in ``[sqrt(1/2), sqrt(2)]``, ``s = (m - 1)/(m + 1)`` and ``P``
+    the fixed polynomial :data:`_LOG_C`; ``bias`` other than 1023 scales ``x`` by a power of two.
+    """
     bits = x.view(torch.int64)
-    e = (bits >> 52).to(torch.float64) - 1055.0
+    e = (bits >> 52).to(torch.float64) - bias
     m = ((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000).view(torch.float64)
     big = m > _SQRT2
     m = torch.where(big, m * 0.5, m)
     e = torch.where(big, e + 1.0, e)
     s = (m - 1.0) / (m + 1.0)
-    log_u = e * _LN2 + (s * 2.0) * _polynomial(_LOG_C, s * s)
+    return e * _LN2 + (s * 2.0) * _polynomial(_LOG_C, s * s)
+
+
+def _reference_standard_normals(stream: Stream, first: int, count: int, device: torch.device) -> Tensor:
+    """Standard normals ``z_first .. z_{first+count-1}`` in float64 (the module docstring's transform)."""
+    b0 = first // 4
+    w = _reference_blocks(stream, b0, (first + count + 3) // 4 - b0, device)
+    x = w[:, 0::2].to(torch.float64) + 0.5  # radius words a, d
+    log_u = _reference_log(x, 1055.0)  # log((a + 1/2) 2^-32): the 2^-32 folded into the exponent, as the kernel does
     r = _sqrt(log_u * -2.0)
     c = w[:, 1::2]  # angle words c, e
     q = c >> 30
@@ -333,15 +343,35 @@ def _kernel_fill(stream: Stream, kind: str, a: float, b: float, first: int, out:
     fn(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, out.numel(), a, b, out.data_ptr())
 
 
+def trunc_poly_(out: Tensor, stream: Stream, first: int, y_lo: float, y_hi: float, mean: float,
+                a0: float, a1: float, coeffs: list[float], lo: float, hi: float) -> Tensor:
+    """The truncated normal's polynomial inverse CDF on the stream: the kernel, or torch operations (same bits).
+
+    ``out`` (float32, any device) gets elements ``[first, first + out.numel())``:
+    ``x = mean + y H(a0 + a1 log(1 - y^2))`` with ``y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32``
+    and ``H(s) = sum_k coeffs[k] s^k`` (Horner, no fused operations), in float64 with the
+    stream's ``log`` (docs/keyed_rng.md), rounded to float32 and clamped to ``[lo, hi]``.
+    Used by :mod:`torchinit.truncnorm`, which fits ``H``; at most 32 coefficients.
+    """
+    if len(coeffs) > 32:
+        raise ValueError(f"coeffs: at most 32 coefficients; got {len(coeffs)}")
+    if out.dtype != torch.float32:
+        raise TypeError(f"out must be float32; got {out.dtype}")
+    if KERNEL is not None and out.device.type == "cpu" and out.is_contiguous() and type(out) is Tensor:
+        kernel_trunc_poly(stream, first, out, y_lo, y_hi, mean, a0, a1, coeffs, lo, hi)
+        return out
+    w = reference_words(stream, first, out.numel(), out.device).to(torch.float64)
+    y = y_lo + (y_hi - y_lo) * ((w + 0.5) * 2.0**-32)
+    s = a0 + a1 * _reference_log(1.0 - y * y)
+    p = coeffs[-1] * torch.ones_like(s)
+    for c in reversed(coeffs[:-1]):
+        p = p * s + c
+    return out.copy_((mean + y * p).to(torch.float32).clamp_(lo, hi).view(out.shape))
+
+
 def kernel_trunc_poly(stream: Stream, first: int, out: Tensor, y_lo: float, y_hi: float, mean: float,
                       a0: float, a1: float, coeffs: list[float], lo: float, hi: float) -> None:
-    """The truncated normal's polynomial inverse CDF on the stream, by the kernel (``KERNEL`` must be built).
-
-    ``out`` (contiguous CPU float32) gets elements ``[first, first + out.numel())``:
-    ``x = mean + y H(a0 + a1 log(1 - y^2))`` with ``y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32``
-    and ``H(s) = sum_k coeffs[k] s^k``, in float64, rounded, clamped to ``[lo, hi]``. Used by
-    :mod:`torchinit.truncnorm`, which fits ``H``; at most 32 coefficients.
-    """
+    """:func:`trunc_poly_` by the kernel (``KERNEL`` must be built; ``out`` contiguous CPU float32); GIL released."""
     if len(coeffs) > 32:
         raise ValueError(f"coeffs: at most 32 coefficients; got {len(coeffs)}")
     c = (ctypes.c_double * len(coeffs))(*coeffs)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from torchinit.fastfill import replay_fill
+from torchinit.fastfill import recorded_fill, replay_fill
 from torchinit.construction import is_torch_module, own_init, reset_method, weight_norm_hooks
 from torchinit.policy import (
     InitReport,
@@ -46,6 +46,7 @@ from torchinit.policy import (
     stand_in,
     stream_generator,
 )
+from torchinit.sampling import make_sampler
 from torchinit.recording import (
     UNDEFINED,
     Op,
@@ -265,6 +266,7 @@ def materialize_(
     device: torch.device | str | None = None,
     strict: bool = False,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> InitReport:
     """Give every meta parameter and buffer of ``model`` real memory and the values eager construction gives it.
 
@@ -312,6 +314,16 @@ def materialize_(
             fills run chunked in threads from the keyed Philox stream
             (:mod:`torchinit.fastfill`): the same distribution as torch's, another stream;
             either way the weights are a function of the seed.
+        seed: draw every random value from the keyed stream instead (:mod:`torchinit.keyed`;
+            not with ``generator``): a parameter's values then depend only on
+            ``(seed, its qualified name, shape, initializer)``, never on the call order, the
+            other parameters, the device or the world size. Policy rules get
+            ``init(t, seed=seed, name=qualified_name)``; a recorded ``normal_``/``uniform_``
+            (a module's ``reset_parameters``), ``trunc_normal_``, ``orthogonal_`` or
+            ``sparse_`` of parameter ``n`` draws from the stream named ``n`` (its ``k``-th
+            random operation, ``k >= 1``, from ``n#k``); the rare random operations with no
+            keyed form (``bernoulli_``, ``random_``, ``randn`` factories) draw from a torch
+            generator seeded by a hash of ``(seed, n)``.
 
     Returns:
         An :class:`~torchinit.policy.InitReport`; the rule column says where each value
@@ -332,8 +344,7 @@ def materialize_(
         raise TypeError(f"policy must be a torchinit.Policy or None; got {type(policy).__name__}")
     if not isinstance(strict, bool):
         raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    make_sampler(generator, seed)  # types; not both
     explicit_device = device is not None
     device = _device(device, generator)
 
@@ -353,11 +364,11 @@ def materialize_(
                 s.recording, s.source = reenacted, "reset_parameters"
         wanted = _wanted_by_recording(slots)
         _find_unknown(slots, wanted, strict)
-        base_seed = derive_seed(generator)  # the one draw from the caller's generator
+        base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator
         with torch.no_grad():
             # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
-            _stage(slots, wanted, device, base_seed)
-            _apply_rules(slots, device, base_seed)
+            _stage(slots, wanted, device, base_seed, keyed=seed is not None)
+            _apply_rules(slots, device, base_seed, keyed=seed is not None)
             new = _replacements(model, slots, device if explicit_device else None)
             computed = _weight_norm_weights(model, new)
             _commit(model, new, computed)  # assignments only
@@ -462,25 +473,15 @@ def _writers(rec: Recording, live: list[int]) -> dict[int, list[str]]:
     return names
 
 
-def _stage(slots: list[_Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None) -> None:
+def _stage(slots: list[_Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None,
+           *, keyed: bool = False) -> None:
     """Replay each recording into new tensors; nothing in the model changes yet."""
     names = {}
     for s in slots:
         names.setdefault(s.key, s.name)
     replays: dict[Recording, Replay] = {}
     for rec, keys in wanted.items():
-        streams: dict[str, torch.Generator] = {}
-
-        def generator_for(i: int, op: Op, names: dict = names, streams: dict = streams) -> torch.Generator | None:
-            if base_seed is None:
-                return None
-            target = op.writes[0].key if op.writes else None
-            name = names.get(target, f"#{i}:{op.name}")
-            if name not in streams:
-                streams[name] = stream_generator(base_seed, name, device)
-            return streams[name]
-
-        replays[rec] = rec.replay(keys, device, generator_for=generator_for, fill=replay_fill)
+        replays[rec] = _replay(rec, keys, device, names, base_seed, keyed)
     for s in slots:
         replay = replays[s.recording]  # type: ignore[index]
         if s.key in replay.storages:
@@ -491,7 +492,133 @@ def _stage(slots: list[_Slot], wanted: dict[Recording, set[int]], device: torch.
             s.source = "construction"
 
 
-def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None) -> None:
+def _replay(rec: Recording, keys: set[int], device: torch.device, names: dict[int, str], base_seed: int | None,
+            keyed: bool) -> Replay:
+    """Replay ``rec`` for ``keys``: each random operation draws from the stream of the tensor it writes.
+
+    ``keyed``: ``base_seed`` is the user's seed and the keyed stream is drawn (:class:`_KeyedReplay`);
+    otherwise a torch generator per name seeded from ``base_seed`` (None: the global RNG).
+    """
+    streams: dict[str, torch.Generator] = {}
+
+    def name_of(i: int, op: Op) -> str:
+        target = op.writes[0].key if op.writes else op.outputs[0].key if op.outputs else None
+        return names.get(target, f"#{i}:{op.name}")
+
+    def generator_for(i: int, op: Op) -> torch.Generator | None:
+        if base_seed is None:
+            return None
+        name = name_of(i, op)
+        if name not in streams:
+            streams[name] = stream_generator(base_seed, name, device)
+        return streams[name]
+
+    fill = _KeyedReplay(base_seed, name_of).fill if keyed else replay_fill  # type: ignore[arg-type]
+    return rec.replay(keys, device, generator_for=generator_for, fill=fill)
+
+
+class _KeyedReplay:
+    """The replay hook of ``materialize_(seed=...)``: recorded random fills drawn from the keyed stream.
+
+    The ``k``-th random operation on the tensor named ``n`` draws from the stream named
+    ``n`` (``k = 0``) or ``n#k``: ATen ``normal_``/``uniform_`` (on the tensor or a view of
+    it), and the whole recorded calls of torchinit's initializers and of torch.nn.init's
+    ``trunc_normal_``/``orthogonal_``/``sparse_`` (their torchinit twins, the same
+    distributions). Anything else returns False: the replay then uses the op's generator.
+    """
+
+    def __init__(self, seed: int, name_of: Any) -> None:
+        self.seed, self.name_of = seed, name_of
+        self.counts: dict[str, int] = {}
+
+    def _stream_name(self, i: int, op: Op) -> str:
+        name = self.name_of(i, op)
+        k = self.counts.get(name, 0)
+        self.counts[name] = k + 1
+        return name if k == 0 else f"{name}#{k}"
+
+    def fill(self, tensor: Tensor, op: Op, generator: torch.Generator | None, index: int = -1) -> bool:
+        fill = recorded_fill(op)
+        if fill is not None:
+            if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+                return False
+            kind, (a, b) = fill
+            make_sampler(seed=self.seed, name=self._stream_name(index, op)).fill(tensor, kind, a, b)
+            return True
+        if getattr(op.func, "_schema", None) is not None or not callable(op.func):
+            return False
+        twin = _keyed_twin(op.func)
+        if twin is None:
+            return False
+        kwargs = {k: v for k, v in op.kwargs.items() if k != "generator"}
+        if kwargs.get("seed") is not None:  # the constructor itself asked for a keyed stream: as recorded
+            return False
+        twin(tensor, *op.args[1:], **kwargs, seed=self.seed, name=self._stream_name(index, op))
+        return True
+
+
+def _keyed_twin(func: Any) -> Any:
+    """The function that draws ``func``'s distribution with ``seed=``/``name=``: ``func`` itself for torchinit's
+    initializers, the torchinit twin for torch.nn.init's whole recorded calls; None otherwise."""
+    from torchinit.structured import orthogonal_, sparse_
+    from torchinit.truncnorm import trunc_normal_
+
+    name = getattr(func, "__name__", "")
+    if getattr(func, "__module__", "") == "torch.nn.init":
+        return {"_no_grad_trunc_normal_": trunc_normal_, "trunc_normal_": trunc_normal_, "orthogonal_": orthogonal_,
+                "sparse_": sparse_}.get(name)
+    try:
+        takes_seed = "seed" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return None
+    return func if takes_seed and getattr(func, "__module__", "").startswith("torchinit.") else None
+
+
+def replay_keyed_(module: nn.Module, program: Any, seed: int, prefix: str = "") -> nn.Module:
+    """Run ``program(module)`` with every random draw from the keyed stream of ``seed``; in place.
+
+    The program is recorded on meta stand-ins of ``module``'s parameters and buffers (the
+    module itself is not touched while it runs), then replayed as ``materialize_(seed=...)``
+    replays construction: the ``k``-th random operation on the tensor named ``n`` (its
+    qualified name under ``prefix``) draws from the stream ``n`` or ``n#k``. The results are
+    copied into the module's tensors; a failure leaves them as they were.
+    """
+    recording = Recording()
+    mode = RecordingMode(recording)
+    snapshot = Snapshot(module)
+    metas: dict[int, tuple[Tensor, Tensor]] = {}
+    names: dict[int, str] = {}
+    try:
+        mode.paused = True
+        for module_name, sub in module.named_modules(remove_duplicate=False):
+            for store in (sub._parameters, sub._buffers):
+                for attr, t in list(store.items()):
+                    if t is None or isinstance(t, nn.parameter.UninitializedTensorMixin) or t.is_meta:
+                        continue
+                    if id(t) not in metas:
+                        meta = _meta_like(t)
+                        recording.add_leaf(meta, t.detach())
+                        metas[id(t)] = (t, meta)
+                        names[storage_key(meta)] = ".".join(x for x in (prefix, module_name, attr) if x)
+                    store[attr] = metas[id(t)][1]
+        mode.paused = False
+        with _recording_into(recording, mode), mode, torch.no_grad():
+            program(module)
+    finally:
+        mode.paused = False
+        snapshot.restore()
+    if not metas:
+        return module
+    device = next(iter(metas.values()))[0].device
+    replay = _replay(recording, set(names), device, names, seed, True)
+    with torch.no_grad():
+        values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
+        for t, value in values:
+            t.copy_(value)
+    return module
+
+
+def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None, *, keyed: bool = False) -> None:
     """Run the policy's initializers on the staged tensors; the model itself is not touched.
 
     Layout-aware initializers see a shallow stand-in of the owning layer holding the staged
@@ -509,7 +636,7 @@ def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None
         mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
         keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
                 for t in [staged[id(o)]]]  # fmt: skip
-        p.initializer.init(_stand_in_tree(unit, staged), generator=stream_generator(base_seed, p.unit[0], device))
+        p.initializer.init(_stand_in_tree(unit, staged), **_randomness(base_seed, p.unit[0], device, keyed))
         for t, saved in keep:
             t.copy_(saved)
     for s in slots:
@@ -522,8 +649,15 @@ def _apply_rules(slots: list[_Slot], device: torch.device, base_seed: int | None
                 target = stand_in(target, lambda t: staged.get(id(t), t))
             else:
                 target = s.real
-            p.initializer.init(target, generator=stream_generator(base_seed, p.name, device))
+            p.initializer.init(target, **_randomness(base_seed, p.name, device, keyed))
         s.source = p.source
+
+
+def _randomness(base_seed: int | None, name: str, device: torch.device, keyed: bool) -> dict[str, Any]:
+    """The randomness arguments of a rule's ``init`` for the tensor (or unit) ``name``."""
+    if keyed:
+        return {"seed": base_seed, "name": name}
+    return {"generator": stream_generator(base_seed, name, device)}
 
 
 def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:

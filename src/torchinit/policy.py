@@ -49,6 +49,7 @@ from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
 from torchinit.recording import draw_seed, storage_key
+from torchinit.sampling import make_sampler
 
 __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
@@ -387,7 +388,12 @@ class Policy:
         return plans
 
     def apply_(
-        self, model: nn.Module, *, strict: bool = False, generator: torch.Generator | None = None
+        self,
+        model: nn.Module,
+        *,
+        strict: bool = False,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> InitReport:
         """Initialize every parameter a rule covers, exactly once; leave the rest untouched.
 
@@ -413,22 +419,27 @@ class Policy:
                 (re-seeding reproduces; two calls differ). None: the global RNG, in parameter order.
                 Nothing can be drawn for a meta parameter (use :func:`~torchinit.materialize_`):
                 a covered one is a ValueError.
+            seed: draw from the keyed stream instead (not with ``generator``): each parameter
+                gets ``init(target, seed=seed, name=qualified_name)`` and each module-level unit
+                ``init(unit, seed=seed, name=unit_name)``, so a parameter's values depend only on
+                ``(seed, name, shape, initializer)``: not on the order of the parameters, the
+                other parameters, the device, or (for DTensor parameters) the world size.
 
         Returns:
             An :class:`InitReport`.
         """
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+        make_sampler(generator, seed)  # types; not both
         plans = self.plan(model, strict=strict)
         uncovered = [p.name for p in plans if p.initializer is None]
         if strict and uncovered:
             raise ValueError(f"strict: no rule covers {len(uncovered)} parameter(s): {', '.join(uncovered)}")
         covered = [p for p in plans if p.initializer is not None]
         on_meta = [p.name for p in covered if p.param.is_meta]
-        if generator is not None and on_meta:
-            raise ValueError(f"generator: nothing can be drawn for meta parameters ({', '.join(on_meta)}); "
+        if (generator is not None or seed is not None) and on_meta:
+            which = "generator" if generator is not None else "seed"
+            raise ValueError(f"{which}: nothing can be drawn for meta parameters ({', '.join(on_meta)}); "
                              "give them memory and values with torchinit.materialize_")
         for p in covered:
             check_on_meta(p)
@@ -438,14 +449,19 @@ class Policy:
         snapshot = Snapshot(model, writes=writes, generator=generator)
         with snapshot.on_failure(), torch.no_grad():
             base_seed = derive_seed(generator)
+
+            def randomness(name: str, device: torch.device) -> dict[str, Any]:
+                if seed is not None:
+                    return {"seed": seed, "name": name}
+                return {"generator": stream_generator(base_seed, name, device)}
+
             done: set[tuple[int, int]] = set()
             for p in covered:
                 if p.unit is None:
-                    stream = stream_generator(base_seed, p.name, p.param.device)
-                    p.initializer.init(p.target(), generator=stream)  # type: ignore[union-attr]
+                    p.initializer.init(p.target(), **randomness(p.name, p.param.device))  # type: ignore[union-attr]
                 elif (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
                     done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
-                    run_unit(p, plans, stream_generator(base_seed, p.unit[0], p.param.device))
+                    run_unit(p, plans, **randomness(p.unit[0], p.param.device))
             return report_of(plans)
 
 
@@ -535,14 +551,14 @@ def _paths(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
     return paths
 
 
-def run_unit(p: Planned, plans: list[Planned], generator: torch.Generator | None) -> None:
+def run_unit(p: Planned, plans: list[Planned], **randomness: Any) -> None:
     """Run a module-level initializer on ``p``'s unit; parameters in it that other rules cover are kept as they were."""
     assert p.unit is not None and p.initializer is not None
     unit = p.unit[1]
     inside = {id(t) for t in unit.parameters()}
     keep = [(q.param, q.param.detach().clone()) for q in plans
             if id(q.param) in inside and (q.rule is not p.rule or q.unit is None or q.unit[1] is not unit)]  # fmt: skip
-    p.initializer.init(unit, generator=generator)
+    p.initializer.init(unit, **randomness)
     for param, saved in keep:
         param.copy_(saved)
 

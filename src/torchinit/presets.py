@@ -37,6 +37,7 @@ from torchinit.initializers import (
 )
 from torchinit.policy import Policy, Rule
 from torchinit.recording import seeded_global_rng
+from torchinit.sampling import make_sampler
 from torchinit.variance import kaiming_uniform_
 
 __all__ = [
@@ -85,14 +86,24 @@ def torch_default() -> Policy:
     return Policy([(nn.Module, TorchReset())], optional=True)
 
 
-def torch_reset_(module: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
+def torch_reset_(
+    module: nn.Module, *, generator: torch.Generator | None = None, seed: int | None = None, name: str = ""
+) -> nn.Module:
     """Initialize ``module`` as torch's constructor does (see :func:`torch_default`); in place.
 
     With ``generator``, torch's own code draws from the global RNG seeded from one draw
-    of it, and the global RNG is restored afterwards.
+    of it, and the global RNG is restored afterwards. With ``seed``, the same program's
+    random fills draw from the keyed stream instead: ``module``'s tensor ``n`` (named
+    ``name.n``) from the stream of ``(seed, "name.n")``
+    (:func:`torchinit.materialize.replay_keyed_`); the global RNG is not touched.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module; got {type(module).__name__}")
+    make_sampler(generator, seed, name)
+    if seed is not None:
+        from torchinit.materialize import replay_keyed_  # materialization builds on policies, not the reverse
+
+        return replay_keyed_(module, constructor_init, seed, name)
     if generator is None:
         constructor_init(module)
         return module
@@ -139,8 +150,8 @@ class TorchWeight(Initializer):
     """
 
     @staticmethod
-    def function(tensor: Tensor, *, generator=None) -> Tensor:  # type: ignore[override]
-        return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator)
+    def function(tensor: Tensor, *, generator=None, seed=None, name="") -> Tensor:  # type: ignore[override]
+        return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator, seed=seed, name=name)
 
 
 class TorchBias(Initializer):
@@ -152,14 +163,14 @@ class TorchBias(Initializer):
     wants_owner = True
 
     @staticmethod
-    def function(layer: nn.Module, *, generator=None) -> Tensor:  # type: ignore[override]
+    def function(layer: nn.Module, *, generator=None, seed=None, name="") -> Tensor:  # type: ignore[override]
         if not isinstance(layer, nn.Module):
             raise TypeError("TorchBias initializes a layer's bias from its weight's fans; it needs the layer")
         fan_in = tensor_fans(tuple(layer.weight.shape)).fan_in
         if fan_in == 0:
             return zeros_(layer.bias)
         bound = 1 / math.sqrt(fan_in)
-        return uniform_(layer.bias, -bound, bound, generator=generator)
+        return uniform_(layer.bias, -bound, bound, generator=generator, seed=seed, name=name)
 
 
 def gpt2(n_layer: int) -> Policy:

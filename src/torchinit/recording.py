@@ -267,7 +267,7 @@ class Recording:
         device: torch.device,
         *,
         generator_for: Callable[[int, Op], torch.Generator | None] | None = None,
-        fill: Callable[[torch.Tensor, Op, torch.Generator | None], bool] | None = None,
+        fill: Callable[[torch.Tensor, Op, torch.Generator | None, int], bool] | None = None,
     ) -> Replay:
         """Run the live operations for ``wanted`` storages on ``device``; return the real storages.
 
@@ -277,8 +277,8 @@ class Recording:
             generator_for: given a random operation's index and op, the generator it draws from
                 (None keeps the recorded one, usually the global RNG).
             fill: an optional fast path for random operations that write a tensor: called with
-                the real target, the op and the generator it would draw from (None: the
-                recorded one); returns True when it filled the tensor itself.
+                the real target, the op, the generator it would draw from (None: the
+                recorded one) and the op's index; returns True when it filled the tensor itself.
         """
         live, undefined = self.live_ops(wanted)
         storages: dict[int, torch.Tensor] = {}
@@ -311,7 +311,7 @@ class Recording:
             args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
             if op.random:
                 gen = generator_for(i, op) if generator_for is not None else None
-                if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen):
+                if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
                     continue
                 if gen is not None and op.name in _RANDOM_WITHOUT_GENERATOR:
                     with seeded_global_rng(gen):

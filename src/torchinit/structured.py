@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
+from torchinit.sampling import Sampler, make_sampler, shardable
 from torchinit._checks import (
     NORMAL_REACH,
-    check_generator,
     finite,
     float_tensor,
     non_negative,
@@ -40,7 +40,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def haar_semi_orthogonal(
-    blocks: int, rows: int, cols: int, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
+    blocks: int, rows: int, cols: int, dtype: torch.dtype, device: torch.device,
+    sampler: Sampler | torch.Generator | None = None,
 ) -> Tensor:
     r"""``blocks`` independent Haar-distributed (rows, cols) matrices with orthonormal rows or columns.
 
@@ -48,13 +49,17 @@ def haar_semi_orthogonal(
     cols) with the sign (phase, for complex) of :math:`R_{ii}` folded in (Mezzadri,
     2007). The Gaussian is drawn in one ``normal_`` call on a (blocks, rows, cols)
     tensor, so ``blocks=1`` draws exactly what ``torch.nn.init.orthogonal_`` draws.
+    ``sampler``: a :class:`~torchinit.sampling.Sampler`, or a ``torch.Generator`` (None:
+    the global RNG).
 
     Example:
         >>> q = haar_semi_orthogonal(2, 3, 5, torch.float64, torch.device("cpu"), None)
         >>> torch.allclose(q @ q.mT, torch.eye(3, dtype=torch.float64).expand(2, 3, 3))
         True
     """
-    g = torch.empty((blocks, rows, cols), dtype=dtype, device=device).normal_(0, 1, generator=generator)
+    if not isinstance(sampler, Sampler):
+        sampler = make_sampler(sampler)
+    g = sampler.normal_(torch.empty((blocks, rows, cols), dtype=dtype, device=device), 0.0, 1.0)
     if blocks == 1:  # the unbatched call keeps bit-identity with torch.nn.init.orthogonal_
         g = g[0]
     if rows < cols:
@@ -68,8 +73,15 @@ def haar_semi_orthogonal(
 
 
 @recorded_call
+@shardable()
 def orthogonal_(
-    tensor: Tensor, gain: float = 1, generator: torch.Generator | None = None, *, blocks: int = 1
+    tensor: Tensor,
+    gain: float = 1,
+    generator: torch.Generator | None = None,
+    *,
+    blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` with a (semi-)orthogonal matrix times ``gain`` (Saxe et al., 2014).
 
@@ -95,7 +107,7 @@ def orthogonal_(
         True
     """
     t = float_tensor(tensor)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     gain = finite("gain", gain)
     within_dtype("gain", abs(gain), t.dtype)
     if t.dim() < 2:
@@ -105,14 +117,22 @@ def orthogonal_(
         return tensor
     cols = t.numel() // t.size(0)
     with torch.no_grad():
-        q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype), t.device, generator)
+        q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype), t.device, sampler)
         t.copy_(q.reshape(t.shape))
         t.mul_(gain)
     return tensor
 
 
 @recorded_call
-def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None) -> Tensor:
+@shardable()
+def delta_orthogonal_(
+    tensor: Tensor,
+    gain: float = 1.0,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    name: str = "",
+) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the delta-orthogonal kernel (Xiao et al., 2018).
 
     :math:`W[:, :, c] = \text{gain}\cdot Q` at the centre tap :math:`c = (k_1 // 2, \ldots)`
@@ -129,7 +149,7 @@ def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Gen
         (True, True)
     """
     t = float_tensor(tensor)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     gain = finite("gain", gain)
     within_dtype("gain", abs(gain), t.dtype)
     if t.dim() not in (3, 4, 5):
@@ -137,7 +157,7 @@ def delta_orthogonal_(tensor: Tensor, gain: float = 1.0, *, generator: torch.Gen
     if nothing_to_write(t):
         return tensor
     out, inp = t.shape[:2]
-    q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype), t.device, generator)[0]
+    q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype), t.device, sampler)[0]
     with torch.no_grad():
         t.zero_()
         t[(slice(None), slice(None)) + _centre(t)] = q * gain
@@ -150,6 +170,7 @@ def _centre(t: Tensor) -> tuple[int, ...]:
 
 
 @recorded_call
+@shardable()
 def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     r"""ZerO initialization (Zhao et al., "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones", TMLR 2022).
 
@@ -218,7 +239,16 @@ def _sylvester_corner_(dest: Tensor) -> None:
 
 
 @recorded_call
-def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None) -> Tensor:
+@shardable()
+def sparse_(
+    tensor: Tensor,
+    sparsity: float,
+    std: float = 0.01,
+    generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
+    name: str = "",
+) -> Tensor:
     r"""Fill ``tensor`` as a sparse matrix (Martens, 2010).
 
     The weight is viewed as ``(rows, cols) = (size(0), numel / size(0))`` (conv weights
@@ -238,7 +268,7 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
     std = non_negative("std", std)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     within_dtype("std", NORMAL_REACH * std, t.dtype)
     if t.dim() < 2:
         raise ValueError(f"tensor must have at least 2 dims for sparse_; got shape {tuple(t.shape)}")
@@ -250,10 +280,10 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch
     in_place = t.is_contiguous()
     with torch.no_grad():
         m = t.view(rows, cols) if in_place else torch.empty((rows, cols), dtype=t.dtype, device=t.device)
-        m.normal_(0, std, generator=generator)
+        sampler.normal_(m, 0.0, std)
         if num_zeros:
             # a uniformly random subset of rows per column: the smallest of i.i.d. keys (selection, not a sort)
-            keys = torch.rand((cols, rows), generator=generator, device=t.device)
+            keys = sampler.child(1).uniform_(torch.empty((cols, rows), device=t.device), 0.0, 1.0)
             zero_rows = keys.topk(num_zeros, dim=1, largest=False, sorted=False).indices
             m.scatter_(0, zero_rows.T, 0.0)
         if not in_place:

@@ -62,9 +62,9 @@ from torch import Tensor
 
 from torchinit import keyed
 from torchinit.recording import recorded_call
+from torchinit.sampling import Sampler, make_sampler, real_dtype, shardable
 from torchinit._checks import (
     NORMAL_REACH,
-    check_generator,
     finite,
     float_tensor,
     non_negative,
@@ -149,6 +149,7 @@ def complex_truncated_std_factor(k: float) -> float:
 
 
 @recorded_call
+@shardable(local=lambda t: True)
 def trunc_normal_(
     tensor: Tensor,
     mean: float = 0.0,
@@ -156,6 +157,9 @@ def trunc_normal_(
     a: float = -2.0,
     b: float = 2.0,
     generator: torch.Generator | None = None,
+    *,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` from :math:`\mathcal{N}(\text{mean}, \text{std}^2)` truncated to :math:`[a, b]`.
 
@@ -184,7 +188,7 @@ def trunc_normal_(
             "For a complex tensor use trunc_normal_std_, which truncates the modulus"
         )
     t = float_tensor(tensor, complex_ok=False)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     mean = finite("mean", mean)
     std = non_negative("std", std)
     a, b = real_number("a", a), real_number("b", b)
@@ -206,17 +210,18 @@ def trunc_normal_(
                 f"(std={std}) from the mean, so nothing is truncated. a and b are absolute values; "
                 "use trunc_normal_std_(tensor, std, k) to cut at k standard deviations.",
                 UserWarning,
-                stacklevel=3,  # past recorded_call's wrapper, at the caller
+                stacklevel=4,  # past recorded_call's and shardable's wrappers, at the caller
             )
         _check_mass(alpha, beta)
     if nothing_to_write(t):
         return tensor
     with torch.no_grad():
-        sample_truncated_(t, mean, std, a, b, lo, hi, generator)
+        sample_truncated_(t, mean, std, a, b, lo, hi, sampler)
     return tensor
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def trunc_normal_std_(
     tensor: Tensor,
     std: float = 1.0,
@@ -224,6 +229,8 @@ def trunc_normal_std_(
     mean: float = 0.0,
     *,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` from a normal cut at :math:`\pm k` std, with the result's std equal to ``std``.
 
@@ -260,7 +267,12 @@ def trunc_normal_std_(
         (0.02, True)
     """
     t = float_tensor(tensor, complex_ok=True)
-    check_generator(generator, t)
+    return truncated_std_(tensor, std, k, mean, make_sampler(generator, seed, name, t))
+
+
+def truncated_std_(tensor: Tensor, std: float, k: float, mean: float, sampler: Sampler) -> Tensor:
+    """:func:`trunc_normal_std_` with its randomness from ``sampler`` (the variance family's truncated normal)."""
+    t = float_tensor(tensor, complex_ok=True)
     std = non_negative("std", std)
     k = _positive_k(k)
     factor = complex_truncated_std_factor(k) if t.is_complex() else truncated_std_factor(k)
@@ -275,7 +287,7 @@ def trunc_normal_std_(
                 t.fill_(complex(mean, mean))
             else:
                 # no modulus reaches NORMAL_REACH sigma_u (the draw's uniforms have 53 bits): a finite clamp
-                sample_circular_(t, _truncated_rayleigh(k), min(k, NORMAL_REACH) * sigma_u, mean, generator)
+                sample_circular_(t, _truncated_rayleigh(k), min(k, NORMAL_REACH) * sigma_u, mean, sampler)
         return tensor
     a, b = mean - k * sigma_u, mean + k * sigma_u
     if std == 0.0:
@@ -287,7 +299,7 @@ def trunc_normal_std_(
         if std == 0.0:
             t.fill_(mean)
         else:
-            sample_truncated_(t, mean, sigma_u, a, b, lo, hi, generator)
+            sample_truncated_(t, mean, sigma_u, a, b, lo, hi, sampler)
     return tensor
 
 
@@ -304,7 +316,7 @@ def _truncated_rayleigh(k: float):
 
 
 def sample_circular_(
-    out: Tensor, radius_: Any, bound: float, mean: float, generator: torch.Generator | None
+    out: Tensor, radius_: Any, bound: float, mean: float, sampler: Sampler
 ) -> Tensor:
     """Fill the complex tensor ``out`` with ``mean (1 + i) + bound * radius_(u) * exp(i theta)``, ``theta ~ U[0, 2 pi)``.
 
@@ -312,12 +324,12 @@ def sample_circular_(
     of ``bound``); the moduli are clamped to ``bound / (1 + eps)`` of the dtype's real part,
     so that rounding each part to the dtype keeps ``|w| <= bound`` for ``mean = 0``. ``mean`` is added
     to both parts, as torch's complex ``normal_`` does.
-    Draws: one ``uniform_`` of shape ``(2, numel)`` from ``generator`` (moduli, then phases),
+    Draws: one ``uniform_`` of shape ``(2, numel)`` from ``sampler`` (moduli, then phases),
     in float64 for complex128 and float32 otherwise. Written by one ``copy_`` at the end.
     """
     real = torch.empty(0, dtype=out.dtype).real.dtype
     compute = torch.float64 if real == torch.float64 else torch.float32
-    u = torch.empty((2, out.numel()), dtype=compute, device=out.device).uniform_(0.0, 1.0, generator=generator)
+    u = sampler.uniform_(torch.empty((2, out.numel()), dtype=compute, device=out.device), 0.0, 1.0)
     r = radius_(u[0]).mul_(bound).clamp_(max=bound / (1.0 + torch.finfo(real).eps))
     theta = u[1].mul_(2.0 * math.pi)
     w = torch.polar(r, theta)
@@ -368,7 +380,7 @@ def sample_truncated_(
     b: float,
     lo: float,
     hi: float,
-    generator: torch.Generator | None,
+    sampler: Sampler,
 ) -> Tensor:
     """Fill ``out`` (validated, no autograd) from the truncated normal; clamp to ``[lo, hi]``.
 
@@ -378,64 +390,79 @@ def sample_truncated_(
     The values are computed into a new tensor and written to ``out`` by one ``copy_`` at
     the end, so an exception or a Ctrl-C half-way leaves ``out`` unchanged; the cost is
     one temporary the size of ``out`` while the call runs.
+
+    With an element-wise (keyed) ``sampler`` every value is a function of its index:
+    the polynomial sampler is the stream's own (:func:`torchinit.keyed.trunc_poly_`) at
+    every size, and the inverse CDF replaces rejection. ``out`` may then be a DTensor,
+    of which only the local shard is computed.
     """
+    out, sampler = sampler.target(out)
+    if out.numel() == 0:  # an empty shard
+        return out
     if std == 0.0:  # the mean, rounded to the dtype and kept inside [lo, hi]
         return out.fill_(min(max(float(torch.tensor(mean, dtype=out.dtype, device="cpu")), lo), hi))
     compute = torch.float64 if out.dtype == torch.float64 else torch.float32
     alpha, beta = (a - mean) / std, (b - mean) / std
     if max(abs(alpha), abs(beta)) < FLAT_Z:  # the density is flat to 1e-12 on [a, b]: the uniform there
-        return out.copy_(torch.empty(out.shape, dtype=out.dtype, device=out.device).uniform_(a, b, generator=generator)
-                         .clamp_(lo, hi))
+        flat = sampler.uniform_(torch.empty(out.shape, dtype=out.dtype, device=out.device), a, b)
+        return out.copy_(flat.clamp_(lo, hi))
     staged = torch.empty(out.numel(), dtype=out.dtype, device=out.device)
     n = staged.numel()
     chunk = min(CHUNK if out.device.type == "cpu" else n, n)
-    fill = _choose_sampler(alpha, beta, compute, mean, std, chunk, out.device)
-    if isinstance(fill, _PolySampler) and out.device.type == "cpu" and n >= PARALLEL_THRESHOLD and keyed.KERNEL:
-        _fill_parallel(staged, fill, chunk, lo, hi, keyed.Stream.from_generator(generator))
+    fill = _choose_sampler(alpha, beta, compute, mean, std, chunk, out.device, sampler.elementwise)
+    poly = isinstance(fill, _PolySampler)
+    if poly and (sampler.elementwise or (out.device.type == "cpu" and n >= PARALLEL_THRESHOLD and keyed.KERNEL)):
+        _fill_keyed_poly(staged, fill, chunk, lo, hi, sampler)
     else:
         scratch = None if out.dtype == compute else torch.empty(chunk, dtype=compute, device=out.device)
         for start in range(0, n, chunk):
             dst = staged[start : start + chunk]
             buf = dst if scratch is None else scratch[: dst.numel()]
-            fill(buf, generator)
+            fill(buf, sampler, start)
             if buf is not dst:
                 dst.copy_(buf)
             dst.clamp_(lo, hi)
     return out.copy_(staged.view(out.shape))
 
 
-def _fill_parallel(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, stream: keyed.Stream) -> None:
-    """The polynomial sampler on large CPU tensors: chunks in threads, computed by the keyed stream's kernel.
+def _fill_keyed_poly(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, sampler: Sampler) -> None:
+    """The polynomial sampler on the keyed stream: chunks in threads on the CPU, by :func:`torchinit.keyed.trunc_poly_`.
 
-    Chunk ``k`` is elements ``[k chunk, (k+1) chunk)`` of ``stream`` (:mod:`torchinit.keyed`),
-    whose kernel draws the uniforms and evaluates the same fitted polynomial in float64
-    (:func:`torchinit.keyed.kernel_trunc_poly`), so the values do not depend on the number of
-    threads or on which thread takes which chunk; the stream is keyed by one draw from the
-    caller's generator (or the global RNG). The threads come from
-    :func:`torchinit.keyed.run_chunks`: no thread setting is changed, and an interrupt stops
-    the chunks not yet started.
+    Element ``i`` is the stream's value ``i`` (its global index, for a shard):
+    the kernel draws the uniforms and evaluates the same fitted polynomial in float64, so
+    the values do not depend on the number of threads, on which thread takes which chunk,
+    or on the tensor's size. A :class:`~torchinit.sampling.GeneratorSampler` keys the
+    stream by one draw from its generator (or the global RNG). The threads come from
+    :func:`torchinit.keyed.run_chunks`: no thread setting is changed, and an interrupt
+    stops the chunks not yet started.
     """
     plan = fill.plan
     n = flat.numel()
+    stream, region = sampler.philox()
 
     def work(k: int) -> None:
         dst = flat[k * chunk : (k + 1) * chunk]
-        buf = dst if dst.dtype == torch.float32 else torch.empty(dst.numel(), dtype=torch.float32, device="cpu")
-        keyed.kernel_trunc_poly(stream, k * chunk, buf, plan.y_lo, plan.y_hi, fill.mean_value, plan.k0, plan.k1,
-                                plan.coeffs, lo, hi)
+        buf = dst if dst.dtype == torch.float32 else torch.empty(dst.numel(), dtype=torch.float32, device=dst.device)
+        pieces = [(k * chunk, dst.numel(), k * chunk)] if region is None else region.runs(k * chunk, dst.numel())
+        for local, length, index in pieces:
+            part = buf[local - k * chunk : local - k * chunk + length]
+            keyed.trunc_poly_(part, stream, index, plan.y_lo, plan.y_hi, fill.mean_value, plan.k0, plan.k1,
+                              plan.coeffs, lo, hi)
         if buf is not dst:
             dst.copy_(buf)  # lo and hi are values of dst's dtype: rounding keeps [lo, hi]
 
-    keyed.run_chunks(math.ceil(n / chunk), work)
+    count = math.ceil(n / chunk)
+    keyed.run_chunks(count, work, None if flat.device.type == "cpu" and n >= PARALLEL_THRESHOLD else 1)
 
 
-def _choose_sampler(alpha: float, beta: float, compute: torch.dtype, mean: float, std: float, chunk: int, device):
+def _choose_sampler(alpha: float, beta: float, compute: torch.dtype, mean: float, std: float, chunk: int, device,
+                    elementwise: bool = False):
     if compute == torch.float32 and max(abs(alpha), abs(beta)) <= POLY_MAX_Z:
         plan = _poly_fit(alpha, beta, std)
         if plan is not None:
             return _PolySampler(plan, mean, chunk, device)
     mass = _normal_cdf(beta) - _normal_cdf(alpha) if alpha <= 0 else _normal_cdf(-alpha) - _normal_cdf(-beta)
-    if mass >= 0.5:
+    if mass >= 0.5 and not elementwise:  # rejection redraws some values: not a function of the index
         return functools.partial(_fill_rejection, mean=mean, std=std, a=mean + alpha * std, b=mean + beta * std)
     return functools.partial(_fill_inverse_cdf, alpha=alpha, beta=beta, mean=mean, std=std)
 
@@ -488,9 +515,9 @@ class _PolySampler:
         self.one, self.k0, self.mean = const(1.0), const(plan.k0), const(mean)
         self.coeffs = [const(c) for c in plan.coeffs]
 
-    def draw(self, y: Tensor, generator: torch.Generator | None) -> None:
+    def draw(self, y: Tensor, sampler: Sampler, start: int) -> None:
         """The random part: ``y ~ U[y_lo, y_hi]``."""
-        y.uniform_(self.plan.y_lo, self.plan.y_hi, generator=generator)
+        sampler.uniform_(y, self.plan.y_lo, self.plan.y_hi, start=start)
 
     def transform(self, y: Tensor, out: Tensor) -> None:
         """The deterministic part: ``out = mean + y H(s(y))`` (``out`` may be ``y``)."""
@@ -507,30 +534,30 @@ class _PolySampler:
                 torch.addcmul(coef, p, s, out=p)
         torch.addcmul(self.mean, y, p, out=out)
 
-    def __call__(self, buf: Tensor, generator: torch.Generator | None) -> None:
-        self.draw(buf, generator)
+    def __call__(self, buf: Tensor, sampler: Sampler, start: int) -> None:
+        self.draw(buf, sampler, start)
         self.transform(buf, buf)
 
 
 def _fill_rejection(
-    buf: Tensor, generator: torch.Generator | None, *, mean: float, std: float, a: float, b: float
+    buf: Tensor, sampler: Sampler, start: int, *, mean: float, std: float, a: float, b: float
 ) -> None:
-    buf.normal_(mean, std, generator=generator)
+    sampler.normal_(buf, mean, std, start=start)
     bad = torch.nonzero((buf < a) | (buf > b)).view(-1)
     while bad.numel():
-        redraw = torch.empty(bad.numel(), dtype=buf.dtype, device=buf.device).normal_(mean, std, generator=generator)
+        redraw = sampler.normal_(torch.empty(bad.numel(), dtype=buf.dtype, device=buf.device), mean, std)
         ok = (redraw >= a) & (redraw <= b)
         buf[bad[ok]] = redraw[ok]
         bad = bad[~ok]
 
 
 def _fill_inverse_cdf(
-    buf: Tensor, generator: torch.Generator | None, *, alpha: float, beta: float, mean: float, std: float
+    buf: Tensor, sampler: Sampler, start: int, *, alpha: float, beta: float, mean: float, std: float
 ) -> None:
     # Sample the side nearer -inf so ndtri works on small probabilities, where float64 is precise.
     flip = alpha > 0
     lo_z, hi_z = (-beta, -alpha) if flip else (alpha, beta)
     u = torch.empty(buf.shape, dtype=torch.float64, device=buf.device)
-    u.uniform_(_normal_cdf(lo_z), _normal_cdf(hi_z), generator=generator)
+    sampler.uniform_(u, _normal_cdf(lo_z), _normal_cdf(hi_z), start=start)
     z = torch.special.ndtri(u).clamp_(lo_z, hi_z)
     buf.copy_(z.mul_(-std if flip else std).add_(mean))

@@ -47,10 +47,11 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit._checks import NORMAL_REACH, check_generator, choice, finite, float_tensor, non_negative, within_dtype
+from torchinit._checks import NORMAL_REACH, choice, finite, float_tensor, non_negative, within_dtype
 from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
 from torchinit.gain import Nonlinearity, calculate_gain
-from torchinit.truncnorm import complex_truncated_std_factor, sample_circular_, trunc_normal_std_, truncated_std_factor
+from torchinit.sampling import make_sampler, real_dtype, shardable
+from torchinit.truncnorm import complex_truncated_std_factor, sample_circular_, truncated_std_, truncated_std_factor
 
 __all__ = [
     "MODES",
@@ -92,6 +93,8 @@ def _init(
     *,
     batch_dims: Dims = None,
     warn_empty: bool = False,
+    seed: int | None = None,
+    name: str = "",
 ) -> Any:
     """The one place where a fan-based initializer validates, computes sigma and writes.
 
@@ -102,11 +105,11 @@ def _init(
     gain = non_negative("gain", gain)
     written = weight_of(target)
     t = float_tensor(written)
-    check_generator(generator, t)
+    sampler = make_sampler(generator, seed, name, t)
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
         if warn_empty:
-            warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=4)
+            warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=5)
         return written
     f = fans(target, in_dims=in_dims, out_dims=out_dims, batch_dims=batch_dims, blocks=blocks)  # meta too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
@@ -124,14 +127,14 @@ def _init(
     within_dtype("gain/scale", reach * std, t.dtype)
     with torch.no_grad():
         if distribution == "normal":
-            t.normal_(0, std, generator=generator)  # complex: E|w|^2 = std^2, each part std^2 / 2
+            sampler.fill(t, "normal_", 0.0, std)  # complex: E|w|^2 = std^2, each part std^2 / 2
         elif distribution == "uniform" and cplx:  # the disk |w| <= sqrt(2) std: |w|^2 ~ U[0, 2 std^2]
-            sample_circular_(t, _disk_radius_, math.sqrt(2.0) * std, 0.0, generator)
+            sample_circular_(t, _disk_radius_, math.sqrt(2.0) * std, 0.0, sampler)
         elif distribution == "uniform":
             bound = math.sqrt(3.0) * std
-            t.uniform_(-bound, bound, generator=generator)
+            sampler.fill(t, "uniform_", -bound, bound)
         else:
-            trunc_normal_std_(t, std, 2.0, generator=generator)
+            truncated_std_(t, std, 2.0, 0.0, sampler)
     return written
 
 
@@ -141,6 +144,7 @@ def _disk_radius_(u: Tensor) -> Tensor:
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def variance_scaling_(
     tensor: Tensor,
     scale: float = 1.0,
@@ -152,6 +156,8 @@ def variance_scaling_(
     batch_dims: Dims = None,
     blocks: int = 1,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` with variance :math:`\text{scale} / \text{fan}` (the core of every fan-based scheme).
 
@@ -190,10 +196,11 @@ def variance_scaling_(
     """
     scale = non_negative("scale", scale)
     return _init(tensor, math.sqrt(scale), mode, distribution, in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims)
+                 batch_dims=batch_dims, seed=seed, name=name)
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def xavier_uniform_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -203,6 +210,8 @@ def xavier_uniform_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Glorot & Bengio (2010), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{6/(n_\text{in}+n_\text{out})})`.
 
@@ -220,10 +229,11 @@ def xavier_uniform_(
         True
     """
     return _init(tensor, finite("gain", gain), "fan_avg", "uniform", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims)
+                 batch_dims=batch_dims, seed=seed, name=name)
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def xavier_normal_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -233,6 +243,8 @@ def xavier_normal_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""Glorot & Bengio (2010), normal: :math:`\mathcal{N}(0,\ \text{gain}^2 \cdot 2/(n_\text{in}+n_\text{out}))`.
 
@@ -250,10 +262,11 @@ def xavier_normal_(
         1.0
     """
     return _init(tensor, finite("gain", gain), "fan_avg", "normal", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims)
+                 batch_dims=batch_dims, seed=seed, name=name)
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def kaiming_uniform_(
     tensor: Tensor,
     a: float = 0,
@@ -265,6 +278,8 @@ def kaiming_uniform_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""He et al. (2015), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{3/\text{fan}})`.
 
@@ -285,10 +300,11 @@ def kaiming_uniform_(
         >>> w = kaiming_uniform_(nn.ConvTranspose2d(16, 64, 3))  # the layer's true fans: fan_in = 16 * 3 * 3
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "uniform", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims, warn_empty=True)
+                 batch_dims=batch_dims, warn_empty=True, seed=seed, name=name)
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def kaiming_normal_(
     tensor: Tensor,
     a: float = 0,
@@ -300,6 +316,8 @@ def kaiming_normal_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""He et al. (2015), normal: :math:`\mathcal{N}(0,\ \text{gain}^2/\text{fan})`.
 
@@ -318,7 +336,7 @@ def kaiming_normal_(
         1.0
     """
     return _init(tensor, _kaiming_gain(nonlinearity, a), mode, "normal", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims, warn_empty=True)
+                 batch_dims=batch_dims, warn_empty=True, seed=seed, name=name)
 
 
 def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
@@ -328,6 +346,7 @@ def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def lecun_uniform_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
@@ -336,6 +355,8 @@ def lecun_uniform_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""LeCun et al. (1998), uniform: :math:`\mathcal{U}(\pm\sqrt{3/n_\text{in}})`, variance :math:`1/n_\text{in}`.
 
@@ -353,10 +374,11 @@ def lecun_uniform_(
         True
     """
     return _init(tensor, 1.0, "fan_in", "uniform", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims)
+                 batch_dims=batch_dims, seed=seed, name=name)
 
 
 @recorded_call
+@shardable(local=real_dtype)
 def lecun_normal_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
@@ -365,6 +387,8 @@ def lecun_normal_(
     out_dims: Dims = None,
     batch_dims: Dims = None,
     blocks: int = 1,
+    seed: int | None = None,
+    name: str = "",
 ) -> Tensor:
     r"""LeCun et al. (1998), normal: :math:`\mathcal{N}(0, 1/n_\text{in})` (not truncated).
 
@@ -383,4 +407,4 @@ def lecun_normal_(
         1.0
     """
     return _init(tensor, 1.0, "fan_in", "normal", in_dims, out_dims, blocks, generator,
-                 batch_dims=batch_dims)
+                 batch_dims=batch_dims, seed=seed, name=name)
