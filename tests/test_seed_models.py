@@ -1,0 +1,162 @@
+"""``seed=`` on whole models: Policy.apply_, materialize_, presets and the model's own init (issue 13, item 3).
+
+A parameter's values depend only on (seed, qualified name, shape, initializer): never on the
+call order, the other parameters, or whether the model was eager, deferred or built on meta.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit as ti
+from torchinit import keyed
+
+from _thirdparty import need
+
+
+def mlp(widths=(8, 16, 4)):
+    layers = []
+    for a, b in zip(widths, widths[1:]):
+        layers += [nn.Linear(a, b), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+POLICY = ti.Policy([(nn.Linear, {"weight": ti.KaimingNormal(), "bias": ti.Zeros()}),
+                    ("0.weight", ti.TruncNormalStd(std=0.02))])
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_apply_with_seed_is_the_functions_with_qualified_names():
+    model = mlp()
+    ti.Policy([(nn.Linear, {"weight": ti.KaimingNormal(), "bias": ti.Uniform(a=-0.1, b=0.1)})]).apply_(model, seed=5)
+    assert torch.equal(model[2].weight, ti.kaiming_normal_(torch.empty(4, 16), seed=5, name="2.weight"))
+    assert torch.equal(model[2].bias, ti.uniform_(torch.empty(4), -0.1, 0.1, seed=5, name="2.bias"))
+    std = (2 / 8) ** 0.5
+    assert torch.equal(model[0].weight, keyed.normal_(torch.empty(16, 8), keyed.Stream.of(5, "0.weight"), 0.0, std))
+
+
+def test_values_do_not_depend_on_order_calls_or_other_parameters():
+    a, b = mlp(), mlp((8, 16, 4))
+    POLICY.apply_(a, seed=1)
+    POLICY.apply_(b, seed=1)
+    POLICY.apply_(b, seed=1)  # a second call: the same values (no state is consumed)
+    assert all(torch.equal(x, y) for x, y in zip(params(a).values(), params(b).values()))
+    # another model with the same names for some parameters, in another order and with more parameters
+    c = nn.Sequential()
+    c.add_module("2", nn.Linear(16, 4))
+    c.add_module("extra", nn.Linear(3, 3))
+    c.add_module("0", nn.Linear(8, 16))
+    POLICY.apply_(c, seed=1)
+    assert torch.equal(c.get_submodule("2").weight, a[2].weight)
+    assert torch.equal(c.get_submodule("0").weight, a[0].weight)
+    # the global RNG and a generator are not touched
+    d = mlp()
+    state = torch.get_rng_state()
+    POLICY.apply_(d, seed=1)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_seed_and_generator_errors_leave_the_model_unchanged():
+    model = mlp()
+    before = params(model)
+    with pytest.raises(TypeError, match="not both"):
+        POLICY.apply_(model, seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="seed must be an int"):
+        POLICY.apply_(model, seed="1")
+    with pytest.raises(TypeError, match="not both"):
+        ti.materialize_(model, POLICY, seed=1, generator=torch.Generator())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    with torch.device("meta"):
+        meta = mlp()
+    with pytest.raises(ValueError, match="seed: nothing can be drawn for meta parameters"):
+        POLICY.apply_(meta, seed=1)
+
+
+def test_materialize_with_seed_equals_apply_on_an_eager_model():
+    eager = mlp()
+    POLICY.apply_(eager, seed=3)
+    with ti.deferred():
+        deferred = mlp()
+    ti.materialize_(deferred, POLICY, seed=3)
+    with torch.device("meta"):
+        meta = mlp()
+    ti.materialize_(meta, POLICY, seed=3)
+    for name, p in eager.named_parameters():
+        assert torch.equal(p, deferred.get_parameter(name)) and torch.equal(p, meta.get_parameter(name)), name
+
+
+def test_own_init_with_seed_is_keyed_and_the_same_everywhere():
+    """torch_default().apply_(seed) = materialize_(deferred or meta model, seed): the reset's fills, keyed by name."""
+    def build():
+        return nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Embedding(10, 16, padding_idx=0),
+                             nn.Conv2d(3, 4, 3), nn.MultiheadAttention(16, 2), nn.LSTM(16, 8))
+
+    eager = build()
+    ti.presets.torch_default().apply_(eager, seed=11)
+    with ti.deferred():
+        deferred = build()
+    ti.materialize_(deferred, seed=11)
+    with torch.device("meta"):
+        meta = build()
+    ti.materialize_(meta, seed=11)
+    for name, p in eager.named_parameters():
+        assert torch.equal(p, deferred.get_parameter(name)), name
+        assert torch.equal(p, meta.get_parameter(name)), name
+    bound = 1 / 8**0.5  # Linear's reset: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), keyed by name
+    assert torch.equal(eager[0].weight, keyed.uniform_(torch.empty(16, 8), keyed.Stream.of(11, "0.weight"), -bound, bound))
+    assert torch.equal(eager[2].weight[1:], keyed.normal_(torch.empty(10, 16), keyed.Stream.of(11, "2.weight"))[1:])
+    assert bool((eager[2].weight[0] == 0).all())  # padding_idx
+    another = build()
+    ti.presets.torch_default().apply_(another, seed=12)
+    assert not torch.equal(another[0].weight, eager[0].weight)
+
+
+def test_materialize_with_seed_on_transformers_models():
+    need("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
+    with ti.deferred():
+        a = GPT2LMHeadModel(config)
+    ti.materialize_(a, seed=4)
+    with torch.device("meta"):
+        b = GPT2LMHeadModel(config)
+    ti.materialize_(b, seed=4)
+    with ti.deferred():
+        c = GPT2LMHeadModel(config)
+    ti.materialize_(c, ti.presets.gpt2(2), seed=4)
+    assert a.lm_head.weight is a.transformer.wte.weight
+    for name, p in a.named_parameters():
+        assert torch.equal(p, b.get_parameter(name)), name
+        assert bool(torch.isfinite(p).all())
+    # GPT-2's own init is normal(0, 0.02) on wte, keyed by the parameter's name
+    assert torch.equal(a.transformer.wte.weight,
+                       keyed.normal_(torch.empty(97, 32), keyed.Stream.of(4, "transformer.wte.weight"), 0.0, 0.02))
+    assert torch.equal(c.transformer.h[0].attn.c_attn.weight,
+                       ti.normal_(torch.empty(32, 96), 0.0, 0.02, seed=4, name="transformer.h.0.attn.c_attn.weight"))
+
+
+def test_recorded_torch_functions_get_their_keyed_twins():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.empty(6, 6))
+            self.b = nn.Parameter(torch.empty(6, 6))
+            self.c = nn.Parameter(torch.empty(64))
+            nn.init.orthogonal_(self.a)
+            nn.init.trunc_normal_(self.b, std=0.5)
+            nn.init.normal_(self.c)
+            self.c.data[:32].uniform_(-1, 1)  # a second random fill of c: the stream "c#1"
+
+    with ti.deferred():
+        m = Model()
+    ti.materialize_(m, seed=2)
+    assert torch.equal(m.a, ti.orthogonal_(torch.empty(6, 6), seed=2, name="a"))
+    assert torch.equal(m.b, ti.trunc_normal_(torch.empty(6, 6), std=0.5, seed=2, name="b"))
+    assert torch.equal(m.c[32:], ti.normal_(torch.empty(64), seed=2, name="c")[32:])
+    assert torch.equal(m.c[:32], ti.uniform_(torch.empty(32), -1.0, 1.0, seed=2, name="c#1"))
