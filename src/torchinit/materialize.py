@@ -43,10 +43,11 @@ from torchinit.policy import (
     derive_seed,
     named_parameter_owners,
     parameter_shape,
+    run_unit,
     stand_in,
     stream_generator,
 )
-from torchinit.sampling import make_sampler
+from torchinit.sampling import is_dtensor, local_part, make_sampler
 from torchinit.recording import (
     UNDEFINED,
     Op,
@@ -353,13 +354,16 @@ def materialize_(
     for slot in slots:  # every rule's arguments, checked on meta before anything is allocated
         if slot.plan is not None and slot.plan.initializer is not None:
             check_on_meta(slot.plan)
+    if any(is_dtensor(s.tensor) for s in slots):
+        return _materialize_sharded(model, plans, slots, device, strict, generator, seed)
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
     snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
     with snapshot.on_failure():
         if unrecorded:
-            reenacted = _reenact(model, unrecorded)
+            needed = [s for s in unrecorded if s.plan is None or s.plan.initializer is None]  # rules cover the rest
+            reenacted = _reenact(model, needed) if needed else Recording()
             for s in unrecorded:
                 s.recording, s.source = reenacted, "reset_parameters"
         wanted = _wanted_by_recording(slots)
@@ -377,6 +381,111 @@ def materialize_(
         for p in plans:
             p.param = new.get(id(p.param), p.param)  # type: ignore[assignment]
         return _report(plans, slots)
+
+
+# ---- models whose parameters are DTensors (FSDP2, tensor parallel) -------------------------------------------
+
+
+def _materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[_Slot], device: torch.device,
+                         strict: bool, generator: torch.Generator | None, seed: int | None) -> InitReport:
+    """:func:`materialize_` for a model with meta DTensor parameters: each rank gets memory for its shards only.
+
+    1. The values of the tensors no rule covers come from the model's own init, re-enacted
+       on meta (each module's ``reset_parameters``, the model's init method; a recording
+       made under :func:`deferred` does not survive sharding) on plain stand-ins of their
+       full shapes, and replayed one recording at a time into full-size tensors.
+    2. Every meta tensor gets memory through ``Module._apply``, as ``to_empty`` does, so
+       FSDP2 re-registers its sharded parameters.
+    3. The own-init values are written (each rank keeps its part), then the rules run on
+       the DTensors: with ``seed`` an element-wise scheme generates only the local shard.
+
+    If anything raises, the new memory is released (the tensors are meta again) and the
+    registrations are restored.
+    """
+    keyed = seed is not None
+    base_seed = derive_seed(generator) if seed is None else seed
+    uncovered = [s for s in slots if s.plan is None or s.plan.initializer is None]
+    allocated: set[int] = set()
+
+    def allocate(t: Tensor) -> Tensor:
+        if not t.is_meta:
+            return t
+        new = torch.empty_like(t, device=device)
+        allocated.update((id(t), id(new)))
+        return new
+
+    snapshot = Snapshot(model, generator=generator)
+    with snapshot.on_failure():
+        try:
+            values = _own_values(model, slots, uncovered, device, base_seed, keyed, strict)
+            with torch.no_grad():
+                model._apply(allocate)
+                current = {s.name: _registered(s) for s in slots}
+                for s in uncovered:
+                    t = current[s.name]
+                    value = values[s.name]
+                    (t.to_local() if is_dtensor(t) else t).copy_(local_part(t, value) if is_dtensor(t) else value)
+                for p in plans:
+                    p.param = getattr(p.owner.module, p.owner.attr)
+                _apply_rules_in_place(plans, {s.name for s in slots}, base_seed, keyed)
+        except BaseException:
+            model._apply(lambda t: torch.empty_like(t, device="meta") if id(t) in allocated else t)
+            raise
+    for s in slots:
+        if s.plan is not None and s.plan.initializer is not None:
+            s.source = s.plan.source
+    return _report(plans, slots)
+
+
+def _registered(s: _Slot) -> Tensor:
+    _, module, attr = s.places[0]
+    return getattr(module, attr)
+
+
+def _own_values(model: nn.Module, slots: list[_Slot], uncovered: list[_Slot], device: torch.device,
+                base_seed: int | None, keyed: bool, strict: bool) -> dict[str, Tensor]:
+    """The full values the model's own init gives the ``uncovered`` slots (by name), re-enacted on plain meta stand-ins."""
+    if not uncovered:
+        return {}
+    swap = Snapshot(model)
+    ghosts: dict[int, Tensor] = {}
+    wanted_ids = {id(s) for s in uncovered}
+    try:
+        for s in slots:  # every meta DTensor: the init code must see plain tensors of the full shape
+            if is_dtensor(s.tensor) or id(s) in wanted_ids:
+                ghost = torch.empty(s.tensor.shape, dtype=s.tensor.dtype, device="meta")
+                if isinstance(s.tensor, nn.Parameter):
+                    ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
+                ghosts[id(s.tensor)] = ghost
+                for _, module, attr in s.places:
+                    (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
+        ghost_slots = [_Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in uncovered]
+        recording = _reenact(model, ghost_slots)
+    finally:
+        swap.restore()
+    for g in ghost_slots:
+        g.recording = recording
+    wanted = _wanted_by_recording(ghost_slots)
+    _find_unknown(ghost_slots, wanted, strict)
+    for g, s in zip(ghost_slots, uncovered):
+        s.source, s.writers = g.source or "reset_parameters", g.writers
+    names = {g.key: g.name for g in ghost_slots}
+    with torch.no_grad():
+        replay = _replay(recording, set(names), device, names, base_seed, keyed)
+    return {g.name: replay.tensor(g.tensor) for g in ghost_slots}
+
+
+def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int | None, keyed: bool) -> None:
+    """Run the rules of the (now allocated) parameters named in ``names``, module-level units first."""
+    mine = [p for p in plans if p.initializer is not None and p.name in names]
+    done: set[tuple[int, int]] = set()
+    for p in mine:
+        if p.unit is not None and (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
+            done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+            run_unit(p, plans, **_randomness(base_seed, p.unit[0], p.param.device, keyed))
+    for p in mine:
+        if p.unit is None:
+            p.initializer.init(p.target(), **_randomness(base_seed, p.name, p.param.device, keyed))  # type: ignore
 
 
 def _device(device: Any, generator: torch.Generator | None) -> torch.device:
@@ -596,8 +705,11 @@ def replay_keyed_(module: nn.Module, program: Any, seed: int, prefix: str = "") 
                     if t is None or isinstance(t, nn.parameter.UninitializedTensorMixin) or t.is_meta:
                         continue
                     if id(t) not in metas:
-                        meta = _meta_like(t)
-                        recording.add_leaf(meta, t.detach())
+                        sharded = is_dtensor(t)  # a stand-in of its full shape; its values are not read
+                        meta = _meta_like(t) if not sharded else _parameter_like(t, torch.empty(
+                            t.shape, dtype=t.dtype, device="meta")) if isinstance(t, nn.Parameter) else torch.empty(
+                            t.shape, dtype=t.dtype, device="meta")  # fmt: skip
+                        recording.add_leaf(meta, UNDEFINED if sharded else t.detach())
                         metas[id(t)] = (t, meta)
                         names[storage_key(meta)] = ".".join(x for x in (prefix, module_name, attr) if x)
                     store[attr] = metas[id(t)][1]
@@ -614,7 +726,10 @@ def replay_keyed_(module: nn.Module, program: Any, seed: int, prefix: str = "") 
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:
-            t.copy_(value)
+            if is_dtensor(t):  # each rank keeps its part
+                t.to_local().copy_(local_part(t, value))
+            else:
+                t.copy_(value)
     return module
 
 

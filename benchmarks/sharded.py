@@ -1,0 +1,170 @@
+"""Per-rank cost of sharded init: ``materialize_(fsdp_model, policy, seed=s)`` at world sizes 1 and 2 (issue 13, item 6).
+
+Run: ``python benchmarks/sharded.py`` (writes ``benchmarks/results/sharded.md``). It starts
+each world size as that many processes on gloo (one intra-op thread per rank, so ranks map
+to cores), builds a decoder-shaped model on meta, wraps every block and the root with FSDP2
+``fully_shard``, and times ``materialize_`` with a GPT-2-style policy (normal(0, 0.02)
+weights, zero biases, unit norms: element-wise, so each rank generates only its shard).
+Per rank it reports the time (median of ``--repeat`` runs, each on a fresh model), the
+peak resident memory the call added (``ru_maxrss`` after minus the resident size before),
+the parameter bytes the rank holds, and the memset floor: allocating and zeroing those
+bytes. ``--check`` also compares ``fingerprint(model)`` between the world sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import torchinit as ti
+
+RESULTS = Path(__file__).with_name("results") / "sharded.md"
+SEED = 0
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from sharded_example import Model as Decoder  # noqa: E402  (the documented example's model)
+
+
+def policy() -> ti.Policy:
+    return ti.Policy([
+        (nn.Linear, {"weight": ti.Normal(std=0.02), "bias": ti.Zeros()}),
+        (nn.Embedding, {"weight": ti.Normal(std=0.02)}),
+        (nn.LayerNorm, {"weight": ti.Ones(), "bias": ti.Zeros()}),
+    ])  # fmt: skip
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rank_main(args: argparse.Namespace) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo")
+    try:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        mesh = init_device_mesh("cpu", (world,))
+        times, peaks = [], []
+        fingerprint = ""
+        local_bytes = 0
+        for _ in range(args.repeat):
+            with torch.device("meta"):
+                model = Decoder(args.vocab, args.width, args.hidden, args.depth)
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            dist.barrier()
+            before = _rss_bytes()
+            start = time.perf_counter()
+            ti.materialize_(model, policy(), seed=SEED)
+            times.append(time.perf_counter() - start)
+            peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+            local_bytes = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+            if args.check:
+                fingerprint = ti.fingerprint(model)
+            del model
+            dist.barrier()
+        start = time.perf_counter()
+        torch.zeros(local_bytes // 4, dtype=torch.float32)
+        memset = time.perf_counter() - start
+        row = {"rank": rank, "world": world, "time": statistics.median(times), "peak": min(peaks),
+               "bytes": local_bytes, "memset": memset, "fingerprint": fingerprint}
+        rows = [None] * world
+        dist.all_gather_object(rows, row)
+        if rank == 0:
+            Path(args.out).write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(world: int, args: argparse.Namespace, out: Path) -> list[dict]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    try:
+        for rank in range(world):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+            cmd = [sys.executable, __file__, "--rank-main", "--out", str(out), "--repeat", str(args.repeat),
+                   "--vocab", str(args.vocab), "--width", str(args.width), "--hidden", str(args.hidden),
+                   "--depth", str(args.depth)] + (["--check"] if args.check else [])
+            procs.append(subprocess.Popen(cmd, env=env))
+        for p in procs:
+            if p.wait(timeout=1800) != 0:
+                raise RuntimeError(f"world size {world}: a rank exited with {p.returncode}")
+        return json.loads(out.read_text())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--hidden", type=int, default=8192)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--worlds", default="1,2")
+    parser.add_argument("--check", action="store_true", help="compare fingerprints between world sizes")
+    parser.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rank_main:
+        return rank_main(args)
+    with torch.device("meta"):
+        model = Decoder(args.vocab, args.width, args.hidden, args.depth)
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = []
+    for world in (int(w) for w in args.worlds.split(",")):
+        out = Path(f"/tmp/torchinit-sharded-{os.getpid()}-{world}.json")
+        rows += launch(world, args, out)
+        out.unlink(missing_ok=True)
+    base = statistics.mean(r["time"] for r in rows if r["world"] == 1) if any(r["world"] == 1 for r in rows) else None
+    lines = [
+        "# Sharded init: per-rank cost",
+        "",
+        f"`python benchmarks/sharded.py` on {os.cpu_count()} CPUs, torch {torch.__version__}: "
+        f"a {args.depth}-block decoder (vocab {args.vocab}, width {args.width}, hidden {args.hidden}; "
+        f"{n_params / 1e6:.0f}M fp32 parameters, {n_params * 4 / 2**30:.2f} GiB) built on meta, FSDP2 `fully_shard` on "
+        f"every block and the root, then `materialize_(model, policy, seed=0)` with a GPT-2-style policy. "
+        f"One intra-op thread per rank; time is the median of {args.repeat} runs, peak is the resident memory "
+        "the call added (`ru_maxrss` minus the resident size before it).",
+        "",
+        "| world size | rank | time (s) | time vs 1 rank | param bytes on the rank (MiB) | peak added (MiB) | "
+        "peak / param bytes | memset floor (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['time'] / base:.2f}x" if base else "—"
+        lines.append(f"| {r['world']} | {r['rank']} | {r['time']:.2f} | {ratio} | {r['bytes'] / 2**20:.0f} | "
+                     f"{r['peak'] / 2**20:.0f} | {r['peak'] / r['bytes']:.2f} | {r['memset']:.2f} |")
+    if args.check:
+        prints = {r["world"]: r["fingerprint"] for r in rows}
+        lines += ["", "Fingerprints (`torchinit.fingerprint(model)`, the same bits at every world size):", ""]
+        lines += [f"- world size {w}: `{fp}`" for w, fp in sorted(prints.items())]
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

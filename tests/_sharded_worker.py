@@ -1,0 +1,215 @@
+"""One rank of the multi-process sharding tests (tests/test_sharded.py): ``python _sharded_worker.py OUT``.
+
+Reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment (as torchrun sets
+them), joins a gloo process group, runs every scenario, and on rank 0 saves the full value
+of every tensor it initialized to ``OUT`` (``torch.save`` of {scenario: {name: value}}). The
+model builders and the expected single-process values live here too, so the test and the
+ranks share one definition.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import torchinit as ti
+
+SEED = 1234
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+from sharded_example import Model  # noqa: E402  (the documented example's model: one definition)
+
+
+def TinyLM() -> nn.Module:  # noqa: N802
+    """The example's model with uneven sizes on purpose: 13 and 7 do not split evenly over 2 or 4 ranks."""
+    return Model(vocab=13, width=10, hidden=7, depth=2)
+
+
+#: The rules (a preset-like policy): every random value comes from a rule or from the model's own init.
+def policy() -> ti.Policy:
+    return ti.Policy([
+        (nn.Linear, {"weight": ti.TruncNormalStd(std=0.02), "bias": ti.Zeros()}),
+        ("*.down.weight", ti.Orthogonal(gain=0.5)),  # a whole-matrix scheme: computed whole, sliced
+        (nn.Embedding, {"weight": ti.Normal(std=1.0)}),
+    ])  # fmt: skip
+
+
+#: (shape, initializer name, call) for the placement scenario; each call takes (tensor, seed=, name=).
+def calls() -> list[tuple[tuple[int, ...], str, object]]:
+    return [
+        ((7, 5), "normal_", lambda t, **k: ti.normal_(t, 0.5, 2.0, **k)),
+        ((7, 5), "uniform_", lambda t, **k: ti.uniform_(t, -1.0, 1.0, **k)),
+        ((9, 6), "trunc_normal_", lambda t, **k: ti.trunc_normal_(t, 0.0, 1.0, -1.5, 2.0, **k)),
+        ((9, 6), "trunc_normal_std_", lambda t, **k: ti.trunc_normal_std_(t, 0.02, **k)),
+        ((6, 9), "trunc_normal_std_f64", lambda t, **k: ti.trunc_normal_std_(t.double(), 0.02, **k)),
+        ((6, 9), "kaiming_normal_", lambda t, **k: ti.kaiming_normal_(t, **k)),
+        ((5, 11), "xavier_uniform_", lambda t, **k: ti.xavier_uniform_(t, **k)),
+        ((10, 6), "variance_scaling_", lambda t, **k: ti.variance_scaling_(t, 2.0, "fan_avg", **k)),
+        ((6, 10), "orthogonal_", lambda t, **k: ti.orthogonal_(t, **k)),
+        ((10, 6), "sparse_", lambda t, **k: ti.sparse_(t, 0.3, **k)),
+        ((5, 8), "glass_", lambda t, **k: ti.glass_(t, **k)),
+        ((6, 6), "eye_", lambda t, **k: ti.eye_(t)),
+        ((8, 4), "hadamard_", lambda t, **k: ti.hadamard_(t)),
+        ((6, 4, 3, 3), "delta_orthogonal_", lambda t, **k: ti.delta_orthogonal_(t, **k)),
+        ((6, 4, 3, 3), "kaiming_uniform_4d", lambda t, **k: ti.kaiming_uniform_(t, **k)),
+    ]
+
+
+def placements_for(ndim_mesh: int) -> list[tuple]:
+    from torch.distributed.tensor import Replicate, Shard
+
+    if ndim_mesh == 1:
+        return [(Shard(0),), (Shard(1),), (Replicate(),)]
+    return [(Shard(0), Shard(1)), (Shard(0), Replicate()), (Replicate(), Shard(1)), (Shard(0), Shard(0)),
+            (Shard(1), Shard(0))]
+
+
+def expected_calls() -> dict[str, torch.Tensor]:
+    """The single-process values of every call (the reference every placement must reproduce)."""
+    return {name: fn(torch.empty(shape), seed=SEED, name=name) for shape, name, fn in calls()}
+
+
+def expected_model(which: str) -> dict[str, torch.Tensor]:
+    """Single-process ``materialize_(model, policy, seed=SEED)`` of the unsharded model, on meta."""
+    with torch.device("meta"):
+        model = TinyLM()
+    ti.materialize_(model, policy() if which != "own" else None, seed=SEED)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+SCENARIOS = ("placements", "fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_fsdp", "fault")
+
+
+class Interrupting(ti.Normal):
+    """A rule that raises KeyboardInterrupt on its third call: materialize_ must leave the model as it was."""
+
+    calls = 0
+
+    def init(self, tensor, **randomness):  # type: ignore[override]
+        Interrupting.calls += 1
+        if Interrupting.calls == 3:
+            raise KeyboardInterrupt
+        return super().init(tensor, **randomness)
+
+
+def run(scenario: str) -> dict[str, object]:
+    """One scenario on this rank; the full value of every tensor it initialized (all ranks gather)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+
+    world = dist.get_world_size()
+    out: dict[str, object] = {}
+    if scenario == "placements":
+        meshes = [init_device_mesh("cpu", (world,))]
+        if world == 4:
+            meshes.append(init_device_mesh("cpu", (2, 2)))
+        for mesh in meshes:
+            for placements in placements_for(mesh.ndim):
+                for shape, name, fn in calls():
+                    if any(getattr(p, "dim", 0) >= len(shape) for p in placements):
+                        continue
+                    t = distribute_tensor(torch.full(shape, float("nan")), mesh, placements)
+                    whole = _WHOLE["count"]
+                    result = fn(t, seed=SEED, name=name)
+                    key = f"{name}|{mesh.ndim}|{placements}"
+                    out[key] = _full(result)
+                    out[f"whole|{key}"] = _WHOLE["count"] - whole  # full-size temporaries this call made
+        return out
+    if scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault"):
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        with torch.device("meta"):
+            model = TinyLM()
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        if scenario == "fault":
+            interrupting = policy() + ti.Policy([(nn.Linear, {"weight": Interrupting(std=0.02)})])
+            try:
+                ti.materialize_(model, interrupting, seed=SEED)
+            except KeyboardInterrupt:
+                out["after_fault"] = [(n, p.is_meta, type(p.data).__name__) for n, p in model.named_parameters()]
+            ti.materialize_(model, policy(), seed=SEED)  # then it works, as if nothing had happened
+        elif scenario == "fsdp_apply":  # the torchtitan flow: to_empty, then init (here: torch's own, then rules)
+            model.to_empty(device="cpu")
+            ti.presets.torch_default().apply_(model, seed=SEED)
+            policy().apply_(model, seed=SEED)
+        else:
+            ti.materialize_(model, policy() if scenario == "fsdp" else None, seed=SEED)
+    elif scenario in ("tp", "tp_fsdp"):
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        if scenario == "tp":
+            tp_mesh = init_device_mesh("cpu", (world,))
+        else:
+            mesh2 = init_device_mesh("cpu", (max(world // 2, 1), min(world, 2)), mesh_dim_names=("dp", "tp"))
+            tp_mesh = mesh2["tp"]
+        with torch.device("meta"):
+            model = TinyLM()
+        plan: dict[str, object] = {}
+        for i in range(len(model.blocks)):
+            plan[f"blocks.{i}.up"] = ColwiseParallel()
+            plan[f"blocks.{i}.down"] = RowwiseParallel()
+        parallelize_module(model, tp_mesh, plan)
+        if scenario == "tp_fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.blocks:
+                fully_shard(block, mesh=mesh2["dp"])
+            fully_shard(model, mesh=mesh2["dp"])
+        ti.materialize_(model, policy(), seed=SEED)
+    else:
+        raise ValueError(f"unknown scenario {scenario!r}")
+    for name, p in model.named_parameters():
+        out[name] = _full(p.detach())
+        out[f"type|{name}"] = f"{type(p.data).__name__} {tuple(getattr(p, 'placements', ()))}"
+    out["fingerprint"] = ti.fingerprint(model)
+    return out
+
+
+#: How many times a call computed a whole tensor to keep its local part (torchinit.sampling.local_part).
+_WHOLE = {"count": 0}
+
+
+def _count_whole() -> None:
+    import torchinit.sampling as sampling
+
+    original = sampling.local_part
+
+    def counted(t: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        _WHOLE["count"] += 1
+        return original(t, full)
+
+    sampling.local_part = counted  # type: ignore[assignment]
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    path = sys.argv[1]
+    warnings.filterwarnings("ignore", message="materialize_: re-enacting")  # TinyLM has no init method: known
+    warnings.filterwarnings("ignore", message="While redistributing")  # DTensor's note on 2-D gathers
+    _count_whole()
+    dist.init_process_group("gloo")
+    try:
+        results = {scenario: run(scenario) for scenario in SCENARIOS}
+        if dist.get_rank() == 0:
+            torch.save(results, path)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
