@@ -35,6 +35,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/keyed.py
 	$(BIN)/python benchmarks/model_init.py
+	$(BIN)/python benchmarks/sharded.py --check
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

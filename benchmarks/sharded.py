@@ -6,9 +6,10 @@ to cores), builds a decoder-shaped model on meta, wraps every block and the root
 ``fully_shard``, and times ``materialize_`` with a GPT-2-style policy (normal(0, 0.02)
 weights, zero biases, unit norms: element-wise, so each rank generates only its shard).
 Per rank it reports the time (median of ``--repeat`` runs, each on a fresh model), the
-peak resident memory the call added (``ru_maxrss`` after minus the resident size before),
-the parameter bytes the rank holds, and the memset floor: allocating and zeroing those
-bytes. ``--check`` also compares ``fingerprint(model)`` between the world sizes.
+peak resident memory the call added (VmHWM, reset before the call, minus the resident size
+before), the parameter bytes the rank holds, the memset floor (allocating and zeroing those
+bytes), and the same for the torch way: ``to_empty`` then ``normal_``/``zero_``/``fill_`` on
+the DTensors (DTensor's random ops, whose values change with the world size). ``--check`` also compares ``fingerprint(model)`` between the world sizes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -50,40 +50,95 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak() -> None:
+    """Start a new peak: writing 5 to clear_refs resets the process's VmHWM (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def torch_init_(model: nn.Module) -> None:
+    """The reference: what a torch user writes after ``to_empty`` (DTensor random ops; not sharding-invariant)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, 0.02)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
+def _sharded(args: argparse.Namespace, mesh: object) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        model = Decoder(args.vocab, args.width, args.hidden, args.depth)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _measure(step, args: argparse.Namespace) -> tuple[float, int]:
+    """Median time and peak added resident memory of ``step()`` over ``args.repeat`` runs on fresh models."""
+    import torch.distributed as dist
+
+    times, peaks = [], []
+    for _ in range(args.repeat):
+        model = step("build")
+        dist.barrier()
+        before = _rss_bytes()
+        _reset_peak()
+        start = time.perf_counter()
+        step(model)
+        times.append(time.perf_counter() - start)
+        peaks.append(_peak_bytes() - before)
+        del model
+        dist.barrier()
+    return statistics.median(times), max(peaks)
+
+
 def rank_main(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     dist.init_process_group("gloo")
     try:
         world, rank = dist.get_world_size(), dist.get_rank()
         mesh = init_device_mesh("cpu", (world,))
-        times, peaks = [], []
-        fingerprint = ""
-        local_bytes = 0
-        for _ in range(args.repeat):
-            with torch.device("meta"):
-                model = Decoder(args.vocab, args.width, args.hidden, args.depth)
-            for block in model.blocks:
-                fully_shard(block, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-            dist.barrier()
-            before = _rss_bytes()
-            start = time.perf_counter()
+
+        def ours(model):
+            if model == "build":
+                return _sharded(args, mesh)
             ti.materialize_(model, policy(), seed=SEED)
-            times.append(time.perf_counter() - start)
-            peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
-            local_bytes = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
-            if args.check:
-                fingerprint = ti.fingerprint(model)
-            del model
-            dist.barrier()
+
+        def reference(model):
+            if model == "build":
+                return _sharded(args, mesh)
+            model.to_empty(device="cpu")
+            torch_init_(model)
+
+        time_ours, peak = _measure(ours, args)
+        time_torch, peak_torch = _measure(reference, args)
+        model = _sharded(args, mesh)
+        ti.materialize_(model, policy(), seed=SEED)
+        local_bytes = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+        fingerprint = ti.fingerprint(model) if args.check else ""
+        del model
         start = time.perf_counter()
         torch.zeros(local_bytes // 4, dtype=torch.float32)
         memset = time.perf_counter() - start
-        row = {"rank": rank, "world": world, "time": statistics.median(times), "peak": min(peaks),
-               "bytes": local_bytes, "memset": memset, "fingerprint": fingerprint}
+        row = {"rank": rank, "world": world, "time": time_ours, "peak": peak, "torch": time_torch,
+               "peak_torch": peak_torch, "bytes": local_bytes, "memset": memset, "fingerprint": fingerprint}
         rows = [None] * world
         dist.all_gather_object(rows, row)
         if rank == 0:
@@ -146,17 +201,20 @@ def main() -> None:
         f"a {args.depth}-block decoder (vocab {args.vocab}, width {args.width}, hidden {args.hidden}; "
         f"{n_params / 1e6:.0f}M fp32 parameters, {n_params * 4 / 2**30:.2f} GiB) built on meta, FSDP2 `fully_shard` on "
         f"every block and the root, then `materialize_(model, policy, seed=0)` with a GPT-2-style policy. "
-        f"One intra-op thread per rank; time is the median of {args.repeat} runs, peak is the resident memory "
-        "the call added (`ru_maxrss` minus the resident size before it).",
+        f"One intra-op thread per rank; time is the median of {args.repeat} runs on fresh models.",
         "",
-        "| world size | rank | time (s) | time vs 1 rank | param bytes on the rank (MiB) | peak added (MiB) | "
-        "peak / param bytes | memset floor (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| world size | rank | time (s) | time vs 1 rank | torch (s) | time / torch's | param bytes on the rank (MiB) "
+        "| peak added (MiB) | peak / param bytes | torch's peak / param bytes | memset floor (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r['time'] / base:.2f}x" if base else "—"
-        lines.append(f"| {r['world']} | {r['rank']} | {r['time']:.2f} | {ratio} | {r['bytes'] / 2**20:.0f} | "
-                     f"{r['peak'] / 2**20:.0f} | {r['peak'] / r['bytes']:.2f} | {r['memset']:.2f} |")
+        lines.append(f"| {r['world']} | {r['rank']} | {r['time']:.2f} | {ratio} | {r['torch']:.2f} | "
+                     f"{r['time'] / r['torch']:.2f}x | {r['bytes'] / 2**20:.0f} | {r['peak'] / 2**20:.0f} | "
+                     f"{r['peak'] / r['bytes']:.2f} | {r['peak_torch'] / r['bytes']:.2f} | {r['memset']:.2f} |")
+    lines += ["", "torch: `model.to_empty(device=\"cpu\")` then `normal_(0, 0.02)`/`zero_`/`fill_(1)` on the DTensors "
+              "(DTensor's own random ops: other values at each world size). Peak: the largest over the runs of the "
+              "resident memory added during the call (VmHWM, reset before each run, minus the resident size before)."]
     if args.check:
         prints = {r["world"]: r["fingerprint"] for r in rows}
         lines += ["", "Fingerprints (`torchinit.fingerprint(model)`, the same bits at every world size):", ""]

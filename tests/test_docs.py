@@ -109,3 +109,19 @@ def test_readme_shows_the_demo_plot():
     assert (ROOT / "docs" / "img" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     makefile = (ROOT / "Makefile").read_text()
     assert "torchinit compare --out docs/img/compare.png" in makefile
+
+
+def test_sharded_docs_quote_the_sharded_benchmark():
+    """docs/sharded.md carries benchmarks/results/sharded.md's table verbatim; its prose and the README's sentence
+    quote numbers of that file."""
+    results = (ROOT / "benchmarks" / "results" / "sharded.md").read_text()
+    docs = (ROOT / "docs" / "sharded.md").read_text()
+    rows = [line for line in results.splitlines() if line.startswith("|")]
+    assert len(rows) >= 4 and all(row in docs for row in rows)
+    measured = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", results)]  # "0.61x" included
+    readme = (ROOT / "README.md").read_text()
+    sentence = readme[readme.index("Per rank, `materialize_`"):]
+    sentence = sentence[:sentence.index("\n\n")]
+    quoted = re.findall(r"(\d+(?:\.\d+)?)×", sentence) + re.findall(r"(\d+(?:\.\d+)?)×", docs)
+    assert quoted and all(_matches(q, measured) for q in quoted), quoted
+    assert "400M" in sentence and "400M fp32 parameters" in results

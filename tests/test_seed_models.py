@@ -160,3 +160,17 @@ def test_recorded_torch_functions_get_their_keyed_twins():
     assert torch.equal(m.b, ti.trunc_normal_(torch.empty(6, 6), std=0.5, seed=2, name="b"))
     assert torch.equal(m.c[32:], ti.normal_(torch.empty(64), seed=2, name="c")[32:])
     assert torch.equal(m.c[:32], ti.uniform_(torch.empty(32), -1.0, 1.0, seed=2, name="c#1"))
+
+
+def test_lsuv_takes_seed_for_its_orthogonal_start():
+    def run(**randomness):
+        torch.manual_seed(0)  # the biases LSUV leaves as they are
+        model = mlp((16, 16, 16))
+        ti.lsuv_(model, torch.randn(64, 16, generator=torch.Generator().manual_seed(0)), max_iter=1, **randomness)
+        return model
+
+    a, b = run(seed=3), run(seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a[0].weight, run(seed=4)[0].weight)
+    with pytest.raises(TypeError, match="not both"):
+        run(seed=3, generator=torch.Generator())

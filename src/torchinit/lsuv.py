@@ -19,6 +19,7 @@ from torch import nn
 from torchinit._checks import finite, positive_int
 from torchinit._text import text_table
 from torchinit.policy import derive_seed, stream_generator
+from torchinit.sampling import make_sampler
 from torchinit.probe import _copy_inputs, _Preserved, first_tensor
 from torchinit.structured import orthogonal_
 
@@ -115,6 +116,7 @@ def lsuv_(
     max_iter: int = 10,
     orthogonal_first: bool = True,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     progress: bool | None = None,
 ) -> LSUVReport:
     r"""Layer-sequential unit-variance init (Mishkin & Matas, ICLR 2016), in place.
@@ -155,6 +157,8 @@ def lsuv_(
         max_iter: the most forward measurements per layer (default 10).
         orthogonal_first: start from orthogonal weights (default True).
         generator: the seed of the orthogonal pre-init.
+        seed: the orthogonal pre-init from the keyed stream instead (not with ``generator``):
+            layer ``n``'s weight gets ``orthogonal_(w, seed=seed, name="n.weight")``.
         progress: a progress bar on stderr; None (default): on a terminal, for models with
             at least 32 layers.
 
@@ -174,8 +178,7 @@ def lsuv_(
     if target_std <= 0 or tol <= 0:
         raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
     max_iter = positive_int("max_iter", max_iter)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    make_sampler(generator, seed)  # types; not both
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LSUV_LAYERS) and m.weight is not None]
     # refuses up front what it could not restore; on success, the weights LSUV writes stay written
     preserved = _Preserved(model, keep=[layer.weight for _, layer in layers],
@@ -186,8 +189,11 @@ def lsuv_(
             if orthogonal_first:
                 base_seed = derive_seed(generator)
                 for name, layer in layers:
-                    stream = stream_generator(base_seed, f"{name}.weight", layer.weight.device)
-                    orthogonal_(layer.weight, generator=stream)
+                    if seed is not None:
+                        orthogonal_(layer.weight, seed=seed, name=f"{name}.weight")
+                    else:
+                        orthogonal_(layer.weight, generator=stream_generator(base_seed, f"{name}.weight",
+                                                                             layer.weight.device))
         preserved.mark_rng()  # the orthogonal draws stand (generator's or the global RNG's), the forward passes' not
         model.eval()
         order = _execution_order(model, layers, data)

@@ -98,6 +98,10 @@ def orthogonal_(
     gate's (hidden, hidden) block orthogonal, where one orthogonal (4 hidden, hidden)
     matrix leaves each block far from it.
 
+    ``seed`` (keyword-only, with ``name``) draws the Gaussian matrix from the keyed stream of
+    ``(seed, name)`` instead of ``generator``; not both. A DTensor is computed whole on
+    every rank, which keeps its part (the QR needs every entry).
+
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), gain=2.0)
         >>> torch.allclose(w @ w.T, 4 * torch.eye(3), atol=1e-5)
@@ -140,7 +144,8 @@ def delta_orthogonal_(
     (out <= in) or columns (out >= in), as in :func:`orthogonal_`. The convolution is
     then ``gain`` times an isometry (out >= in) or co-isometry (out <= in): every
     singular value of the (circular) convolution operator equals ``gain``. Default
-    ``gain=1``; bf16/fp16 computed in float32, complex tensors unitary.
+    ``gain=1``; bf16/fp16 computed in float32, complex tensors unitary. ``generator`` or
+    ``seed`` (with ``name``) as in :func:`orthogonal_`.
 
     Example:
         >>> w = delta_orthogonal_(torch.empty(16, 8, 3, 3), gain=2.0)
@@ -256,7 +261,9 @@ def sparse_(
     :math:`\lceil \text{sparsity} \cdot \text{rows} \rceil` entries of each column,
     chosen uniformly at random, are set to zero, as in torch. Unlike torch, the zero
     pattern is drawn from ``generator`` too, so a seeded call is reproducible whatever
-    the global seed. Default ``std=0.01``; ``0 <= sparsity < 1``.
+    the global seed. Default ``std=0.01``; ``0 <= sparsity < 1``. ``seed`` (keyword-only,
+    with ``name``): the values and the zero pattern from two sub-streams of the keyed stream of
+    ``(seed, name)`` instead of ``generator``.
 
     Example:
         >>> w = sparse_(torch.empty(10, 4), sparsity=0.3)

@@ -177,6 +177,10 @@ def trunc_normal_(
     Complex tensors are rejected (``a`` and ``b`` bound a real line): use
     :func:`trunc_normal_std_`, which truncates the modulus.
 
+    ``generator`` draws from torch's RNG; ``seed`` (keyword-only, with ``name``) from the
+    keyed stream of ``(seed, name)`` (docs/keyed_rng.md, section 6), element by element, so
+    any slice or shard of the tensor gets the whole tensor's values there; not both.
+
     Example:
         >>> w = trunc_normal_(torch.empty(1000), std=0.02, a=-0.04, b=0.04)
         >>> bool(w.abs().max() <= 0.04)
@@ -256,6 +260,8 @@ def trunc_normal_std_(
     0.9620 for ``k=2``). ``std=0`` fills :math:`c`. The moduli are clamped just inside
     :math:`k\sigma_u` so that, for ``mean=0``, :math:`|w| \le k\sigma_u` holds after
     rounding to the dtype.
+
+    ``generator`` or ``seed`` (with ``name``) as in :func:`trunc_normal_`.
 
     Example:
         >>> w = trunc_normal_std_(torch.empty(768, 768), std=0.02, generator=torch.Generator().manual_seed(0))

@@ -184,7 +184,9 @@ def variance_scaling_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> g = torch.Generator()
@@ -221,7 +223,9 @@ def xavier_uniform_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
@@ -254,7 +258,9 @@ def xavier_normal_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
@@ -291,7 +297,9 @@ def kaiming_uniform_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
@@ -327,7 +335,9 @@ def kaiming_normal_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
@@ -366,7 +376,9 @@ def lecun_uniform_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = lecun_uniform_(torch.empty(30, 50))
@@ -399,7 +411,9 @@ def lecun_normal_(
     (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans.
+    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
+    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
+    ``generator`` (:mod:`torchinit.sampling`).
 
     Example:
         >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
