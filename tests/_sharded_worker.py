@@ -44,6 +44,7 @@ def calls() -> list[tuple[tuple[int, ...], str, object]]:
     return [
         ((7, 5), "normal_", lambda t, **k: ti.normal_(t, 0.5, 2.0, **k)),
         ((7, 5), "uniform_", lambda t, **k: ti.uniform_(t, -1.0, 1.0, **k)),
+        ((7, 5), "normal_c64", lambda t, **k: ti.normal_(t.to(torch.complex64), 0.0, 1.0, **k)),
         ((9, 6), "trunc_normal_", lambda t, **k: ti.trunc_normal_(t, 0.0, 1.0, -1.5, 2.0, **k)),
         ((9, 6), "trunc_normal_std_", lambda t, **k: ti.trunc_normal_std_(t, 0.02, **k)),
         ((6, 9), "trunc_normal_std_f64", lambda t, **k: ti.trunc_normal_std_(t.double(), 0.02, **k)),
@@ -75,18 +76,47 @@ def expected_calls() -> dict[str, torch.Tensor]:
 
 
 def expected_model(which: str) -> dict[str, torch.Tensor]:
-    """Single-process ``materialize_(model, policy, seed=SEED)`` of the unsharded model, on meta."""
+    """Single-process ``materialize_`` of the unsharded model: ``policy``, ``own`` (no policy) or ``torch_default``
+    with ``seed=SEED``, built on meta; ``partial``: :func:`partial_model` built under ``deferred()``;
+    ``generator``: ``torch_default`` with a generator."""
+    if which == "partial":
+        with ti.deferred():
+            model = partial_model()
+        ti.materialize_(model, partial_policy(), seed=SEED)
+        return {n: p.detach().clone() for n, p in model.named_parameters()} | \
+            {n: b.detach().clone() for n, b in model.named_buffers()}  # fmt: skip
     with torch.device("meta"):
         model = TinyLM()
-    ti.materialize_(model, policy() if which != "own" else None, seed=SEED)
+    if which == "generator":
+        ti.materialize_(model, ti.presets.torch_default(), generator=torch.Generator().manual_seed(3))
+    else:
+        ti.materialize_(model, policy() if which == "policy" else None, seed=SEED)
     return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def partial_model() -> nn.Module:
+    """Tensor parallel on the blocks only: a tied embedding/head, a buffer shared by two blocks, a constructor value
+    (recorded under deferred()) and a flagged parameter all stay plain or keep what they had."""
+    model = TinyLM()
+    model.head.weight = model.embed.weight
+    scale = torch.arange(10, dtype=torch.float32)
+    for block in model.blocks:
+        block.register_buffer("scale", scale)
+    model.gamma = nn.Parameter(1e-5 * torch.ones(10))
+    model.gamma.no_decay = True
+    return model
+
+
+def partial_policy() -> ti.Policy:
+    return ti.Policy([("blocks.*.weight", ti.Normal(std=0.02))])
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-SCENARIOS = ("placements", "fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_fsdp", "fault")
+SCENARIOS = ("placements", "fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_apply", "tp_fsdp", "fault", "generator",
+             "partial")
 
 
 class Interrupting(ti.Normal):
@@ -125,7 +155,24 @@ def run(scenario: str) -> dict[str, object]:
                     out[key] = _full(result)
                     out[f"whole|{key}"] = _WHOLE["count"] - whole  # full-size temporaries this call made
         return out
-    if scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault"):
+    if scenario == "partial":
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        with ti.deferred():
+            model = partial_model()
+        plan = {f"blocks.{i}.{n}": (ColwiseParallel() if n == "up" else RowwiseParallel())
+                for i in range(len(model.blocks)) for n in ("up", "down")}
+        parallelize_module(model, init_device_mesh("cpu", (world,)), plan)
+        model.blocks[0].up.weight.no_decay = True  # (parallelize_module itself drops attributes: set after it)
+        ti.materialize_(model, partial_policy(), seed=SEED)
+        out["checks"] = {
+            "tied": model.head.weight is model.embed.weight,
+            "shared buffer": model.blocks[0].scale is model.blocks[1].scale,
+            "attributes": getattr(model.blocks[0].up.weight, "no_decay", None) is True and model.gamma.no_decay is True,
+        }
+        for name, b in model.named_buffers():
+            out[name] = _full(b)
+    elif scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault", "generator"):
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
@@ -145,9 +192,13 @@ def run(scenario: str) -> dict[str, object]:
             model.to_empty(device="cpu")
             ti.presets.torch_default().apply_(model, seed=SEED)
             policy().apply_(model, seed=SEED)
+        elif scenario == "generator":
+            ti.materialize_(model, ti.presets.torch_default(), generator=torch.Generator().manual_seed(3))
         else:
-            ti.materialize_(model, policy() if scenario == "fsdp" else None, seed=SEED)
-    elif scenario in ("tp", "tp_fsdp"):
+            report = ti.materialize_(model, policy() if scenario == "fsdp" else None, seed=SEED)
+            if dist.get_rank() == 0:
+                out["report"] = str(report)  # on one rank only: no collective may hide in it
+    elif scenario in ("tp", "tp_apply", "tp_fsdp"):
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
         if scenario == "tp":
@@ -155,8 +206,12 @@ def run(scenario: str) -> dict[str, object]:
         else:
             mesh2 = init_device_mesh("cpu", (max(world // 2, 1), min(world, 2)), mesh_dim_names=("dp", "tp"))
             tp_mesh = mesh2["tp"]
-        with torch.device("meta"):
+        if scenario == "tp_apply":  # a model with values (torch's), parallelized, then re-initialized by rules
+            torch.manual_seed(dist.get_rank())  # the ranks' own values differ: none may survive
             model = TinyLM()
+        else:
+            with torch.device("meta"):
+                model = TinyLM()
         plan: dict[str, object] = {}
         for i in range(len(model.blocks)):
             plan[f"blocks.{i}.up"] = ColwiseParallel()
@@ -168,7 +223,10 @@ def run(scenario: str) -> dict[str, object]:
             for block in model.blocks:
                 fully_shard(block, mesh=mesh2["dp"])
             fully_shard(model, mesh=mesh2["dp"])
-        ti.materialize_(model, policy(), seed=SEED)
+        if scenario == "tp_apply":
+            policy().apply_(model, seed=SEED)
+        else:
+            ti.materialize_(model, policy(), seed=SEED)
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     for name, p in model.named_parameters():

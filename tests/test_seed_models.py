@@ -174,3 +174,106 @@ def test_lsuv_takes_seed_for_its_orthogonal_start():
     assert not torch.equal(a[0].weight, run(seed=4)[0].weight)
     with pytest.raises(TypeError, match="not both"):
         run(seed=3, generator=torch.Generator())
+
+
+# ---- regressions found by review ------------------------------------------------------------------------------
+
+
+def test_a_constructor_that_itself_uses_seed_is_replayed_as_recorded():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(4, 4))
+            ti.normal_(self.w, seed=5, name="w")
+
+    for randomness in ({"seed": 0}, {"generator": torch.Generator().manual_seed(0)}, {}):
+        with ti.deferred():
+            m = M()
+        ti.materialize_(m, **randomness)
+        assert torch.equal(m.w, ti.normal_(torch.empty(4, 4), seed=5, name="w"))
+
+
+def test_random_factories_in_a_constructor_are_seeded():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(8, 8))  # on meta under deferred(): the factories below follow it
+            self.a = nn.Parameter(torch.rand(8, 8, device=self.w.device))
+            self.b = nn.Parameter(torch.randperm(16, device=self.w.device).float())
+
+    def build(seed):
+        with ti.deferred():
+            m = M()
+        state = torch.get_rng_state()
+        ti.materialize_(m, seed=seed)
+        assert torch.equal(state, torch.get_rng_state())  # the global RNG is not touched
+        return m
+
+    a, b, c = build(1), build(1), build(2)
+    assert torch.equal(a.a, b.a) and torch.equal(a.b, b.b)
+    assert not torch.equal(a.a, c.a)
+
+
+def test_keyed_sparse_does_not_depend_on_the_default_dtype():
+    a = ti.sparse_(torch.empty(64, 16), 0.5, seed=1, name="s")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        b = ti.sparse_(torch.empty(64, 16, dtype=torch.float32), 0.5, seed=1, name="s")
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.equal(a, b)
+
+
+def test_deep_copied_templates_do_not_depend_on_unrelated_modules_built_before():
+    def build(unrelated):
+        with ti.deferred():
+            model = nn.ModuleDict()
+            for i in range(unrelated):
+                model[f"unrelated{i}"] = nn.Linear(3, 3)
+            model["enc"] = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False)
+        report = ti.materialize_(model, seed=0)
+        assert {row.rule for row in report} == {"construction"}  # replayed: the template's draws are unnamed
+        return model
+
+    a, b = build(1), build(3)
+    for name, p in a["enc"].named_parameters():
+        assert torch.equal(p, b["enc"].get_parameter(name)), name
+
+
+def test_conjugate_views_take_seed():
+    z = torch.zeros(3, 4, dtype=torch.complex64)
+    ti.normal_(z.conj(), seed=0, name="z")
+    assert torch.equal(z, ti.normal_(torch.zeros(3, 4, dtype=torch.complex64), seed=0, name="z").conj())
+
+
+def test_names_that_are_not_text_are_a_value_error():
+    x = torch.zeros(3)
+    with pytest.raises(ValueError, match="name must be encodable as UTF-8"):
+        ti.normal_(x, seed=0, name="\ud800")
+    assert bool((x == 0).all())
+
+
+def test_offsets_beyond_the_stream_are_a_value_error():
+    with pytest.raises(ValueError, match=r"offset \+ numel must be at most 2\*\*61"):
+        keyed.uniform_(torch.empty(4, dtype=torch.float64), keyed.Stream.of(0), offset=2**63)
+
+
+def test_keyed_orthogonal_is_computed_wide():
+    """With seed=, float32 orthogonal matrices are the float64 computation rounded: thread counts cannot move them."""
+    w = ti.orthogonal_(torch.empty(48, 32), seed=1, name="q")
+    wide = ti.orthogonal_(torch.empty(48, 32, dtype=torch.float64), seed=1, name="q")
+    assert torch.equal(w, wide.float())
+
+
+def test_reparametrized_modules_with_seed_are_refused_up_front():
+    from torch.nn.utils import parametrizations
+
+    layer = parametrizations.weight_norm(nn.Linear(4, 5))
+    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    with pytest.raises(ValueError, match="reparametrized"):
+        ti.presets.torch_reset_(layer, seed=1)
+    assert all(torch.equal(before[n], p) for n, p in layer.named_parameters())
+    old = torch.nn.utils.weight_norm(nn.Linear(4, 5))
+    ti.presets.torch_reset_(old)  # with no seed: torch's own reset, under no_grad (it used to raise)
+    ti.presets.torch_reset_(old, generator=torch.Generator().manual_seed(0))

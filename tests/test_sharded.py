@@ -111,7 +111,7 @@ def test_every_placement_gives_the_single_process_values(ranks, expected_calls, 
 
 ELEMENTWISE = ("normal_", "uniform_", "trunc_normal_", "trunc_normal_std_", "trunc_normal_std_f64", "kaiming_normal_",
                "xavier_uniform_", "variance_scaling_", "kaiming_uniform_4d")
-WHOLE = ("orthogonal_", "sparse_", "glass_", "eye_", "hadamard_", "delta_orthogonal_")
+WHOLE = ("orthogonal_", "sparse_", "glass_", "eye_", "hadamard_", "delta_orthogonal_", "normal_c64")
 
 
 @pytest.mark.parametrize("world", WORLD_SIZES)
@@ -133,23 +133,39 @@ def expected_models() -> dict[str, dict[str, torch.Tensor]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TinyLM has no init method (materialize_ says so)
-        return {"policy": worker.expected_model("policy"), "own": worker.expected_model("own")}
+        return {which: worker.expected_model(which) for which in ("policy", "own", "generator", "partial")}
 
 
 @pytest.mark.parametrize("world", WORLD_SIZES)
-@pytest.mark.parametrize("scenario", ["fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_fsdp", "fault"])
+@pytest.mark.parametrize("scenario", ["fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_apply", "tp_fsdp", "fault",
+                                      "generator"])
 def test_sharded_models_equal_the_unsharded_model(ranks, expected_models, world, scenario):
     got = ranks[world][scenario]
-    want = expected_models["own" if scenario == "fsdp_own" else "policy"]
+    want = expected_models[{"fsdp_own": "own", "generator": "generator"}.get(scenario, "policy")]
     for name, value in want.items():
         assert torch.equal(got[name], value), name
-        sharded = scenario != "tp" or ".up." in name or ".down." in name  # TP alone leaves the rest plain
+        sharded = not scenario.startswith("tp") or scenario == "tp_fsdp" or ".up." in name or ".down." in name
+        # (TP alone leaves the other parameters plain tensors)
         assert got[f"type|{name}"].startswith("DTensor" if sharded else "Tensor"), (name, got[f"type|{name}"])
     reference = worker.TinyLM()
     with torch.no_grad():
         for name, p in reference.named_parameters():
             p.copy_(want[name])
     assert got["fingerprint"] == ti.fingerprint(reference)
+
+
+@pytest.mark.parametrize("world", WORLD_SIZES)
+def test_a_partly_sharded_model_keeps_ties_shared_buffers_recorded_values_and_attributes(ranks, expected_models, world):
+    got = ranks[world]["partial"]
+    assert got["checks"] == {"tied": True, "shared buffer": True, "attributes": True}
+    for name, value in expected_models["partial"].items():
+        assert torch.equal(got[name], value), name
+    assert torch.equal(got["gamma"], torch.full((10,), 1e-5))  # the constructor's value, recorded under deferred()
+
+
+@pytest.mark.parametrize("world", WORLD_SIZES)
+def test_the_report_prints_on_one_rank(ranks, world):
+    assert "blocks.0.up.weight" in ranks[world]["fsdp"]["report"]
 
 
 @pytest.mark.parametrize("world", WORLD_SIZES)

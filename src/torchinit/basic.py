@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from torchinit.recording import recorded_call
-from torchinit.sampling import make_sampler, shardable
+from torchinit.sampling import make_sampler, real_dtype, shardable
 from torchinit._checks import (
     NORMAL_REACH,
     as_tensor,
@@ -34,7 +34,7 @@ __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac
 
 
 @recorded_call
-@shardable(local=lambda t: True)
+@shardable(local=real_dtype)
 def uniform_(
     tensor: Tensor,
     a: float = 0.0,
@@ -69,7 +69,7 @@ def uniform_(
 
 
 @recorded_call
-@shardable(local=lambda t: True)
+@shardable(local=real_dtype)
 def normal_(
     tensor: Tensor,
     mean: float = 0.0,

@@ -149,7 +149,11 @@ class Stream:
         seed = _u64(seed, "seed")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str; got {type(name).__name__}")
-        digest = hashlib.shake_128(_DOMAIN + seed.to_bytes(8, "little") + name.encode("utf-8")).digest(8)
+        try:
+            encoded = name.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate: not text
+            raise ValueError(f"name must be encodable as UTF-8; got {name!r}: {err.reason}") from None
+        digest = hashlib.shake_128(_DOMAIN + seed.to_bytes(8, "little") + encoded).digest(8)
         return cls(int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little"))
 
     @classmethod
@@ -461,9 +465,16 @@ def _check_target(tensor: Tensor, what: str) -> None:
         raise TypeError(f"{what}: tensor dtype must be one of {[str(d) for d in _FLOATS]}; got {tensor.dtype}")
 
 
+#: Elements ``offset + i`` of a fill stay below this (float64 uniforms use two words each; the torch-operations
+#: implementation indexes words in int64).
+MAX_ELEMENT = 1 << 61
+
+
 def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset: int,
           workers: int | None) -> Tensor:
     offset = _u64(offset, "offset")
+    if offset + tensor.numel() > MAX_ELEMENT:
+        raise ValueError(f"offset + numel must be at most 2**61; got offset={offset}, numel={tensor.numel()}")
     try:  # torch's own checks of an in-place write (a leaf that requires grad, an inference tensor), on no element
         tensor.unsqueeze(0)[:0].zero_()  # also bumps the version counter, as the write below does not
     except RuntimeError as err:

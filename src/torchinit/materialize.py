@@ -355,7 +355,7 @@ def materialize_(
         if slot.plan is not None and slot.plan.initializer is not None:
             check_on_meta(slot.plan)
     if any(is_dtensor(s.tensor) for s in slots):
-        return _materialize_sharded(model, plans, slots, device, strict, generator, seed)
+        return _materialize_sharded(model, plans, slots, device if explicit_device else None, strict, generator, seed)
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
@@ -386,29 +386,38 @@ def materialize_(
 # ---- models whose parameters are DTensors (FSDP2, tensor parallel) -------------------------------------------
 
 
-def _materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[_Slot], device: torch.device,
+def _materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[_Slot], device: torch.device | None,
                          strict: bool, generator: torch.Generator | None, seed: int | None) -> InitReport:
     """:func:`materialize_` for a model with meta DTensor parameters: each rank gets memory for its shards only.
 
-    1. The values of the tensors no rule covers come from the model's own init, re-enacted
-       on meta (each module's ``reset_parameters``, the model's init method; a recording
-       made under :func:`deferred` does not survive sharding) on plain stand-ins of their
-       full shapes, and replayed one recording at a time into full-size tensors.
-    2. Every meta tensor gets memory through ``Module._apply``, as ``to_empty`` does, so
-       FSDP2 re-registers its sharded parameters.
-    3. The own-init values are written (each rank keeps its part), then the rules run on
-       the DTensors: with ``seed`` an element-wise scheme generates only the local shard.
+    1. The values of the tensors no rule covers: a plain tensor recorded under
+       :func:`deferred` keeps its recording; the others (every DTensor: ``fully_shard``
+       replaces the recorded parameters) are re-enacted on meta (each module's
+       ``reset_parameters``, the model's init method) on plain stand-ins of their full shapes.
+       Nothing is computed yet.
+    2. Every meta DTensor gets memory through ``Module._apply``, as ``to_empty`` does, so
+       FSDP2 re-registers its sharded parameters; every plain meta tensor gets one new
+       tensor, registered wherever the old one was (ties and shared buffers stay shared).
+       Parameters keep their class, ``requires_grad`` and Python attributes.
+    3. Each own-init value is replayed alone into a full-size temporary, written (a DTensor
+       keeps its part) and freed, so the peak is the sharded model plus the largest tensor;
+       then the rules run on the DTensors: with ``seed`` an element-wise scheme generates
+       only the local shard.
 
     If anything raises, the new memory is released (the tensors are meta again) and the
     registrations are restored.
     """
     keyed = seed is not None
     base_seed = derive_seed(generator) if seed is None else seed
+    if device is None:
+        device = _mesh_device(slots)
     uncovered = [s for s in slots if s.plan is None or s.plan.initializer is None]
+    for s in slots:
+        s.recording = None if is_dtensor(s.tensor) else recording_of(s.tensor)
     allocated: set[int] = set()
 
     def allocate(t: Tensor) -> Tensor:
-        if not t.is_meta:
+        if not (t.is_meta and is_dtensor(t)):
             return t
         new = torch.empty_like(t, device=device)
         allocated.update((id(t), id(new)))
@@ -417,14 +426,19 @@ def _materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[_Sl
     snapshot = Snapshot(model, generator=generator)
     with snapshot.on_failure():
         try:
-            values = _own_values(model, slots, uncovered, device, base_seed, keyed, strict)
+            sources, names = _own_init_sources(model, slots, uncovered, strict)  # recorded or re-enacted, on meta
+            attributes = {s.name: dict(vars(s.tensor)) for s in slots if is_dtensor(s.tensor)}
             with torch.no_grad():
                 model._apply(allocate)
-                current = {s.name: _registered(s) for s in slots}
-                for s in uncovered:
-                    t = current[s.name]
-                    value = values[s.name]
+                _allocate_plain(slots, device)
+                for s in slots:
+                    if s.name in attributes:
+                        _keep_attributes(_registered(s), attributes[s.name])
+                for s, src in zip(uncovered, sources):  # one full-size temporary at a time
+                    value = _replay(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor)
+                    t = _registered(s)
                     (t.to_local() if is_dtensor(t) else t).copy_(local_part(t, value) if is_dtensor(t) else value)
+                    del value
                 for p in plans:
                     p.param = getattr(p.owner.module, p.owner.attr)
                 _apply_rules_in_place(plans, {s.name for s in slots}, base_seed, keyed)
@@ -437,42 +451,75 @@ def _materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[_Sl
     return _report(plans, slots)
 
 
+def _mesh_device(slots: list[_Slot]) -> torch.device:
+    """Where a sharded model's memory goes by default: its meshes' device type (the current device for CUDA)."""
+    kind = next(s.tensor.device_mesh.device_type for s in slots if is_dtensor(s.tensor))
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(kind)
+
+
 def _registered(s: _Slot) -> Tensor:
     _, module, attr = s.places[0]
     return getattr(module, attr)
 
 
-def _own_values(model: nn.Module, slots: list[_Slot], uncovered: list[_Slot], device: torch.device,
-                base_seed: int | None, keyed: bool, strict: bool) -> dict[str, Tensor]:
-    """The full values the model's own init gives the ``uncovered`` slots (by name), re-enacted on plain meta stand-ins."""
+def _allocate_plain(slots: list[_Slot], device: torch.device) -> None:
+    """One new tensor for each plain meta slot, registered in every place the slot had (ties stay tied)."""
+    for s in slots:
+        if is_dtensor(s.tensor) or not s.tensor.is_meta:
+            continue
+        new = torch.empty_strided(s.tensor.shape, s.tensor.stride(), dtype=s.tensor.dtype, device=device)
+        if s.is_parameter:
+            new = _parameter_like(s.tensor, new)
+        for _, module, attr in s.places:
+            (module._parameters if s.is_parameter else module._buffers)[attr] = new
+
+
+def _keep_attributes(param: Tensor, saved: dict[str, Any]) -> None:
+    """Give ``param`` the Python attributes it had before ``Module._apply`` replaced it (``no_decay`` flags...)."""
+    for key, value in saved.items():
+        if key not in vars(param):
+            setattr(param, key, value)
+
+
+def _own_init_sources(model: nn.Module, slots: list[_Slot], uncovered: list[_Slot],
+                      strict: bool) -> tuple[list[_Slot], dict[int, str]]:
+    """For each uncovered slot, the slot whose recording gives its value: itself when it was recorded under
+    :func:`deferred`, else a plain meta stand-in of its full shape in a re-enactment of the model's own init; and
+    the qualified name of every storage the recordings know (the names of the random streams)."""
+    names = {s.key: s.name for s in slots if s.recording is not None}
     if not uncovered:
-        return {}
-    swap = Snapshot(model)
-    ghosts: dict[int, Tensor] = {}
-    wanted_ids = {id(s) for s in uncovered}
-    try:
-        for s in slots:  # every meta DTensor: the init code must see plain tensors of the full shape
-            if is_dtensor(s.tensor) or id(s) in wanted_ids:
-                ghost = torch.empty(s.tensor.shape, dtype=s.tensor.dtype, device="meta")
-                if isinstance(s.tensor, nn.Parameter):
-                    ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
-                ghosts[id(s.tensor)] = ghost
-                for _, module, attr in s.places:
-                    (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
-        ghost_slots = [_Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in uncovered]
-        recording = _reenact(model, ghost_slots)
-    finally:
-        swap.restore()
-    for g in ghost_slots:
-        g.recording = recording
-    wanted = _wanted_by_recording(ghost_slots)
-    _find_unknown(ghost_slots, wanted, strict)
-    for g, s in zip(ghost_slots, uncovered):
-        s.source, s.writers = g.source or "reset_parameters", g.writers
-    names = {g.key: g.name for g in ghost_slots}
-    with torch.no_grad():
-        replay = _replay(recording, set(names), device, names, base_seed, keyed)
-    return {g.name: replay.tensor(g.tensor) for g in ghost_slots}
+        return [], names
+    unrecorded = [s for s in uncovered if s.recording is None]
+    by_id: dict[int, _Slot] = {}
+    if unrecorded:
+        swap = Snapshot(model)
+        ghosts: dict[int, Tensor] = {}
+        wanted_ids = {id(s) for s in unrecorded}
+        try:
+            for s in slots:  # every meta DTensor: the init code must see plain tensors of the full shape
+                if is_dtensor(s.tensor) or id(s) in wanted_ids:
+                    ghost = torch.empty(s.tensor.shape, dtype=s.tensor.dtype, device="meta")
+                    if isinstance(s.tensor, nn.Parameter):
+                        ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
+                    ghosts[id(s.tensor)] = ghost
+                    for _, module, attr in s.places:
+                        (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
+            ghost_slots = [_Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in unrecorded]
+            recording = _reenact(model, ghost_slots)
+        finally:
+            swap.restore()
+        for g, s in zip(ghost_slots, unrecorded):
+            g.recording = recording
+            by_id[id(s)] = g
+        names.update({storage_key(ghost): s.name for s in slots if id(s.tensor) in ghosts
+                      for ghost in [ghosts[id(s.tensor)]]})  # fmt: skip
+    sources = [by_id.get(id(s), s) for s in uncovered]
+    _find_unknown(sources, _wanted_by_recording(sources), strict)
+    for src, s in zip(sources, uncovered):
+        s.source, s.writers = src.source or ("reset_parameters" if src is not s else "construction"), src.writers
+    return sources, names
 
 
 def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int | None, keyed: bool) -> None:
@@ -610,9 +657,18 @@ def _replay(rec: Recording, keys: set[int], device: torch.device, names: dict[in
     """
     streams: dict[str, torch.Generator] = {}
 
+    def target(op: Op) -> int | None:
+        return op.writes[0].key if op.writes else op.outputs[0].key if op.outputs else None
+
+    # a random operation on a tensor that is not the model's (a constructor's temporary, a deep-copied template layer)
+    # is named by its rank among such operations, so that the model's own tensors created before it do not move it
+    unnamed: dict[int, int] = {}
+    for j, o in enumerate(rec.ops):
+        if o.random and target(o) not in names:
+            unnamed[j] = len(unnamed)
+
     def name_of(i: int, op: Op) -> str:
-        target = op.writes[0].key if op.writes else op.outputs[0].key if op.outputs else None
-        return names.get(target, f"#{i}:{op.name}")
+        return names.get(target(op)) or f"#{unnamed.get(i, i)}:{op.name}"
 
     def generator_for(i: int, op: Op) -> torch.Generator | None:
         if base_seed is None:
@@ -683,15 +739,23 @@ def _keyed_twin(func: Any) -> Any:
     return func if takes_seed and getattr(func, "__module__", "").startswith("torchinit.") else None
 
 
-def replay_keyed_(module: nn.Module, program: Any, seed: int, prefix: str = "") -> nn.Module:
-    """Run ``program(module)`` with every random draw from the keyed stream of ``seed``; in place.
+def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: str = "") -> nn.Module:
+    """Run ``program(module)`` on meta stand-ins, then replay it into ``module``'s tensors; in place.
 
-    The program is recorded on meta stand-ins of ``module``'s parameters and buffers (the
-    module itself is not touched while it runs), then replayed as ``materialize_(seed=...)``
-    replays construction: the ``k``-th random operation on the tensor named ``n`` (its
-    qualified name under ``prefix``) draws from the stream ``n`` or ``n#k``. The results are
-    copied into the module's tensors; a failure leaves them as they were.
+    The program is recorded on meta stand-ins of ``module``'s parameters and buffers (full
+    shapes for DTensors; the module itself is not touched while it runs), then replayed as
+    :func:`materialize_` replays construction. With ``seed``, the ``k``-th random operation
+    on the tensor named ``n`` (its qualified name under ``prefix``) draws from the keyed
+    stream ``n`` or ``n#k``; with None, from the global RNG in the program's order. The
+    results are copied into the module's tensors, a DTensor keeping its part; a failure
+    leaves them as they were.
     """
+    for sub_name, sub in module.named_modules():
+        if parametrize.is_parametrized(sub) or weight_norm_hooks(sub):
+            raise ValueError(
+                f"{prefix or type(module).__name__}: {sub_name or 'the module'} is reparametrized (weight_norm, "
+                "parametrizations): its reset cannot be replayed from a recording yet, so it cannot draw from the keyed "
+                "stream or be initialized as DTensors; initialize it unsharded with generator= (or a rule per tensor)")
     recording = Recording()
     mode = RecordingMode(recording)
     snapshot = Snapshot(module)
@@ -722,7 +786,7 @@ def replay_keyed_(module: nn.Module, program: Any, seed: int, prefix: str = "") 
     if not metas:
         return module
     device = next(iter(metas.values()))[0].device
-    replay = _replay(recording, set(names), device, names, seed, True)
+    replay = _replay(recording, set(names), device, names, seed, seed is not None)
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:

@@ -49,7 +49,7 @@ from torchinit._text import text_table
 from torchinit.fans import module_layout
 from torchinit.initializers import Initializer
 from torchinit.recording import draw_seed, storage_key
-from torchinit.sampling import make_sampler
+from torchinit.sampling import is_dtensor, make_sampler
 
 __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
@@ -243,7 +243,7 @@ class ReportRow:
 
     @property
     def std(self) -> float | None:
-        """The parameter's current standard deviation (None for meta, integer or one-element tensors)."""
+        """The parameter's current standard deviation (None for meta, integer, one-element and DTensor parameters)."""
         return None if self.tensor is None else _std(self.tensor)
 
 
@@ -288,8 +288,8 @@ def parameter_shape(t: Tensor) -> tuple[int, ...]:
 
 
 def _std(t: Tensor) -> float | None:
-    if isinstance(t, nn.parameter.UninitializedTensorMixin):
-        return None
+    if isinstance(t, nn.parameter.UninitializedTensorMixin) or is_dtensor(t):
+        return None  # a DTensor's std is a collective: printing the report on one rank must not hang
     if t.is_meta or t.numel() < 2 or not (t.is_floating_point() or t.is_complex()):
         return None
     return float(t.detach().float().std()) if not t.is_complex() else float(t.detach().abs().std())

@@ -37,7 +37,7 @@ from torchinit.initializers import (
 )
 from torchinit.policy import Policy, Rule
 from torchinit.recording import seeded_global_rng
-from torchinit.sampling import make_sampler
+from torchinit.sampling import is_dtensor, make_sampler
 from torchinit.variance import kaiming_uniform_
 
 __all__ = [
@@ -95,20 +95,28 @@ def torch_reset_(
     of it, and the global RNG is restored afterwards. With ``seed``, the same program's
     random fills draw from the keyed stream instead: ``module``'s tensor ``n`` (named
     ``name.n``) from the stream of ``(seed, "name.n")``
-    (:func:`torchinit.materialize.replay_keyed_`); the global RNG is not touched.
+    (:func:`torchinit.materialize.replay_program_`); the global RNG is not touched.
+
+    A module holding DTensors (FSDP2, tensor parallel) is initialized whole and each rank
+    keeps its part: torch's resets on the DTensors themselves would draw per shard.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module; got {type(module).__name__}")
     make_sampler(generator, seed, name)
-    if seed is not None:
-        from torchinit.materialize import replay_keyed_  # materialization builds on policies, not the reverse
+    sharded = any(is_dtensor(t) for t in (*module.parameters(), *module.buffers()))
+    if seed is not None or sharded:
+        from torchinit.materialize import replay_program_  # materialization builds on policies, not the reverse
 
-        return replay_keyed_(module, constructor_init, seed, name)
-    if generator is None:
-        constructor_init(module)
-        return module
-    with seeded_global_rng(generator):
-        constructor_init(module)
+        if seed is not None or generator is None:
+            return replay_program_(module, constructor_init, seed, name)
+        with seeded_global_rng(generator):
+            return replay_program_(module, constructor_init, None, name)
+    with torch.no_grad():  # as the constructors run: a reparametrized module's reset writes leaf parameters
+        if generator is None:
+            constructor_init(module)
+            return module
+        with seeded_global_rng(generator):
+            constructor_init(module)
     return module
 
 

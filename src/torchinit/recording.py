@@ -318,7 +318,7 @@ class Recording:
                         out = op.func(*args, **kwargs)
                     _keep_outputs(storages, op, out)
                     continue
-                if gen is not None:
+                if gen is not None and kwargs.get("seed") is None:  # a call recorded with seed= is keyed already
                     kwargs["generator"] = gen
             out = op.func(*args, **kwargs)
             _keep_outputs(storages, op, out)
@@ -389,8 +389,10 @@ def _ref_or_value(x: Any) -> Any:
     return x
 
 
-#: Random ops whose schema has no generator argument: replayed under a seeded global RNG (see Recording.replay).
-_RANDOM_WITHOUT_GENERATOR = {"rand_like", "randn_like", "randint_like"}
+#: Random ops whose schema (or one of whose overloads) has no generator argument: replayed under a seeded global
+#: RNG (see Recording.replay).
+_RANDOM_WITHOUT_GENERATOR = {"rand_like", "randn_like", "randint_like", "rand", "randn", "randint", "randperm",
+                             "normal", "bernoulli", "multinomial", "poisson"}
 
 
 class RecordingMode(TorchDispatchMode):

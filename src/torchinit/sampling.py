@@ -243,6 +243,9 @@ class KeyedSampler(Sampler):
         if buf.is_complex():  # the real and imaginary parts of element i are values 2i and 2i + 1
             if self.region is not None:
                 raise ValueError("complex DTensor shards are computed whole (torchinit.sampling.shardable)")
+            if buf.is_conj():  # a conjugate view has no real view: fill a plain tensor, then copy (conjugating)
+                return buf.copy_(self._fill(fill, torch.empty(buf.shape, dtype=buf.dtype, device=buf.device), a, b,
+                                            start))
             fill(torch.view_as_real(buf), self.stream, a, b, offset=2 * start)
             return buf
         if self.region is None:

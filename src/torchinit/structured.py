@@ -34,8 +34,14 @@ from torchinit.fans import block_shape
 __all__ = ["orthogonal_", "delta_orthogonal_", "hadamard_", "sparse_", "haar_semi_orthogonal"]
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32/float64/complex compute in their own dtype; bf16/fp16 (no CPU QR) in float32."""
+def _compute_dtype(dtype: torch.dtype, sampler: Sampler | None = None) -> torch.dtype:
+    """float32/float64/complex compute in their own dtype; bf16/fp16 (no CPU QR) in float32.
+
+    With a keyed (element-wise) sampler, in float64 (complex128): LAPACK's QR may change its last
+    bits with the BLAS thread count, and computing wide then rounding keeps float32 values equal.
+    """
+    if sampler is not None and sampler.elementwise:
+        return torch.complex128 if dtype.is_complex else torch.float64
     return dtype if dtype in (torch.float32, torch.float64) or dtype.is_complex else torch.float32
 
 
@@ -99,7 +105,8 @@ def orthogonal_(
     matrix leaves each block far from it.
 
     ``seed`` (keyword-only, with ``name``) draws the Gaussian matrix from the keyed stream of
-    ``(seed, name)`` instead of ``generator``; not both. A DTensor is computed whole on
+    ``(seed, name)`` instead of ``generator``; not both. It is then computed in float64
+    (complex128) and rounded, so that the BLAS thread count does not change float32 results. A DTensor is computed whole on
     every rank, which keeps its part (the QR needs every entry).
 
     Example:
@@ -121,7 +128,7 @@ def orthogonal_(
         return tensor
     cols = t.numel() // t.size(0)
     with torch.no_grad():
-        q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype), t.device, sampler)
+        q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype, sampler), t.device, sampler)
         t.copy_(q.reshape(t.shape))
         t.mul_(gain)
     return tensor
@@ -162,7 +169,7 @@ def delta_orthogonal_(
     if nothing_to_write(t):
         return tensor
     out, inp = t.shape[:2]
-    q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype), t.device, sampler)[0]
+    q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype, sampler), t.device, sampler)[0]
     with torch.no_grad():
         t.zero_()
         t[(slice(None), slice(None)) + _centre(t)] = q * gain
@@ -290,7 +297,7 @@ def sparse_(
         sampler.normal_(m, 0.0, std)
         if num_zeros:
             # a uniformly random subset of rows per column: the smallest of i.i.d. keys (selection, not a sort)
-            keys = sampler.child(1).uniform_(torch.empty((cols, rows), device=t.device), 0.0, 1.0)
+            keys = sampler.child(1).uniform_(torch.empty((cols, rows), dtype=torch.float32, device=t.device), 0.0, 1.0)
             zero_rows = keys.topk(num_zeros, dim=1, largest=False, sorted=False).indices
             m.scatter_(0, zero_rows.T, 0.0)
         if not in_place:
