@@ -266,14 +266,29 @@ def test_keyed_orthogonal_is_computed_wide():
     assert torch.equal(w, wide.float())
 
 
-def test_reparametrized_modules_with_seed_are_refused_up_front():
+@pytest.mark.parametrize("make", ["parametrizations.weight_norm", "weight_norm", "parametrizations.spectral_norm"])
+def test_torch_reset_with_seed_on_reparametrized_modules(make):
+    """The reset runs on plain stand-ins and reaches the reparametrization's tensors: keyed, the global RNG untouched."""
+    import warnings
+
     from torch.nn.utils import parametrizations
 
-    layer = parametrizations.weight_norm(nn.Linear(4, 5))
-    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
-    with pytest.raises(ValueError, match="reparametrized"):
-        ti.presets.torch_reset_(layer, seed=1)
-    assert all(torch.equal(before[n], p) for n, p in layer.named_parameters())
-    old = torch.nn.utils.weight_norm(nn.Linear(4, 5))
+    def build():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.nn.utils.weight_norm is deprecated
+            layer = nn.Linear(4, 5)
+            return torch.nn.utils.weight_norm(layer) if make == "weight_norm" else \
+                getattr(parametrizations, make.split(".")[1])(layer)  # fmt: skip
+
+    def reset(seed):
+        layer = build()
+        state = torch.get_rng_state()
+        ti.presets.torch_reset_(layer, seed=seed)
+        assert torch.equal(state, torch.get_rng_state())
+        return {n: p.detach().clone() for n, p in layer.named_parameters()}
+
+    a, b, c = reset(7), reset(7), reset(8)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert all(not torch.equal(a[n], c[n]) for n in a)
+    old = build()
     ti.presets.torch_reset_(old)  # with no seed: torch's own reset, under no_grad (it used to raise)
-    ti.presets.torch_reset_(old, generator=torch.Generator().manual_seed(0))

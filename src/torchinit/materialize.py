@@ -750,12 +750,6 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
     results are copied into the module's tensors, a DTensor keeping its part; a failure
     leaves them as they were.
     """
-    for sub_name, sub in module.named_modules():
-        if parametrize.is_parametrized(sub) or weight_norm_hooks(sub):
-            raise ValueError(
-                f"{prefix or type(module).__name__}: {sub_name or 'the module'} is reparametrized (weight_norm, "
-                "parametrizations): its reset cannot be replayed from a recording yet, so it cannot draw from the keyed "
-                "stream or be initialized as DTensors; initialize it unsharded with generator= (or a rule per tensor)")
     recording = Recording()
     mode = RecordingMode(recording)
     snapshot = Snapshot(module)
@@ -777,16 +771,22 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
                         metas[id(t)] = (t, meta)
                         names[storage_key(meta)] = ".".join(x for x in (prefix, module_name, attr) if x)
                     store[attr] = metas[id(t)][1]
+            for hook in weight_norm_hooks(sub):  # torch.nn.utils.weight_norm keeps the computed weight as an attribute
+                if isinstance(sub.__dict__.get(hook.name), Tensor):
+                    sub.__dict__[hook.name] = torch.empty_like(sub.__dict__[hook.name], device="meta")
         mode.paused = False
         with _recording_into(recording, mode), mode, torch.no_grad():
             program(module)
+        # a parametrization's right_inverse moves its originals to new storages (set_): name them where they are now
+        names.update({storage_key(meta): names[key] for key, (_, meta) in zip(list(names), metas.values())})
     finally:
         mode.paused = False
         snapshot.restore()
     if not metas:
         return module
     device = next(iter(metas.values()))[0].device
-    replay = _replay(recording, set(names), device, names, seed, seed is not None)
+    wanted = {storage_key(meta) for _, meta in metas.values()}
+    replay = _replay(recording, wanted, device, names, seed, seed is not None)
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:
