@@ -59,6 +59,8 @@ from torchinit._demo_model import ResidualMLP, SmallCNN
 from torchinit._text import text_table
 from torchinit.compare import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, SchemeResult, compare
 from torchinit.probe import first_tensor, plot_reports
+from torchinit.trainability import DATASETS, parse_init, summarize, train
+from torchinit.trainability import MODELS as TRAIN_MODELS
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
 
@@ -336,7 +338,86 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--init", choices=list(SCHEMES), default="default", metavar="SCHEME",
                              help=f"one of {','.join(SCHEMES)} (default: default)")
+    help_text = "train fresh copies of a model under each init scheme on a real dataset: does it train?"
+    cmd = sub.add_parser("train", help=help_text, description=help_text + " (scikit-learn: pip install "
+                         "'torchinit[train]').")
+    cmd.add_argument("--data", choices=DATASETS, default="digits", help="the dataset (default: digits)")
+    cmd.add_argument("--model", choices=TRAIN_MODELS, default="mlp-tanh", help="the model (default: mlp-tanh)")
+    cmd.add_argument("--depth", type=_positive_int, default=16, help="hidden layers or blocks (default: 16)")
+    cmd.add_argument("--init", type=_train_inits, default=["default", "orthogonal"], metavar="LIST",
+                     help=f"comma-separated schemes of compare ({','.join(SCHEMES)}); NAME:gain=G sets the gain "
+                          "of orthogonal, xavier_*, hadamard (default: default,orthogonal)")
+    cmd.add_argument("--seeds", type=_positive_int, default=3, help="seeds per scheme (default: 3)")
+    cmd.add_argument("--steps", type=_positive_int, default=300, help="Adam steps, lr 1e-3, batch 128 (default: 300)")
+    cmd.add_argument("--out", metavar="PATH", help="write the loss curves and the accuracies as a figure "
+                                                    f"({', '.join(PLOT_SUFFIXES)}; a directory gets train.png)")
+    cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser  # fmt: skip
+
+
+def _train_inits(text: str) -> list[str]:
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError("needs at least one scheme")
+    for spec in specs:
+        try:
+            parse_init(spec)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return specs
+
+
+def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
+    out = _plot_path(args.out, "train") if args.out else None
+    try:
+        result = train(args.model, args.depth, args.init, data=args.data, seeds=args.seeds, steps=args.steps)
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    if args.format == "json":
+        json.dump(result, stdout, indent=2)
+        stdout.write("\n")
+    else:
+        stdout.write(f"{args.model}, depth {args.depth}, on {args.data}: {args.seeds} seed(s), {args.steps} Adam "
+                     "steps (lr 1e-3, batch 128); mean ± std over the seeds\n")
+        stdout.write(text_table(["scheme", "test accuracy", "final train loss", "steps until the loss halved"],
+                                summarize(result), numeric={1, 2, 3}) + "\n")
+    if out:
+        plot_training(result, out)
+    return 0
+
+
+def plot_training(result: dict, path: str) -> None:
+    """The loss curves (mean over the seeds, log scale) and the test accuracies (mean and each seed) of a train run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = list(result["schemes"])
+    for label in labels:
+        curves = [[math.nan if v is None else v for v in c] for c in result["schemes"][label]["loss_curve"]]
+        mean = [sum(col) / len(col) for col in zip(*curves)]
+        left.plot(range(1, len(mean) + 1), mean, label=label)
+    left.set_yscale("log")
+    left.set_xlabel("Adam step")
+    left.set_ylabel("training loss (mean over seeds)")
+    left.legend(fontsize=8)
+    for i, label in enumerate(labels):
+        accs = result["schemes"][label]["test_acc"]
+        right.bar(i, sum(accs) / len(accs), color="C%d" % i, alpha=0.6)
+        right.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
+    right.axhline(0.1, color="gray", linestyle=":", label="chance")
+    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("test accuracy")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{result['model']}, depth {result['depth']}, {result['data']}: {result['seeds']} seeds, "
+                 f"{result['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _fmt(v: float | None) -> str:
@@ -376,6 +457,8 @@ def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
 
 
 def _run(args: argparse.Namespace, stdout: TextIO) -> int:
+    if args.command == "train":
+        return _run_train(args, stdout)
     shape = _input_shape(args)
     out = _plot_path(args.out, args.command) if args.out else None
     builder = _checked_builder(args.model, load_model(args.model))
@@ -474,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version (usage errors raise UsageError)
             return exc.code if isinstance(exc.code, int) else 0
         if args.command is None:
-            raise UsageError("a command is required: compare or probe (see torchinit --help)")
+            raise UsageError("a command is required: compare, probe or train (see torchinit --help)")
         return _run(args, sys.stdout)
     except (Exception, KeyboardInterrupt) as err:
         return _report(err, args)

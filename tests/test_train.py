@@ -1,0 +1,87 @@
+"""``torchinit train`` smoke tests (issue 14, item 4): tiny depths and a few steps; the real numbers live in the docs."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from torchinit.cli import main
+from torchinit.trainability import MODELS, build_model, parse_init, train
+
+pytest.importorskip("sklearn", reason="torchinit train needs scikit-learn (the train extra)")
+
+
+def run(capsys, *argv):
+    code = main(["train", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_carries_every_field_and_the_same_seed_gives_the_same_numbers(capsys):
+    argv = ["--model", "mlp-tanh", "--depth", "2", "--init", "default,orthogonal:gain=1.5", "--seeds", "2",
+            "--steps", "6", "--format", "json"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    result = json.loads(out)
+    assert {k: result[k] for k in ("data", "model", "depth", "steps", "seeds")} == \
+        {"data": "digits", "model": "mlp-tanh", "depth": 2, "steps": 6, "seeds": 2}
+    assert list(result["schemes"]) == ["default", "orthogonal:gain=1.5"]
+    for entry in result["schemes"].values():
+        assert len(entry["test_acc"]) == len(entry["final_loss"]) == len(entry["steps_to_half"]) == 2
+        assert all(0.0 <= a <= 1.0 for a in entry["test_acc"])
+        assert [len(c) for c in entry["loss_curve"]] == [6, 6]
+        assert entry["final_loss"] == [c[-1] for c in entry["loss_curve"]]
+    code, again, _ = run(capsys, *argv)
+    assert code == 0
+    again = json.loads(again)
+    # the same numbers, up to the last bits that CPU kernels may change between calls (threaded reductions): a
+    # relative 1e-5 on losses after 6 steps, at most one test sample (1/450) of accuracy
+    for label, entry in result["schemes"].items():
+        other = again["schemes"][label]
+        assert other["steps_to_half"] == entry["steps_to_half"]
+        for mine, theirs in zip(entry["loss_curve"], other["loss_curve"]):
+            assert mine == pytest.approx(theirs, rel=1e-5)
+        assert entry["test_acc"] == pytest.approx(other["test_acc"], abs=1.5 / 450)
+
+
+def test_the_table_and_the_figure(capsys, tmp_path):
+    out_png = tmp_path / "train.png"
+    code, out, err = run(capsys, "--model", "mlp-relu", "--depth", "1", "--seeds", "1", "--steps", "3",
+                         "--out", str(out_png))
+    assert code == 0, err
+    assert "test accuracy" in out and "steps until the loss halved" in out and "orthogonal" in out
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains(model):
+    r = train(model, 1, ["default", "kaiming_normal"], seeds=1, steps=2, progress=False)
+    assert all(len(e["loss_curve"][0]) == 2 for e in r["schemes"].values())
+    assert build_model(model, 2)(torch.zeros(5, 64)).shape == (5, 10)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--init", "orthogonl"], "unknown init 'orthogonl'; choose from default"),
+    (["--init", "kaiming_normal:gain=2"], "only a gain can be set"),
+    (["--init", "orthogonal:gain=-1"], "gain must be a positive finite number"),
+    (["--model", "vit"], "invalid choice: 'vit'"),
+    (["--depth", "0"], "--depth"),
+])
+def test_bad_arguments_are_one_line_usage_errors(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+
+
+def test_a_missing_extra_says_what_to_install(capsys, monkeypatch):
+    for module in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing them now raises ImportError
+    code, out, err = run(capsys, "--depth", "1", "--steps", "1", "--seeds", "1")
+    assert code == 2 and "pip install 'torchinit[train]'" in err and err.count("\n") == 1
+
+
+def test_parse_init_gains():
+    label, scheme = parse_init("orthogonal:gain=1.667")
+    assert label == "orthogonal:gain=1.667" and "gain=1.667" in scheme.description
