@@ -2,6 +2,7 @@
 #   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
 #   make test   - create .venv, install with the dev extras, run the test suite
 #   make fuzz   - the initializer fuzz (tests/test_fuzz.py) with its large Hypothesis profile
+#   make trainability - the training experiments of docs/trainability.md (about 15 minutes on 2 cores)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench trainability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/keyed.py
 	$(BIN)/python benchmarks/model_init.py
 	$(BIN)/python benchmarks/sharded.py --check
+
+trainability: $(VENV)/.installed-dev
+	$(BIN)/python docs/trainability.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -85,3 +85,25 @@ def test_a_missing_extra_says_what_to_install(capsys, monkeypatch):
 def test_parse_init_gains():
     label, scheme = parse_init("orthogonal:gain=1.667")
     assert label == "orthogonal:gain=1.667" and "gain=1.667" in scheme.description
+
+
+def test_the_architecture_specific_schemes():
+    """fixup (residual blocks) and delta_orthogonal (convs) are schemes of compare and train, asked for by name."""
+    from torch import nn
+
+    from torchinit._demo_model import ResidualMLP, SmallCNN
+    from torchinit.compare import DEFAULT_SCHEMES, SCHEMES
+
+    assert "fixup" not in DEFAULT_SCHEMES and "delta_orthogonal" not in DEFAULT_SCHEMES
+    model = ResidualMLP(widths=(8, 16), depth=2)
+    SCHEMES["fixup"].apply(model, None, torch.Generator().manual_seed(0))
+    assert all(bool((b.fc2.weight == 0).all()) for b in model.blocks)
+    assert bool((model.head.weight == 0).all()) and bool((model.head.bias == 0).all())
+    assert float(model.blocks[0].fc1.weight.std()) > 0
+    with pytest.raises(ValueError, match="fixup needs residual blocks"):
+        SCHEMES["fixup"].apply(nn.Sequential(nn.Linear(4, 4)), None, torch.Generator())
+    cnn = SmallCNN()
+    SCHEMES["delta_orthogonal"].apply(cnn, None, torch.Generator().manual_seed(0))
+    conv = cnn.stem if hasattr(cnn, "stem") else next(m for m in cnn.modules() if isinstance(m, nn.Conv2d))
+    w = conv.weight.detach()
+    assert int(w.count_nonzero()) == int(w[:, :, 1, 1].count_nonzero())  # only the centre tap

@@ -57,9 +57,17 @@ from torch import nn
 import torchinit
 from torchinit._demo_model import ResidualMLP, SmallCNN
 from torchinit._text import text_table
-from torchinit.compare import EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD, SchemeResult, compare
+from torchinit.compare import (
+    DEFAULT_SCHEMES,
+    EXPLODE_STD,
+    SCHEMES,
+    VANISH_GRAD,
+    VANISH_STD,
+    SchemeResult,
+    compare,
+)
 from torchinit.probe import first_tensor, plot_reports
-from torchinit.trainability import DATASETS, parse_init, summarize, train
+from torchinit.trainability import DATASETS, parse_init, plot_training, summarize, train
 from torchinit.trainability import MODELS as TRAIN_MODELS
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
@@ -331,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                               f"memory, {_human(_default_memory_limit())})")
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == "compare":
-            cmd.add_argument("--init", type=_scheme_list, default=list(SCHEMES), metavar="LIST",
-                             help=f"comma-separated schemes (default: all: {','.join(SCHEMES)})")
+            cmd.add_argument("--init", type=_scheme_list, default=list(DEFAULT_SCHEMES), metavar="LIST",
+                             help=f"comma-separated schemes of {','.join(SCHEMES)} (default: "
+                                  f"{','.join(DEFAULT_SCHEMES)})")
             cmd.add_argument("--spectrum", action="store_true",
                              help="also the singular values of the input-output Jacobian at one sample")
         else:
@@ -344,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--data", choices=DATASETS, default="digits", help="the dataset (default: digits)")
     cmd.add_argument("--model", choices=TRAIN_MODELS, default="mlp-tanh", help="the model (default: mlp-tanh)")
     cmd.add_argument("--depth", type=_positive_int, default=16, help="hidden layers or blocks (default: 16)")
+    cmd.add_argument("--width", type=_positive_int, default=64, help="hidden width or channels (default: 64)")
     cmd.add_argument("--init", type=_train_inits, default=["default", "orthogonal"], metavar="LIST",
                      help=f"comma-separated schemes of compare ({','.join(SCHEMES)}); NAME:gain=G sets the gain "
                           "of orthogonal, xavier_*, hadamard (default: default,orthogonal)")
@@ -371,7 +381,8 @@ def _train_inits(text: str) -> list[str]:
 def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
     out = _plot_path(args.out, "train") if args.out else None
     try:
-        result = train(args.model, args.depth, args.init, data=args.data, seeds=args.seeds, steps=args.steps)
+        result = train(args.model, args.depth, args.init, data=args.data, seeds=args.seeds, steps=args.steps,
+                       width=args.width)
     except ImportError as err:
         raise UsageError(str(err)) from None
     if args.format == "json":
@@ -385,39 +396,6 @@ def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
     if out:
         plot_training(result, out)
     return 0
-
-
-def plot_training(result: dict, path: str) -> None:
-    """The loss curves (mean over the seeds, log scale) and the test accuracies (mean and each seed) of a train run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    labels = list(result["schemes"])
-    for label in labels:
-        curves = [[math.nan if v is None else v for v in c] for c in result["schemes"][label]["loss_curve"]]
-        mean = [sum(col) / len(col) for col in zip(*curves)]
-        left.plot(range(1, len(mean) + 1), mean, label=label)
-    left.set_yscale("log")
-    left.set_xlabel("Adam step")
-    left.set_ylabel("training loss (mean over seeds)")
-    left.legend(fontsize=8)
-    for i, label in enumerate(labels):
-        accs = result["schemes"][label]["test_acc"]
-        right.bar(i, sum(accs) / len(accs), color="C%d" % i, alpha=0.6)
-        right.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
-    right.axhline(0.1, color="gray", linestyle=":", label="chance")
-    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    right.set_ylabel("test accuracy")
-    right.set_ylim(0, 1)
-    right.legend(fontsize=8)
-    fig.suptitle(f"{result['model']}, depth {result['depth']}, {result['data']}: {result['seeds']} seeds, "
-                 f"{result['steps']} steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _fmt(v: float | None) -> str:

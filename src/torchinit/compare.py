@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit.initializers import (
+    DeltaOrthogonal,
     Hadamard,
     Initializer,
     KaimingNormal,
@@ -29,10 +30,10 @@ from torchinit.initializers import (
 )
 from torchinit.lsuv import lsuv_
 from torchinit.policy import Policy
-from torchinit.presets import glass_shortcuts
+from torchinit.presets import fixup, glass_shortcuts
 from torchinit.probe import SignalReport, jacobian_spectrum, probe
 
-__all__ = ["Scheme", "SCHEMES", "SchemeResult", "compare", "EXPLODE_STD", "VANISH_STD", "VANISH_GRAD"]
+__all__ = ["Scheme", "SCHEMES", "DEFAULT_SCHEMES", "SchemeResult", "compare", "EXPLODE_STD", "VANISH_STD", "VANISH_GRAD"]
 
 #: A scheme "exploded" when the output or the input gradient is not finite, or the output std exceeds this.
 EXPLODE_STD = 1e3
@@ -58,6 +59,17 @@ def _layers(weight: Initializer) -> Apply:
     return lambda model, data, g: policy.apply_(model, generator=g)
 
 
+def _fixup(model: nn.Module, data: Any, g: torch.Generator) -> None:
+    """Fixup (presets.fixup) for the model's residual blocks (fc1/fc2 or conv1/conv2), the last Linear (classifier) 0."""
+    blocks = [m for m in model.modules() if hasattr(m, "fc2") or hasattr(m, "conv2")]
+    if not blocks:
+        raise ValueError("fixup needs residual blocks whose branches are fc1, fc2 (or conv1, conv2) layers; "
+                         f"{type(model).__name__} has none")
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = Policy([(f"{linears[-1]}.weight", Zeros()), (f"{linears[-1]}.bias", Zeros())], optional=True)
+    (fixup(len(blocks), 2) + head).apply_(model, generator=g)
+
+
 def _shortcuts(isometric: bool) -> Apply:
     policy = glass_shortcuts(isometric=isometric)
     return lambda model, data, g: policy.apply_(model, generator=g)
@@ -78,12 +90,25 @@ SCHEMES: dict[str, Scheme] = {
     "lecun_uniform": Scheme("lecun_uniform_() on every weight, biases 0", _layers(LecunUniform())),
     "orthogonal": Scheme("orthogonal_(gain=sqrt(2)) on every weight, biases 0", _layers(Orthogonal(gain=_RELU))),
     "hadamard": Scheme("hadamard_() (ZerO) on every weight, biases 0", _layers(Hadamard())),
+    "delta_orthogonal": Scheme("delta_orthogonal_(gain=sqrt(2)) on every conv weight, orthogonal_(gain=sqrt(2)) on "
+                               "every Linear weight, biases 0",
+                               lambda model, data, g: Policy([
+                                   (nn.Linear, {"weight": Orthogonal(gain=_RELU), "bias": Zeros()}),
+                                   (nn.modules.conv._ConvNd, {"weight": DeltaOrthogonal(gain=_RELU), "bias": Zeros()}),
+                               ], optional=True).apply_(model, generator=g)),
+    "fixup": Scheme("Fixup: branch layers He fan_out scaled by L^(-1/2), their last layer and the classifier 0 "
+                    "(presets.fixup)", _fixup),
     "glass": Scheme("glass_() on the projection shortcuts, the rest as 'default'", _shortcuts(False)),
     "glass-isometric": Scheme("glass_(isometric=True, zero_mean=False) on the shortcuts, the rest as 'default'",
                               _shortcuts(True)),
     "lsuv": Scheme("lsuv_(): orthogonal, then each layer rescaled to output std 1 on the batch",
                    lambda model, data, g: lsuv_(model, data, generator=g)),
 }  # fmt: skip
+
+
+#: What ``compare`` runs when no scheme is named: all but the architecture-specific ones (fixup needs residual
+#: blocks of fc1/fc2 or conv1/conv2 layers; delta_orthogonal is for conv nets), which are asked for by name.
+DEFAULT_SCHEMES = [name for name in SCHEMES if name not in ("fixup", "delta_orthogonal")]
 
 
 @dataclass
@@ -143,7 +168,7 @@ def compare(
         >>> [r.scheme for r in rows]
         ['default', 'glass']
     """
-    names = list(SCHEMES) if schemes is None else list(schemes)
+    names = list(DEFAULT_SCHEMES) if schemes is None else list(schemes)
     unknown = [n for n in names if n not in SCHEMES]
     if unknown:
         raise ValueError(f"unknown scheme(s) {', '.join(map(repr, unknown))}; choose from {', '.join(SCHEMES)}")

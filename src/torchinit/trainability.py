@@ -42,7 +42,7 @@ from torchinit._demo_model import ResidualMLP
 from torchinit.compare import SCHEMES, Scheme, _layers
 from torchinit.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
 
-__all__ = ["DATASETS", "MODELS", "train", "parse_init", "load_data", "build_model", "summarize"]
+__all__ = ["DATASETS", "MODELS", "train", "parse_init", "load_data", "build_model", "summarize", "plot_training"]
 
 DATASETS = ("digits",)
 MODELS = ("mlp-tanh", "mlp-relu", "resmlp", "cnn")
@@ -245,3 +245,36 @@ def summarize(result: dict[str, Any]) -> list[list[str]]:
             steps += f" ({len(halved)}/{len(entry['steps_to_half'])})"
         rows.append([label, _mean_std(entry["test_acc"]), _mean_std(entry["final_loss"]), steps])
     return rows
+
+
+def plot_training(result: dict[str, Any], path: str) -> None:
+    """The loss curves (mean over the seeds, log scale) and the test accuracies (mean and each seed) of a train run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = list(result["schemes"])
+    for label in labels:
+        curves = [[math.nan if v is None else v for v in c] for c in result["schemes"][label]["loss_curve"]]
+        mean = [sum(col) / len(col) for col in zip(*curves)]
+        left.plot(range(1, len(mean) + 1), mean, label=label)
+    left.set_yscale("log")
+    left.set_xlabel("Adam step")
+    left.set_ylabel("training loss (mean over seeds)")
+    left.legend(fontsize=8)
+    for i, label in enumerate(labels):
+        accs = result["schemes"][label]["test_acc"]
+        right.bar(i, sum(accs) / len(accs), color="C%d" % i, alpha=0.6)
+        right.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
+    right.axhline(0.1, color="gray", linestyle=":", label="chance")
+    right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    right.set_ylabel("test accuracy")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{result['model']}, depth {result['depth']}, {result['data']}: {result['seeds']} seeds, "
+                 f"{result['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
