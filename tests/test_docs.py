@@ -3,6 +3,7 @@
 import doctest
 import re
 import importlib
+import json
 import importlib.util
 import inspect
 import pkgutil
@@ -125,3 +126,28 @@ def test_sharded_docs_quote_the_sharded_benchmark():
     quoted = re.findall(r"(\d+(?:\.\d+)?)×", sentence) + re.findall(r"(\d+(?:\.\d+)?)×", docs)
     assert quoted and all(_matches(q, measured) for q in quoted), quoted
     assert "400M" in sentence and "400M fp32 parameters" in results
+
+
+def test_trainability_page_holds_its_script_results():
+    """docs/trainability.md's tables are what docs/trainability.py made of docs/trainability_results.json, every
+    run with at least 3 seeds, each with its figure; the README's sentence quotes those numbers."""
+    spec = importlib.util.spec_from_file_location("trainability_docs", ROOT / "docs" / "trainability.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = json.loads((ROOT / "docs" / "trainability_results.json").read_text())
+    page = (ROOT / "docs" / "trainability.md").read_text()
+    assert set(results) == set(script.RUNS)
+    for name, result in results.items():
+        assert result["seeds"] >= 3 and result["steps"] == script.STEPS
+        assert script.block(name, result) in page, name
+        assert (ROOT / "docs" / "img" / f"trainability_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/img/trainability_mlp-tanh-64.png)" in readme
+    sentence = readme[readme.index("![does it train]"):].split("\n\n")[1]  # the paragraph under the figure
+    quoted = re.findall(r"(\d+(?:\.\d+)?)%", sentence)
+    accuracies = [100 * a for r in results.values() for e in r["schemes"].values() for a in e["test_acc"]]
+    means = [100 * sum(e["test_acc"]) / len(e["test_acc"]) for r in results.values() for e in r["schemes"].values()]
+    assert quoted and all(_matches(q, accuracies + means) for q in quoted), quoted
+    prose = "\n".join(line for line in page.splitlines() if not line.startswith("|"))
+    quoted = re.findall(r"(\d+(?:\.\d+)?)%", prose)
+    assert len(quoted) >= 10 and all(_matches(q, accuracies + means) for q in quoted), quoted
