@@ -2,7 +2,7 @@
 #   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
 #   make test   - create .venv, install with the dev extras, run the test suite
 #   make fuzz   - the initializer fuzz (tests/test_fuzz.py) with its large Hypothesis profile
-#   make trainability - the training experiments of docs/trainability.md (about 15 minutes on 2 cores)
+#   make trainability - the training experiments of docs/trainability.md (about 8 minutes on 2 cores)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
 PYTHON ?= python3
