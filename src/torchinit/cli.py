@@ -10,6 +10,12 @@
 ``torchinit probe``
     The full per-layer table of one scheme.
 
+``torchinit train``
+    Train fresh copies of a model (``mlp-tanh``, ``mlp-relu``, ``resmlp``, ``cnn``) under each
+    scheme on scikit-learn's digits and report, over ``--seeds`` seeds, the test accuracy,
+    the final training loss and the steps until the loss halved (:mod:`torchinit.trainability`;
+    scikit-learn comes with ``pip install 'torchinit[train]'``).
+
 Your own model: ``pkg.mod`` is imported from the current directory when its top-level
 package (``pkg.py`` or ``pkg/``) is there, else as installed. Only that package is taken
 from the current directory: while it is imported the directory is *last* on ``sys.path``,
