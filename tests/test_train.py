@@ -66,7 +66,7 @@ def test_every_model_trains(model):
 @pytest.mark.parametrize("argv,message", [
     (["--init", "orthogonl"], "unknown init 'orthogonl'; choose from default"),
     (["--init", "kaiming_normal:gain=2"], "only a gain can be set"),
-    (["--init", "orthogonal:gain=-1"], "gain must be a positive finite number"),
+    (["--init", "orthogonal:gain=-1"], "gain must be a positive number up to"),
     (["--model", "vit"], "invalid choice: 'vit'"),
     (["--depth", "0"], "--depth"),
 ])
@@ -107,3 +107,35 @@ def test_the_architecture_specific_schemes():
     conv = cnn.stem if hasattr(cnn, "stem") else next(m for m in cnn.modules() if isinstance(m, nn.Conv2d))
     w = conv.weight.detach()
     assert int(w.count_nonzero()) == int(w[:, :, 1, 1].count_nonzero())  # only the centre tap
+
+
+# ---- regressions found by review ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "mlp-tanh", "--init", "fixup"], "init 'fixup' on mlp-tanh: fixup needs residual blocks"),
+    (["--init", "orthogonal:gain=1e300"], "gain must be a positive number up to 1e+06"),
+    (["--width", "100000", "--max-memory", "1G"], "over the --max-memory limit of 1 GiB"),
+    (["--model", "resmlp", "--width", "8"], "resmlp has fixed widths"),
+    (["--depth", "100000000"], "depth must be at most 10000"),
+])
+def test_runs_that_cannot_work_are_refused_before_training(capsys, argv, message):
+    code, out, err = run(capsys, "--steps", "1", "--seeds", "1", *argv)
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1, err
+
+
+def test_a_diverged_run_has_no_accuracy_no_loss_and_never_halves(capsys):
+    r = train("mlp-relu", 6, ["orthogonal:gain=1e6"], seeds=1, steps=3, progress=False)
+    entry = r["schemes"]["orthogonal:gain=1e6"]
+    assert entry["test_acc"] == [None] and entry["final_loss"] == [None] and entry["steps_to_half"] == [None]
+    json.dumps(r, allow_nan=False)  # no NaN or Infinity tokens
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"lr": True}, ValueError, "lr must be a positive number"),
+    ({"lr": 1e300}, ValueError, "lr must be a positive number"),
+    ({"progress": "no"}, TypeError, "progress must be a bool or None"),
+])
+def test_train_checks_its_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        train("mlp-relu", 1, ["default"], seeds=1, steps=1, **kwargs)

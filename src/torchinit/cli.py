@@ -73,7 +73,7 @@ from torchinit.compare import (
     compare,
 )
 from torchinit.probe import first_tensor, plot_reports
-from torchinit.trainability import DATASETS, parse_init, plot_training, summarize, train
+from torchinit.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
 from torchinit.trainability import MODELS as TRAIN_MODELS
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
@@ -368,8 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--out", metavar="PATH", help="write the loss curves and the accuracies as a figure "
                                                     f"({', '.join(PLOT_SUFFIXES)}; a directory gets train.png)")
     cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
+                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory)")
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser  # fmt: skip
+
+
+def build_model_on_meta(model: str, depth: int, width: int) -> nn.Module:
+    """``build_model`` on the meta device: the parameter count without memory."""
+    with torch.device("meta"):
+        return build_model(model, depth, width)
 
 
 def _train_inits(text: str) -> list[str]:
@@ -385,7 +393,22 @@ def _train_inits(text: str) -> list[str]:
 
 
 def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
-    out = _plot_path(args.out, "train") if args.out else None
+    out = _plot_path(args.out, "train") if args.out is not None else None
+    try:
+        meta = build_model_on_meta(args.model, args.depth, args.width)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    # parameters, gradients and Adam's two moments (4 P), and the activations of a batch of 128 kept for backward
+    need = estimate_bytes(lambda: build_model(args.model, args.depth, args.width), 128, (64,)) + 2 * 4 * sum(
+        p.numel() for p in meta.parameters())  # fmt: skip
+    limit = _default_memory_limit() if args.max_memory is None else args.max_memory
+    if need > limit:
+        raise UsageError(f"training would need about {_human(need)} (depth {args.depth}, width {args.width}), over "
+                         f"the --max-memory limit of {_human(limit)}; lower --depth or --width")
+    try:
+        check(args.model, args.depth, args.init, args.width)  # every scheme on the model, before any training
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     try:
         result = train(args.model, args.depth, args.init, data=args.data, seeds=args.seeds, steps=args.steps,
                        width=args.width)

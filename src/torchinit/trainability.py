@@ -37,15 +37,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit._checks import positive_int
+from torchinit._checks import is_real, positive_int
 from torchinit._demo_model import ResidualMLP
 from torchinit.compare import SCHEMES, Scheme, _layers
 from torchinit.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
 
-__all__ = ["DATASETS", "MODELS", "train", "parse_init", "load_data", "build_model", "summarize", "plot_training"]
+__all__ = ["DATASETS", "MODELS", "train", "check", "parse_init", "load_data", "build_model", "summarize", "plot_training"]
 
 DATASETS = ("digits",)
 MODELS = ("mlp-tanh", "mlp-relu", "resmlp", "cnn")
+#: Learning rates above this are refused (Adam's steps would overflow float32 parameters at once).
+MAX_LR = 1e6
+#: Gains above this are refused: float32 weights (and Adam's first steps) would overflow.
+MAX_GAIN = 1e6
+#: The most hidden layers or blocks a model may have.
+MAX_DEPTH = 10_000
 #: Schemes whose gain ``name:gain=g`` overrides, and the initializer each then uses on every weight.
 GAINS = {"orthogonal": Orthogonal, "xavier_uniform": XavierUniform, "xavier_normal": XavierNormal,
          "hadamard": Hadamard}  # fmt: skip
@@ -73,8 +79,8 @@ def parse_init(spec: str) -> tuple[str, Scheme]:
         gain = float(value)
     except ValueError:
         raise ValueError(f"init {spec!r}: gain must be a number; got {value!r}") from None
-    if not math.isfinite(gain) or gain <= 0:
-        raise ValueError(f"init {spec!r}: gain must be a positive finite number; got {value!r}")
+    if not math.isfinite(gain) or not 0 < gain <= MAX_GAIN:
+        raise ValueError(f"init {spec!r}: gain must be a positive number up to {MAX_GAIN:g}; got {value!r}")
     return spec, Scheme(f"{GAINS[name].__name__}(gain={gain:g}) on every weight, biases 0",
                         _layers(GAINS[name](gain=gain)))
 
@@ -116,6 +122,11 @@ def build_model(model: str = "mlp-tanh", depth: int = 16, width: int = 64, class
         torch.Size([3, 10])
     """
     depth, width = positive_int("depth", depth), positive_int("width", width)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"depth must be at most {MAX_DEPTH}; got {depth}")
+    if model == "resmlp" and width != 64:
+        raise ValueError(f"width: resmlp has fixed widths 64 -> 128 -> 64 -> 32 (width applies to mlp-tanh, mlp-relu "
+                         f"and cnn); got {width}")
     if model in ("mlp-tanh", "mlp-relu"):
         act = nn.Tanh if model == "mlp-tanh" else nn.ReLU
         layers: list[nn.Module] = [nn.Linear(64, width), act()]
@@ -130,6 +141,28 @@ def build_model(model: str = "mlp-tanh", depth: int = 16, width: int = 64, class
             convs += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
         return _Images(nn.Sequential(*convs, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes)))
     raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+
+
+def check(model: str, depth: int, inits: Sequence[str], width: int = 64) -> dict[str, Scheme]:
+    """Validate a run before any training: the model, and every scheme applied once to a fresh model of that kind.
+
+    Returns the schemes by label (duplicates once). A scheme that does not apply to the model
+    (``fixup`` without residual blocks) or whose setting cannot be used (a gain that
+    overflows float32) is a ValueError naming it.
+    """
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    if isinstance(inits, str) or not isinstance(inits, Sequence) or not inits:
+        raise ValueError("inits must be a non-empty list of scheme names")
+    schemes = dict(parse_init(spec) for spec in inits)
+    with torch.random.fork_rng(devices=[]):
+        for label, scheme in schemes.items():
+            net = build_model(model, depth, width)
+            try:
+                scheme.apply(net, torch.zeros(8, 64), torch.Generator().manual_seed(0))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"init {label!r} on {model}: {err}") from None
+    return schemes
 
 
 def _run(scheme: Scheme, model: str, depth: int, width: int, seed: int, steps: int, lr: float, batch: int,
@@ -155,8 +188,12 @@ def _run(scheme: Scheme, model: str, depth: int, width: int, seed: int, steps: i
         optimizer.step()
         curve.append(float(loss.detach()))
     with torch.no_grad():
-        accuracy = float((net(x_te).argmax(1) == y_te).float().mean())
-    halved = next((i + 1 for i, v in enumerate(curve) if v <= curve[0] / 2), None) if curve else None
+        logits = net(x_te)
+        # a diverged network has no accuracy (argmax of NaNs would say class 0: "chance")
+        accuracy = float((logits.argmax(1) == y_te).float().mean()) if bool(torch.isfinite(logits).all()) else None
+    first = curve[0] if curve else math.nan
+    halved = next((i + 1 for i, v in enumerate(curve) if math.isfinite(v) and v <= first / 2), None) \
+        if math.isfinite(first) else None  # fmt: skip
     final = curve[-1] if curve else math.nan
     return {"test_acc": accuracy, "final_loss": final if math.isfinite(final) else None, "steps_to_half": halved,
             "loss_curve": [v if math.isfinite(v) else None for v in curve]}
@@ -193,11 +230,12 @@ def train(
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     depth, seeds, steps = positive_int("depth", depth), positive_int("seeds", seeds), positive_int("steps", steps)
     batch, width = positive_int("batch", batch), positive_int("width", width)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
-    if isinstance(inits, str) or not inits:
-        raise ValueError("inits must be a non-empty list of scheme names")
-    schemes = dict(parse_init(spec) for spec in inits)
+    if not (is_real(lr) and math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise ValueError(f"lr must be a positive number up to {MAX_LR:g}; got {lr!r}")
+    lr = float(lr)
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool or None; got {type(progress).__name__}")
+    schemes = check(model, depth, inits, width)
     tensors = load_data(data)
     result: dict[str, Any] = {"data": data, "model": model, "depth": depth, "width": width, "steps": steps,
                               "lr": lr, "batch": batch, "seeds": seeds, "schemes": {}}
@@ -232,7 +270,8 @@ def _mean_std(values: list[float | None]) -> str:
         return "—"
     mean = statistics.fmean(finite)
     spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return f"{mean:.3f} ± {spread:.3f}" + ("" if len(finite) == len(values) else f" ({len(finite)}/{len(values)})")
+    text = f"{mean:.3f} ± {spread:.3f}" if abs(mean) < 1e4 else f"{mean:.3g} ± {spread:.3g}"
+    return text + ("" if len(finite) == len(values) else f" ({len(finite)}/{len(values)})")
 
 
 def summarize(result: dict[str, Any]) -> list[list[str]]:
@@ -257,16 +296,18 @@ def plot_training(result: dict[str, Any], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     labels = list(result["schemes"])
     for label in labels:
-        curves = [[math.nan if v is None else v for v in c] for c in result["schemes"][label]["loss_curve"]]
-        mean = [sum(col) / len(col) for col in zip(*curves)]
+        curves = result["schemes"][label]["loss_curve"]
+        # the mean over the seeds whose loss is finite at that step (a diverged seed does not hide the others)
+        mean = [sum(v for v in col if v is not None) / max(1, sum(v is not None for v in col)) if any(
+            v is not None for v in col) else math.nan for col in zip(*curves)]  # fmt: skip
         left.plot(range(1, len(mean) + 1), mean, label=label)
     left.set_yscale("log")
     left.set_xlabel("Adam step")
     left.set_ylabel("training loss (mean over seeds)")
     left.legend(fontsize=8)
     for i, label in enumerate(labels):
-        accs = result["schemes"][label]["test_acc"]
-        right.bar(i, sum(accs) / len(accs), color="C%d" % i, alpha=0.6)
+        accs = [a for a in result["schemes"][label]["test_acc"] if a is not None]  # diverged seeds have none
+        right.bar(i, sum(accs) / len(accs) if accs else 0.0, color="C%d" % i, alpha=0.6)
         right.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
     right.axhline(0.1, color="gray", linestyle=":", label="chance")
     right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
