@@ -1,6 +1,8 @@
 # Two commands on a fresh machine with Python >= 3.10 and make:
 #   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
 #   make test   - create .venv, install with the dev extras, run the test suite
+#   make lint   - ruff, the import-layer contracts, mypy and the complexity limit (CI runs it before make test)
+#   make quick  - the inner loop: the tests that are neither slow nor distributed
 #   make fuzz   - the initializer fuzz (tests/test_fuzz.py) with its large Hypothesis profile
 #   make trainability - the training experiments of docs/trainability.md (about 8 minutes on 2 cores)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
@@ -10,16 +12,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test fuzz bench trainability clean
+.PHONY: demo test quick lint fuzz bench trainability clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/_philox.c
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/rng/_philox.c
 	$(PIP) -e '.[plot]'
 	touch $@
 
-$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/_philox.c
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt setup.py src/torchinit/rng/_philox.c
 	$(PIP) -e '.[dev]'
 	touch $@
 
@@ -28,6 +30,15 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+quick: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow and not distributed"
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests tools benchmarks docs
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/python tools/complexity.py
 
 fuzz: $(VENV)/.installed-dev
 	TORCHINIT_FUZZ=large $(BIN)/python -m pytest tests/test_fuzz.py -p no:randomly

@@ -6,7 +6,7 @@ warm-up:
 
 * torch: ``tensor.uniform_(generator=g)`` / ``tensor.normal_(generator=g)`` (serial in torch's CPU
   kernel whatever the thread count);
-* keyed, 1 thread / keyed, 2 threads: ``torchinit.keyed.uniform_``/``normal_`` with ``workers=1``/``2``;
+* keyed, 1 thread / keyed, 2 threads: ``torchinit.rng.keyed.uniform_``/``normal_`` with ``workers=1``/``2``;
 * memset floor: ``tensor.zero_()``.
 
 The truncated normal rows (N(0, 1) cut at ±2) compare torch's ``nn.init.trunc_normal_`` with
@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 import torchinit as ti
-from torchinit import keyed
+from torchinit.rng import keyed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_init import load, peak_kib, reset_peak, source_state, status_kib  # noqa: E402
@@ -97,7 +97,7 @@ def measure(dtype: torch.dtype, kind: str) -> dict[str, tuple[float, float]]:
 
 def main() -> None:
     if keyed.KERNEL is None:
-        sys.exit("torchinit.keyed.KERNEL is None: the C kernel is not built (pip install -e . with a C compiler)")
+        sys.exit("torchinit.rng.keyed.KERNEL is None: the C kernel is not built (pip install -e . with a C compiler)")
     started = load()
     lines = [
         "# The keyed stream against torch's RNG",

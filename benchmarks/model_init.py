@@ -17,7 +17,7 @@ Each is built and initialized in these ways, each run in a fresh process, ``RUNS
   ``model.init_weights()`` (which also recomputes the RoPE ``inv_freq`` buffers that
   ``to_empty`` turned into garbage);
 * (c) deferred: ``with torchinit.deferred(): Model(config)``, then ``torchinit.materialize_(model)``,
-  as the source stands (materialize_ passes ``torchinit.fastfill.replay_fill`` as replay's ``fill``
+  as the source stands (materialize_ passes ``torchinit.rng.fastfill.replay_fill`` as replay's ``fill``
   hook: large random fills run on all cores);
 * (c) with the fill hook off: the same with ``Recording.replay``'s ``fill`` hook dropped by a
   monkeypatch in this process (``fill_hook_off``): torch's serial fills, what (c) was before the hook;
@@ -142,7 +142,7 @@ def clear_hf_marks(model: nn.Module) -> None:
 
 def fill_hook_off() -> None:
     """Make Recording.replay ignore its ``fill`` hook (this process only; the source is unchanged)."""
-    from torchinit.recording import Recording
+    from torchinit.recording.log import Recording
 
     original = Recording.replay
 
@@ -157,9 +157,9 @@ def fill_hook_wired() -> bool:
     """Whether materialize_ in this tree passes a ``fill`` hook to Recording.replay."""
     import inspect
 
-    from torchinit import materialize
+    from torchinit.model import replay
 
-    return "fill=" in inspect.getsource(materialize._stage)
+    return "fill=" in inspect.getsource(replay.replay_recording)
 
 
 def parameter_shapes(cls: Any, config: Any) -> list[tuple[int, ...]]:
@@ -279,7 +279,7 @@ def profile(model_name: str, part: str) -> None:
     _import_torchvision_tolerantly()
     from accelerate import init_empty_weights
 
-    from torchinit import fastfill
+    from torchinit.rng import fastfill
 
     make, warm_make, _, _ = MODELS[model_name]
     cls, config = make()
@@ -365,7 +365,7 @@ FILL_REPEATS = 11
 
 def fill_bench() -> None:
     """Subprocess side: torch's normal_/uniform_ against fastfill.fill_ on preallocated, touched tensors."""
-    from torchinit import fastfill
+    from torchinit.rng import fastfill
 
     rows = []
     gen = torch.Generator()
@@ -386,7 +386,7 @@ def fill_bench() -> None:
                         samples[k].append((time.perf_counter() - start) * 1e3)
             rows.append({"shape": list(shape), "dtype": str(dtype).replace("torch.", ""), "kind": kind,
                          **{k: statistics.median(v) for k, v in samples.items()}})  # fmt: skip
-    from torchinit import keyed
+    from torchinit.rng import keyed
 
     print(json.dumps({"rows": rows, "threads": keyed.threads(), "chunk": keyed.CHUNK,
                       "threshold": fastfill.THRESHOLD, "kernel": keyed.KERNEL is not None}))  # fmt: skip

@@ -217,7 +217,7 @@ def main() -> None:
               "resident memory added during the call (VmHWM, reset before each run, minus the resident size before)."]
     if args.check:
         prints = {r["world"]: r["fingerprint"] for r in rows}
-        lines += ["", "Fingerprints (`torchinit.fingerprint(model)`, the same bits at every world size):", ""]
+        lines += ["", "Fingerprints (`torchinit.model.digest(model)`, the same bits at every world size):", ""]
         lines += [f"- world size {w}: `{fp}`" for w, fp in sorted(prints.items())]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")

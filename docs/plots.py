@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import torchinit as ti  # noqa: E402
-from torchinit.gain import ACTIVATIONS  # noqa: E402
+from torchinit.schemes.gains import ACTIVATIONS  # noqa: E402
 
 OUT = Path(__file__).parent / "img"
 

@@ -1,7 +1,7 @@
 """The experiments of docs/trainability.md: ``python docs/trainability.py`` (``make trainability``, ~8 min on 2 cores).
 
 Each experiment trains fresh models under several init schemes on scikit-learn's digits
-with :func:`torchinit.trainability.train` (3 seeds, 300 Adam steps, lr 1e-3, batch 128), the
+with :func:`torchinit.diagnostics.trainability.train` (3 seeds, 300 Adam steps, lr 1e-3, batch 128), the
 same engine as ``torchinit train``. The script writes every number to
 ``docs/trainability_results.json``, one figure per run to ``docs/img/trainability_*.png``,
 and the tables into docs/trainability.md between the ``<!-- run: NAME -->`` and
@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from torchinit._text import text_table
-from torchinit.trainability import plot_training, summarize, train
+from torchinit._util.text import text_table
+from torchinit.diagnostics.trainability import plot_training, summarize, train
 
 DOCS = Path(__file__).resolve().parent
 PAGE = DOCS / "trainability.md"

@@ -236,12 +236,12 @@ def run(scenario: str) -> dict[str, object]:
     return out
 
 
-#: How many times a call computed a whole tensor to keep its local part (torchinit.sampling.local_part).
+#: How many times a call computed a whole tensor to keep its local part (torchinit.rng.sampling.local_part).
 _WHOLE = {"count": 0}
 
 
 def _count_whole() -> None:
-    import torchinit.sampling as sampling
+    import torchinit.rng.sampling as sampling
 
     original = sampling.local_part
 

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import materialize as materialize_module
-from torchinit.presets import torch_default
+from torchinit.model import materialize as materialize_module
+from torchinit.model import replay as replay_module
+from torchinit.model.presets import torch_default
 
 
 # ---- the fingerprint ---------------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def test_materialize_a_keyboard_interrupt_during_replay_changes_nothing(how, k, 
     model = meta_model(how, Tied)
     before = fingerprint(model)
     calls = []
-    fill = materialize_module.replay_fill
+    fill = replay_module.replay_fill
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -314,7 +315,7 @@ def test_materialize_a_keyboard_interrupt_during_replay_changes_nothing(how, k, 
             raise KeyboardInterrupt
         return fill(*args, **kwargs)
 
-    monkeypatch.setattr(materialize_module, "replay_fill", interrupted)
+    monkeypatch.setattr(replay_module, "replay_fill", interrupted)
     with pytest.raises(KeyboardInterrupt):
         ti.materialize_(model)
     assert len(calls) == k
@@ -368,7 +369,7 @@ def test_materialize_a_keyboard_interrupt_after_the_registrations_changed_puts_t
         assert not model.embed.weight.is_meta  # the commit has happened
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(materialize_module, "_retie", interrupted)
+    monkeypatch.setattr(materialize_module, "retie", interrupted)
     monkeypatch.setattr(materialize_module, "recording_of", lambda t: None)  # every build re-enacts (and re-ties)
     with pytest.raises(KeyboardInterrupt):
         ti.materialize_(model)

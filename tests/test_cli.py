@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 import torchinit
-from torchinit.cli import main
-from torchinit.compare import DEFAULT_SCHEMES, EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD
+from torchinit.cli.commands import main
+from torchinit.diagnostics.compare import DEFAULT_SCHEMES, EXPLODE_STD, SCHEMES, VANISH_GRAD, VANISH_STD
 
 ALL = list(DEFAULT_SCHEMES)
 FAST = ["--batch", "16"]

@@ -12,8 +12,8 @@ import pytest
 from torch import nn
 
 import torchinit
-import torchinit.cli as cli
-from torchinit.cli import estimate_bytes, load_model, main
+import torchinit.cli.commands as cli
+from torchinit.cli.commands import estimate_bytes, load_model, main
 
 FAST = ["--batch", "8", "--init", "default"]
 

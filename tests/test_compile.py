@@ -7,7 +7,7 @@ compile into one graph and draw with the right statistics. Two sites in src were
 compiling, and the fans multiply lists, not generator expressions.
 
 The ``truncated_normal`` distribution (``variance_scaling_``'s default) still breaks the graph in
-``torchinit.truncnorm``: the sampler is fitted per call from Python floats read back from tensors.
+``torchinit.schemes.truncnorm``: the sampler is fitted per call from Python floats read back from tensors.
 That break is documented and pinned here; when it is fixed, its test fails and says what to update.
 
 Few compiles: the failed trace stops in Dynamo (a fraction of a second); the successful one
@@ -24,7 +24,7 @@ import torch
 import torchinit
 from conftest import std_tolerance
 
-# the modules (``torchinit.fans`` is also the name of a function)
+# the modules (``torchinit.schemes.layout`` is also the name of a function)
 
 
 def _compile_unavailable() -> str | None:

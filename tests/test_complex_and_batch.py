@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.fans import Fans, fans
-from torchinit.truncnorm import complex_truncated_std_factor, trunc_normal_std_, truncated_std_factor
+from torchinit.schemes.layout import Fans, fans
+from torchinit.schemes.truncnorm import complex_truncated_std_factor, trunc_normal_std_, truncated_std_factor
 
 K = 5.0  # standard errors
 COMPLEX = (torch.complex64, torch.complex128)

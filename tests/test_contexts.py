@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import keyed, truncnorm
+from torchinit.rng import keyed
+from torchinit.schemes import truncnorm
 
 SMALL = (64, 32)
 LARGE = (truncnorm.PARALLEL_THRESHOLD // 256 + 8, 256)  # above every threaded path's threshold

@@ -8,7 +8,7 @@ import torch
 import torch.nn.init as tinit
 
 import torchinit as ti
-from torchinit._deprecated import ALIASES
+from torchinit.schemes.deprecated import ALIASES
 
 from conftest import gen
 

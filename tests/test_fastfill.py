@@ -1,4 +1,4 @@
-"""torchinit.fastfill: keyed, chunked, threaded normal_/uniform_ for large CPU tensors (no timing assertions)."""
+"""torchinit.rng.fastfill: keyed, chunked, threaded normal_/uniform_ for large CPU tensors (no timing assertions)."""
 
 import math
 import time
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import fastfill as ff
-from torchinit import keyed
-from torchinit.recording import storage_key
+from torchinit.rng import fastfill as ff
+from torchinit.rng import keyed
+from torchinit.recording.log import storage_key
 
 from conftest import gen, new_thread_count, std_tolerance
 

@@ -1,4 +1,4 @@
-"""torchinit.fingerprint: a digest of every parameter's full value (issue 13)."""
+"""torchinit.model.digest: a digest of every parameter's full value (issue 13)."""
 
 import hashlib
 

@@ -67,8 +67,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import torchinit
-from torchinit.gain import ACTIVATIONS, TORCH_NONLINEARITIES
-from torchinit.variance import DISTRIBUTIONS, MODES
+from torchinit.schemes.gains import ACTIVATIONS, TORCH_NONLINEARITIES
+from torchinit.schemes.variance import DISTRIBUTIONS, MODES
 from fuzz_profiles import MIN_DEFAULT_CALLS, PROFILE, TOTAL_CALLS, fuzz_settings
 
 # ---- targets -------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchinit as ti
-from torchinit.gain import ACTIVATIONS, second_moment
+from torchinit.schemes.gains import ACTIVATIONS, second_moment
 
 
 def trapezoid_gain(f, lo=-14.0, hi=14.0, n=2_000_001):

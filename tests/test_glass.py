@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchinit as ti
-from torchinit.fans import resolve_dims
-from torchinit.glass import isometric_entries, sparse_entries, tent_entries
+from torchinit.schemes.layout import resolve_dims
+from torchinit.schemes.glass import isometric_entries, sparse_entries, tent_entries
 from conftest import gen
 
 EPS32 = torch.finfo(torch.float32).eps

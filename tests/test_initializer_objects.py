@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import initializers
+from torchinit.schemes import initializers
 from conftest import gen
 from test_initializers import CASES as BASE_CASES
 
@@ -39,7 +39,7 @@ def test_every_public_class_has_a_case_and_its_function_name():
     assert {c for c, _, _ in CASES} == set(CLASSES)
     for cls in CLASSES:
         assert ti.Initializer._registry[cls.__name__] is cls and getattr(ti, cls.__name__) is cls
-        assert cls.__module__ == "torchinit.initializers" and cls.__qualname__ == cls.__name__
+        assert cls.__module__ == "torchinit.schemes.initializers" and cls.__qualname__ == cls.__name__
         assert cls.function.__name__.rstrip("_").replace("_", "").lower() == cls.__name__.lower()
         assert f"~torchinit.{cls.function.__name__}" in cls.__doc__
 
@@ -238,7 +238,7 @@ def test_a_warning_of_the_function_comes_when_applied_not_when_built():
 
 
 def test_construction_inside_deferred_is_not_recorded():
-    from torchinit.recording import thread_recordings
+    from torchinit.recording.log import thread_recordings
 
     def build(with_inits):
         torch.manual_seed(5)
@@ -261,7 +261,7 @@ def test_construction_inside_deferred_is_not_recorded():
 
 
 def test_schemes_without_settings_or_tensor_targets_still_build():
-    from torchinit.presets import TorchBias, TorchReset, TorchWeight
+    from torchinit.model.presets import TorchBias, TorchReset, TorchWeight
 
     for cls in (TorchBias, TorchReset, TorchWeight, ti.Zeros, ti.Ones, ti.Eye, ti.LecunNormal):
         assert repr(cls()) == f"{cls.__name__}()"

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 import torchinit as ti
-from torchinit import truncnorm
+from torchinit.schemes import truncnorm
 
 from conftest import new_thread_count
 
 CHILD = textwrap.dedent("""
     import signal, sys, torch, torchinit as ti
-    from torchinit import fastfill
+    from torchinit.rng import fastfill
     # as in an interactive session: a job started in the background inherits SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t = torch.empty(1 << 23)

@@ -1,4 +1,4 @@
-"""torchinit.keyed: the counter-based stream, its two implementations and its distributions (no timing)."""
+"""torchinit.rng.keyed: the counter-based stream, its two implementations and its distributions (no timing)."""
 
 import hashlib
 import math
@@ -10,8 +10,8 @@ import struct
 import pytest
 import torch
 
-from torchinit import keyed
-from torchinit.keyed import Stream
+from torchinit.rng import keyed
+from torchinit.rng.keyed import Stream
 
 from conftest import std_tolerance
 

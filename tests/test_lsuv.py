@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchinit._demo_model import ResidualMLP, SmallCNN
-from torchinit.lsuv import lsuv_
+from torchinit.diagnostics.models import ResidualMLP, SmallCNN
+from torchinit.diagnostics.lsuv import lsuv_
 from conftest import gen
 
 

@@ -343,7 +343,7 @@ def test_policy_rule_wins_over_construction():
 
 def test_materialize_writes_each_parameter_about_once():
     """Dead writes are dropped: a Linear's kaiming_uniform_ before transformers' normal_ is never run."""
-    from torchinit.recording import storage_key
+    from torchinit.recording.log import storage_key
 
     pytest.importorskip("transformers")
     with ti.deferred() as recording:
@@ -384,7 +384,7 @@ def test_policy_generator_state_decides_the_streams():
 
 
 def test_report_statistics_are_computed_on_demand(monkeypatch):
-    import torchinit.policy as policy_module
+    import torchinit.model.policy as policy_module
 
     calls = []
     real_std = policy_module._std

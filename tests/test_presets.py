@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import presets
+from torchinit.model import presets
 from conftest import gen, std_tolerance
 
 

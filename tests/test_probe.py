@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.probe import jacobian_spectrum, probe
+from torchinit.diagnostics.probing import jacobian_spectrum, probe
 from conftest import gen
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from torchinit.lsuv import LSUV_LAYERS, lsuv_
-from torchinit.policy import derive_seed
-from torchinit.probe import jacobian_spectrum, probe
-from torchinit.structured import orthogonal_
+from torchinit.diagnostics.lsuv import LSUV_LAYERS, lsuv_
+from torchinit.model.policy import derive_seed
+from torchinit.diagnostics.probing import jacobian_spectrum, probe
+from torchinit.schemes.structured import orthogonal_
 from conftest import gen
 
 BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import keyed
-from torchinit.sampling import GeneratorSampler, KeyedSampler, Region, make_sampler
-from torchinit.truncnorm import _inner_bounds, sample_truncated_
+from torchinit.rng import keyed
+from torchinit.rng.sampling import GeneratorSampler, KeyedSampler, Region, make_sampler
+from torchinit.schemes.truncnorm import _inner_bounds, sample_truncated_
 
 # every public random initializer, called on a tensor with its other arguments fixed
 RANDOM = {
@@ -164,7 +164,7 @@ def test_keyed_truncated_polynomial_reference_equals_kernel():
     if keyed.KERNEL is None:
         pytest.skip("the C kernel is not built here")
     stream = keyed.Stream.of(1, "p")
-    from torchinit.truncnorm import _poly_fit
+    from torchinit.schemes.truncnorm import _poly_fit
 
     plan = _poly_fit(-2.0, 2.0, 1.0)
     args = (plan.y_lo, plan.y_hi, 0.25, plan.k0, plan.k1, plan.coeffs, -1.5, 2.0)

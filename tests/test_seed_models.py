@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit import keyed
+from torchinit.rng import keyed
 
 from _thirdparty import need
 

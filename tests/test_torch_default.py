@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchinit import presets
+from torchinit.model import presets
 
 #: Classes whose constructors need specific arguments.
 SPECIFIC = {
@@ -176,7 +176,7 @@ def test_torch_default_on_reparametrized_modules(name):
 
 def test_per_parameter_torch_defaults_stay_public():
     """TorchWeight/TorchBias, the per-parameter pieces of torch's Linear/Conv default, as a policy of one's own."""
-    import torchinit.presets as module
+    import torchinit.model.presets as module
     from torchinit import Policy
 
     assert all(hasattr(module, name) for name in module.__all__)

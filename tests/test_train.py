@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from torchinit.cli import main
-from torchinit.trainability import MODELS, build_model, parse_init, train
+from torchinit.cli.commands import main
+from torchinit.diagnostics.trainability import MODELS, build_model, parse_init, train
 
 pytest.importorskip("sklearn", reason="torchinit train needs scikit-learn (the train extra)")
 
@@ -91,8 +91,8 @@ def test_the_architecture_specific_schemes():
     """fixup (residual blocks) and delta_orthogonal (convs) are schemes of compare and train, asked for by name."""
     from torch import nn
 
-    from torchinit._demo_model import ResidualMLP, SmallCNN
-    from torchinit.compare import DEFAULT_SCHEMES, SCHEMES
+    from torchinit.diagnostics.models import ResidualMLP, SmallCNN
+    from torchinit.diagnostics.compare import DEFAULT_SCHEMES, SCHEMES
 
     assert "fixup" not in DEFAULT_SCHEMES and "delta_orthogonal" not in DEFAULT_SCHEMES
     model = ResidualMLP(widths=(8, 16), depth=2)

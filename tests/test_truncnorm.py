@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchinit as ti
-from torchinit import truncnorm
+from torchinit.schemes import truncnorm
 from conftest import gen, ks_critical, new_thread_count, std_tolerance
 
 SQ2 = math.sqrt(2.0)
@@ -150,7 +150,7 @@ N_PAR = truncnorm.PARALLEL_THRESHOLD + truncnorm.CHUNK + 1
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_parallel_values_do_not_depend_on_threads_and_settings_are_untouched(monkeypatch, dtype):
-    from torchinit import keyed
+    from torchinit.rng import keyed
 
     n = truncnorm.PARALLEL_THRESHOLD + 3 * truncnorm.CHUNK + 5  # the threaded, keyed path
     main_before, new_before = torch.get_num_threads(), new_thread_count()
@@ -168,7 +168,7 @@ def test_parallel_values_do_not_depend_on_threads_and_settings_are_untouched(mon
 
 
 def test_an_interrupt_half_way_leaves_the_tensor_unchanged(monkeypatch):
-    from torchinit import keyed
+    from torchinit.rng import keyed
 
     original, calls = keyed.kernel_trunc_poly, []
 

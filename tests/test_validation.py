@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torchinit as ti
-from torchinit._checks import overlapping
+from torchinit._util.checks import overlapping
 
 WRITERS = {
     "uniform_": ti.uniform_, "normal_": ti.normal_, "trunc_normal_": ti.trunc_normal_,
@@ -179,7 +179,7 @@ def test_numpy_extreme_integers_in_constant():
 @pytest.mark.parametrize("k", [1e-200, 1e-162, 1e-8])
 def test_complex_truncated_factor_for_tiny_k(k):
     assert ti.truncated_std_factor(k) > 0
-    from torchinit.truncnorm import complex_truncated_std_factor
+    from torchinit.schemes.truncnorm import complex_truncated_std_factor
 
     assert complex_truncated_std_factor(k) == pytest.approx(k / math.sqrt(2), rel=1e-12)
     z = ti.trunc_normal_std_(torch.zeros(1000, dtype=torch.complex64), std=0.5, k=k)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import torchinit as ti
-from torchinit.fans import Fans
-from torchinit.variance import scaled_std
+from torchinit.schemes import variance
+from torchinit.schemes.layout import Fans
+from torchinit.schemes.variance import scaled_std
 from conftest import gen, ks_critical, std_tolerance
 
 SHAPE = (512, 256, 3)  # fan_in 768, fan_out 1536
@@ -14,8 +15,8 @@ FANS = {"fan_in": FIN, "fan_out": FOUT, "fan_avg": (FIN + FOUT) / 2, "fan_geo_av
 KURTOSIS = {"normal": 3.0, "uniform": 1.8, "truncated_normal": 2.36}  # truncated at 2 sigma: E[z^4]/E[z^2]^2
 
 
-@pytest.mark.parametrize("mode", ti.variance.MODES)
-@pytest.mark.parametrize("distribution", ti.variance.DISTRIBUTIONS)
+@pytest.mark.parametrize("mode", variance.MODES)
+@pytest.mark.parametrize("distribution", variance.DISTRIBUTIONS)
 @pytest.mark.parametrize("scale", [1.0, 2.0, 0.1])
 def test_std_is_sqrt_scale_over_fan(mode, distribution, scale):
     w = ti.variance_scaling_(torch.empty(SHAPE), scale, mode, distribution, generator=gen(1))

@@ -8,12 +8,16 @@ Change one import::
     init.variance_scaling_(w, 1.0, "fan_avg", "uniform", in_dims=0, out_dims=1)
 """
 
-from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
-from torchinit.fans import Fans, fans
-from torchinit.fingerprint import fingerprint
-from torchinit.gain import calculate_gain, variance_gain
-from torchinit.glass import glass_, glass_layout, glassInit, glassInit_
-from torchinit.initializers import (
+from torchinit._util.version import __version__
+from torchinit.diagnostics.lsuv import lsuv_
+from torchinit.diagnostics.probing import SignalReport, jacobian_spectrum, probe
+from torchinit.model.digest import fingerprint
+from torchinit.model.materialize import deferred, materialize_
+from torchinit.model.policy import InitReport, Policy
+from torchinit.schemes.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
+from torchinit.schemes.gains import calculate_gain, variance_gain
+from torchinit.schemes.glass import glass_, glass_layout, glassInit, glassInit_
+from torchinit.schemes.initializers import (
     Constant,
     DeltaOrthogonal,
     Dirac,
@@ -38,13 +42,10 @@ from torchinit.initializers import (
     XavierUniform,
     Zeros,
 )
-from torchinit.lsuv import lsuv_
-from torchinit.materialize import deferred, materialize_
-from torchinit.policy import InitReport, Policy
-from torchinit.probe import SignalReport, jacobian_spectrum, probe
-from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
-from torchinit.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
-from torchinit.variance import (
+from torchinit.schemes.layout import Fans, fans
+from torchinit.schemes.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
+from torchinit.schemes.truncnorm import trunc_normal_, trunc_normal_std_, truncated_std_factor
+from torchinit.schemes.variance import (
     kaiming_normal_,
     kaiming_uniform_,
     lecun_normal_,
@@ -54,7 +55,6 @@ from torchinit.variance import (
     xavier_uniform_,
 )
 
-__version__ = "0.1.0"
 
 #: The functions of torch.nn.init 2.13, same names, parameters and defaults.
 TORCH_NN_INIT = (
@@ -87,6 +87,6 @@ __all__ = [
 ]  # fmt: skip
 
 from torchinit import presets  # noqa: E402  (presets build on everything above)
-from torchinit._deprecated import ALIASES as _ALIASES  # noqa: E402
+from torchinit.schemes.deprecated import ALIASES as _ALIASES  # noqa: E402
 
 globals().update(_ALIASES)  # uniform, normal, ..., sparse: torch.nn.init's deprecated names (not in __all__)

@@ -1,8 +1,8 @@
-"""``python -m torchinit``: the same as the ``torchinit`` command (see :mod:`torchinit.cli`)."""
+"""``python -m torchinit``: the same as the ``torchinit`` command (see :mod:`torchinit.cli.commands`)."""
 
 import sys
 
-from torchinit.cli import main
+from torchinit.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,9 +12,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from torchinit.basic import constant_, dirac_, eye_, normal_, uniform_
-from torchinit.structured import orthogonal_, sparse_
-from torchinit.variance import kaiming_normal_, kaiming_uniform_, xavier_normal_, xavier_uniform_
+from torchinit.schemes.basic import constant_, dirac_, eye_, normal_, uniform_
+from torchinit.schemes.structured import orthogonal_, sparse_
+from torchinit.schemes.variance import kaiming_normal_, kaiming_uniform_, xavier_normal_, xavier_uniform_
 
 __all__ = ["ALIASES"]
 

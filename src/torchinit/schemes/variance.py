@@ -27,10 +27,10 @@ circularly symmetric (JAX's convention): ``normal`` is torch's complex ``normal_
 (:math:`w = \sigma\sqrt{2u}\,e^{i\theta}`, :math:`u \sim \mathcal{U}[0,1)`,
 :math:`\theta \sim \mathcal{U}[0,2\pi)`); ``truncated_normal`` is
 :math:`\mathcal{CN}(0, \sigma_u^2)` with the modulus cut at :math:`2\sigma_u`,
-:math:`\sigma_u = \sigma / 0.9620\ldots` (see :func:`~torchinit.truncnorm.trunc_normal_std_`).
+:math:`\sigma_u = \sigma / 0.9620\ldots` (see :func:`~torchinit.schemes.truncnorm.trunc_normal_std_`).
 
-Fans come from :mod:`torchinit.fans`,
-gains from :mod:`torchinit.gain`; this module holds neither.
+Fans come from :mod:`torchinit.schemes.layout`,
+gains from :mod:`torchinit.schemes.gains`; this module holds neither.
 
 The arithmetic of :math:`\sigma` follows torch's (``gain / sqrt(fan)``,
 ``gain * sqrt(2 / (fan_in + fan_out))``) so xavier and kaiming stay
@@ -46,12 +46,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchinit.recording import recorded_call
-from torchinit._checks import NORMAL_REACH, choice, finite, float_tensor, non_negative, within_dtype
-from torchinit.fans import Dims, Fans, block_shape, fans, weight_of
-from torchinit.gain import Nonlinearity, calculate_gain
-from torchinit.sampling import make_sampler, real_dtype, shardable
-from torchinit.truncnorm import complex_truncated_std_factor, sample_circular_, truncated_std_, truncated_std_factor
+from torchinit._util.checks import NORMAL_REACH, choice, finite, float_tensor, non_negative, within_dtype
+from torchinit.recording.log import recorded_call
+from torchinit.rng.sampling import make_sampler, real_dtype, shardable
+from torchinit.schemes.gains import Nonlinearity, calculate_gain
+from torchinit.schemes.layout import Dims, Fans, block_shape, fans, weight_of
+from torchinit.schemes.truncnorm import (
+    complex_truncated_std_factor,
+    sample_circular_,
+    truncated_std_,
+    truncated_std_factor,
+)
 
 __all__ = [
     "MODES",
@@ -181,12 +186,12 @@ def variance_scaling_(
     fan_out = 3E, half that variance); LSTMs have 4 blocks, GRUs 3.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> g = torch.Generator()
@@ -220,12 +225,12 @@ def xavier_uniform_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
@@ -255,12 +260,12 @@ def xavier_normal_(
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
@@ -294,12 +299,12 @@ def kaiming_uniform_(
     Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
@@ -332,12 +337,12 @@ def kaiming_normal_(
     ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
@@ -373,12 +378,12 @@ def lecun_uniform_(
     ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = lecun_uniform_(torch.empty(30, 50))
@@ -408,12 +413,12 @@ def lecun_normal_(
     variant use ``variance_scaling_(tensor)``.
 
     Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.fans.fans`); ``batch_dims`` (default None) names dims of
+    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
     stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
     ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
     ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
     ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.sampling`).
+    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))

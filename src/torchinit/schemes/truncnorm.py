@@ -29,9 +29,9 @@ cache-sized chunks:
   far tails and float64 tensors with narrow bounds.
 
 On CPU tensors of at least :data:`PARALLEL_THRESHOLD` elements the polynomial sampler
-runs its chunks in threads (:func:`torchinit.keyed.run_chunks`, the caller's thread
+runs its chunks in threads (:func:`torchinit.rng.keyed.run_chunks`, the caller's thread
 included, up to ``torch.get_num_threads()``), drawing its uniforms from the keyed Philox
-stream (:mod:`torchinit.keyed`) keyed by one draw from the generator: the values do not
+stream (:mod:`torchinit.rng.keyed`) keyed by one draw from the generator: the values do not
 depend on the thread count, and no thread setting is changed. Smaller tensors and the
 other samplers draw from the generator itself.
 
@@ -60,10 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchinit import keyed
-from torchinit.recording import recorded_call
-from torchinit.sampling import Sampler, make_sampler, real_dtype, shardable
-from torchinit._checks import (
+from torchinit._util.checks import (
     NORMAL_REACH,
     finite,
     float_tensor,
@@ -72,6 +69,9 @@ from torchinit._checks import (
     real_number,
     within_dtype,
 )
+from torchinit.recording.log import recorded_call
+from torchinit.rng import keyed
+from torchinit.rng.sampling import Sampler, make_sampler, real_dtype, shardable
 
 __all__ = [
     "trunc_normal_",
@@ -398,7 +398,7 @@ def sample_truncated_(
     one temporary the size of ``out`` while the call runs.
 
     With an element-wise (keyed) ``sampler`` every value is a function of its index:
-    the polynomial sampler is the stream's own (:func:`torchinit.keyed.trunc_poly_`) at
+    the polynomial sampler is the stream's own (:func:`torchinit.rng.keyed.trunc_poly_`) at
     every size, and the inverse CDF replaces rejection. ``out`` may then be a DTensor,
     of which only the local shard is computed.
     """
@@ -432,14 +432,14 @@ def sample_truncated_(
 
 
 def _fill_keyed_poly(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, sampler: Sampler) -> None:
-    """The polynomial sampler on the keyed stream: chunks in threads on the CPU, by :func:`torchinit.keyed.trunc_poly_`.
+    """The polynomial sampler on the keyed stream: chunks in threads on the CPU, by :func:`torchinit.rng.keyed.trunc_poly_`.
 
     Element ``i`` is the stream's value ``i`` (its global index, for a shard):
     the kernel draws the uniforms and evaluates the same fitted polynomial in float64, so
     the values do not depend on the number of threads, on which thread takes which chunk,
-    or on the tensor's size. A :class:`~torchinit.sampling.GeneratorSampler` keys the
+    or on the tensor's size. A :class:`~torchinit.rng.sampling.GeneratorSampler` keys the
     stream by one draw from its generator (or the global RNG). The threads come from
-    :func:`torchinit.keyed.run_chunks`: no thread setting is changed, and an interrupt
+    :func:`torchinit.rng.keyed.run_chunks`: no thread setting is changed, and an interrupt
     stops the chunks not yet started.
     """
     plan = fill.plan

@@ -33,10 +33,9 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Union
 
-
 from torch import Tensor, nn
 
-from torchinit._checks import as_tensor, is_integral, is_numpy_array, positive_int
+from torchinit._util.checks import as_tensor, is_integral, is_numpy_array, positive_int
 
 __all__ = ["Fans", "fans", "Dims", "Layout", "module_layout", "resolve_dims"]
 

@@ -3,18 +3,18 @@
 torch's CPU ``normal_`` and ``uniform_`` run on one core whatever ``torch.get_num_threads()``
 says: the kernel is serial because it draws from one generator under that generator's
 lock. :func:`fill_` fills a large contiguous tensor from the keyed Philox stream of
-:mod:`torchinit.keyed` instead: the same distribution (normal, or uniform on ``[low, high)``,
+:mod:`torchinit.rng.keyed` instead: the same distribution (normal, or uniform on ``[low, high)``,
 rounded to the tensor's dtype), a different stream, computed by a compiled kernel in
 fixed-size chunks over the CPUs. On 2 cores it is about 2x to 3x faster than ``normal_``
 (``benchmarks/results/keyed.md``).
 
 Determinism. One draw of 64 bits from the caller's generator (or the global RNG) per call
-keys the stream (:meth:`torchinit.keyed.Stream.from_generator`); element ``i`` is a pure
+keys the stream (:meth:`torchinit.rng.keyed.Stream.from_generator`); element ``i`` is a pure
 function of that key and ``i``, so the values depend on the generator's state, the
 tensor's size and dtype, the distribution and its parameters; never on the number of
 threads. They are not the values ``tensor.normal_(generator=g)`` would give.
 
-Threads and interrupts: those of :mod:`torchinit.keyed` (a pool used up to
+Threads and interrupts: those of :mod:`torchinit.rng.keyed` (a pool used up to
 ``min(torch.get_num_threads(), CPUs)`` threads, no thread setting changed, an interrupt
 waits for the running chunks and propagates).
 """
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit import keyed
+from torchinit.rng import keyed
 
 __all__ = ["THRESHOLD", "fill_", "replay_fill", "recorded_fill"]
 
@@ -117,7 +117,7 @@ def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator 
 def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = None, index: int = -1) -> bool:
     """``Recording.replay``'s ``fill`` hook: fill a recorded ``normal_``/``uniform_`` with :func:`fill_`.
 
-    ``op`` is a recorded :class:`~torchinit.recording.Op` whose ATen arguments are
+    ``op`` is a recorded :class:`~torchinit.recording.log.Op` whose ATen arguments are
     ``(TensorRef, mean, std)`` / ``(TensorRef, from, to)``, trailing defaults possibly
     omitted, scalars possibly given by name. ``generator`` is the one replay would pass
     (a stream of ``materialize_(generator=...)``); None uses the recorded one (usually

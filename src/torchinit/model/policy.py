@@ -45,11 +45,11 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from torchinit._text import text_table
-from torchinit.fans import module_layout
-from torchinit.initializers import Initializer
-from torchinit.recording import draw_seed, storage_key
-from torchinit.sampling import is_dtensor, make_sampler
+from torchinit._util.text import text_table
+from torchinit.recording.log import draw_seed, storage_key
+from torchinit.rng.sampling import is_dtensor, make_sampler
+from torchinit.schemes.initializers import Initializer
+from torchinit.schemes.layout import module_layout
 
 __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
@@ -304,7 +304,7 @@ class Policy:
             that matches nothing in a given model is not reported. By default it is.
 
     Example:
-        >>> from torchinit.initializers import KaimingNormal, Zeros
+        >>> from torchinit.schemes.initializers import KaimingNormal, Zeros
         >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
         >>> policy = Policy([(nn.Conv2d, {"weight": KaimingNormal(nonlinearity="relu"), "bias": Zeros()}),
         ...                  ("2.weight", Zeros())])

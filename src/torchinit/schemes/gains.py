@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchinit._checks import finite, is_real
+from torchinit._util.checks import finite, is_real
 
 __all__ = ["calculate_gain", "variance_gain", "ACTIVATIONS", "TORCH_NONLINEARITIES"]
 

@@ -1,7 +1,7 @@
 """Compare initialization schemes on one model: the engine behind ``torchinit compare`` and ``torchinit probe``.
 
 A scheme re-initializes a freshly built model; :func:`compare` then probes each
-(one forward and one backward pass on the same batch, :func:`~torchinit.probe.probe`)
+(one forward and one backward pass on the same batch, :func:`~torchinit.diagnostics.probing.probe`)
 and, optionally, the input-output Jacobian's spectrum.
 """
 
@@ -15,7 +15,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from torchinit.initializers import (
+from torchinit.diagnostics.lsuv import lsuv_
+from torchinit.diagnostics.probing import SignalReport, jacobian_spectrum, probe
+from torchinit.model.policy import Policy
+from torchinit.model.presets import fixup, glass_shortcuts
+from torchinit.schemes.initializers import (
     DeltaOrthogonal,
     Hadamard,
     Initializer,
@@ -28,10 +32,6 @@ from torchinit.initializers import (
     XavierUniform,
     Zeros,
 )
-from torchinit.lsuv import lsuv_
-from torchinit.policy import Policy
-from torchinit.presets import fixup, glass_shortcuts
-from torchinit.probe import SignalReport, jacobian_spectrum, probe
 
 __all__ = ["Scheme", "SCHEMES", "DEFAULT_SCHEMES", "SchemeResult", "compare", "EXPLODE_STD", "VANISH_STD", "VANISH_GRAD"]
 
@@ -163,7 +163,7 @@ def compare(
     are computed too (small models only).
 
     Example:
-        >>> from torchinit._demo_model import ResidualMLP
+        >>> from torchinit.diagnostics.models import ResidualMLP
         >>> rows = compare(lambda: ResidualMLP(depth=1), torch.randn(8, 64), ["default", "glass"])
         >>> [r.scheme for r in rows]
         ['default', 'glass']

@@ -49,10 +49,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from torchinit.recording import recorded_call
-from torchinit.sampling import Sampler, make_sampler, shardable
-from torchinit._checks import finite, float_tensor, nothing_to_write, within_dtype
-from torchinit.fans import Dims, Layout, block_shape, module_layout, resolve_dims
+from torchinit._util.checks import finite, float_tensor, nothing_to_write, within_dtype
+from torchinit.recording.log import recorded_call
+from torchinit.rng.sampling import Sampler, make_sampler, shardable
+from torchinit.schemes.layout import Dims, Layout, block_shape, module_layout, resolve_dims
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["fingerprint"]

@@ -119,7 +119,7 @@ class Stream:
     Build one with :meth:`of` (from a seed and a name) or :meth:`from_generator`.
 
     Example:
-        >>> from torchinit import keyed
+        >>> from torchinit.rng import keyed
         >>> keyed.Stream.of(0, "weight")
         Stream(k0=2000312449, k1=905663710, sub=0)
         >>> w = keyed.normal_(torch.empty(8), keyed.Stream.of(0, "weight"))
@@ -318,7 +318,7 @@ def _load_kernel() -> ctypes.CDLL | None:
     if os.environ.get("TORCHINIT_NO_KERNEL"):  # to test and time the torch-operations path
         return None
     try:
-        from torchinit import _philox
+        from torchinit.rng import _philox
     except ImportError:  # not built (no C compiler at install)
         return None
     try:
@@ -355,7 +355,7 @@ def trunc_poly_(out: Tensor, stream: Stream, first: int, y_lo: float, y_hi: floa
     ``x = mean + y H(a0 + a1 log(1 - y^2))`` with ``y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32``
     and ``H(s) = sum_k coeffs[k] s^k`` (Horner, no fused operations), in float64 with the
     stream's ``log`` (docs/keyed_rng.md), rounded to float32 and clamped to ``[lo, hi]``.
-    Used by :mod:`torchinit.truncnorm`, which fits ``H``; at most 32 coefficients.
+    Used by :mod:`torchinit.schemes.truncnorm`, which fits ``H``; at most 32 coefficients.
     """
     if len(coeffs) > 32:
         raise ValueError(f"coeffs: at most 32 coefficients; got {len(coeffs)}")
@@ -530,7 +530,7 @@ def normal_(tensor: Tensor, stream: Stream, mean: float = 0.0, std: float = 1.0,
     or the chunking. ``workers`` caps the threads (default: :func:`threads`).
 
     Example:
-        >>> from torchinit import keyed
+        >>> from torchinit.rng import keyed
         >>> w = keyed.normal_(torch.empty(1000, 10), keyed.Stream.of(0, "w"), std=0.02)
         >>> torch.equal(w[500:], keyed.normal_(torch.empty(500, 10), keyed.Stream.of(0, "w"), std=0.02, offset=5000))
         True
@@ -547,7 +547,7 @@ def uniform_(tensor: Tensor, stream: Stream, low: float = 0.0, high: float = 1.0
     r"""Fill ``tensor`` with :math:`\mathcal{U}[\text{low}, \text{high})` from ``stream`` (see :func:`normal_`).
 
     Example:
-        >>> from torchinit import keyed
+        >>> from torchinit.rng import keyed
         >>> u = keyed.uniform_(torch.empty(4096), keyed.Stream.of(1), -1.0, 1.0)
         >>> bool(u.min() >= -1) and bool(u.max() < 1)
         True

@@ -2,7 +2,7 @@
 
 Each is bit-identical to its ``torch.nn.init`` twin given the same generator
 (the same RNG call on the same tensor), and follows the contract of
-:mod:`torchinit._checks`: validated first, a no-op on zero-element and meta
+:mod:`torchinit._util.checks`: validated first, a no-op on zero-element and meta
 tensors, no autograd history, NumPy arrays in place.
 """
 
@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from torchinit.recording import recorded_call
-from torchinit.sampling import make_sampler, real_dtype, shardable
-from torchinit._checks import (
+from torchinit._util.checks import (
     NORMAL_REACH,
     as_tensor,
     finite,
@@ -29,6 +27,8 @@ from torchinit._checks import (
     positive_int,
     within_dtype,
 )
+from torchinit.recording.log import recorded_call
+from torchinit.rng.sampling import make_sampler, real_dtype, shardable
 
 __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
@@ -48,7 +48,7 @@ def uniform_(
 
     Defaults: ``a=0``, ``b=1``. Requires ``a < b``. ``generator`` draws from torch's RNG
     (bit-identical to ``torch.nn.init.uniform_``); ``seed`` (keyword-only, with ``name``)
-    draws from the keyed stream of ``(seed, name)`` instead (:mod:`torchinit.keyed`), so
+    draws from the keyed stream of ``(seed, name)`` instead (:mod:`torchinit.rng.keyed`), so
     the values are a function of ``(seed, name, shape)`` alone; not both.
 
     Example:

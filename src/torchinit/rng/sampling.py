@@ -8,7 +8,7 @@ for a second random quantity, such as sparse's zero pattern). There are two samp
 * :class:`GeneratorSampler`: torch's RNG, a ``torch.Generator`` or the global one
   (``generator=``). Draws are sequential, exactly the calls torch makes, so every
   function stays bit-identical to its ``torch.nn.init`` twin.
-* :class:`KeyedSampler`: the counter-based stream of :mod:`torchinit.keyed` named by
+* :class:`KeyedSampler`: the counter-based stream of :mod:`torchinit.rng.keyed` named by
   ``(seed, name)`` (``seed=``, ``name=``). Element ``i`` of the target gets a value that
   is a pure function of ``(seed, name, i)``, so any part of a tensor (a DTensor's local
   shard, a chunk in another thread) is generated without the rest, and the values never
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit import keyed
-from torchinit._checks import check_generator
+from torchinit._util.checks import check_generator
+from torchinit.rng import keyed
 
 __all__ = [
     "Sampler", "GeneratorSampler", "KeyedSampler", "Region", "make_sampler", "shardable", "is_dtensor",
@@ -210,7 +210,7 @@ class GeneratorSampler(Sampler):
 
 
 class KeyedSampler(Sampler):
-    """The keyed stream ``stream`` (:mod:`torchinit.keyed`): element ``i`` gets the stream's value ``i``.
+    """The keyed stream ``stream`` (:mod:`torchinit.rng.keyed`): element ``i`` gets the stream's value ``i``.
 
     ``region`` maps the elements of a DTensor's local shard to their global indices
     (None: the tensor is whole).
@@ -236,13 +236,13 @@ class KeyedSampler(Sampler):
         region = local_region(t)
         if region is None:
             raise ValueError(f"the local shard of a DTensor with placements {t.placements} is not a box of the "
-                             "whole tensor; compute the whole tensor and keep the local part (torchinit.sampling.shardable)")
+                             "whole tensor; compute the whole tensor and keep the local part (torchinit.rng.sampling.shardable)")
         return t.to_local(), KeyedSampler(self.stream, region)
 
     def _fill(self, fill: Callable[..., Tensor], buf: Tensor, a: float, b: float, start: int) -> Tensor:
         if buf.is_complex():  # the real and imaginary parts of element i are values 2i and 2i + 1
             if self.region is not None:
-                raise ValueError("complex DTensor shards are computed whole (torchinit.sampling.shardable)")
+                raise ValueError("complex DTensor shards are computed whole (torchinit.rng.sampling.shardable)")
             if buf.is_conj():  # a conjugate view has no real view: fill a plain tensor, then copy (conjugating)
                 return buf.copy_(self._fill(fill, torch.empty(buf.shape, dtype=buf.dtype, device=buf.device), a, b,
                                             start))

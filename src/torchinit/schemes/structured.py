@@ -17,9 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from torchinit.recording import recorded_call
-from torchinit.sampling import Sampler, make_sampler, shardable
-from torchinit._checks import (
+from torchinit._util.checks import (
     NORMAL_REACH,
     finite,
     float_tensor,
@@ -28,8 +26,10 @@ from torchinit._checks import (
     real_number,
     within_dtype,
 )
-from torchinit.basic import identity_
-from torchinit.fans import block_shape
+from torchinit.recording.log import recorded_call
+from torchinit.rng.sampling import Sampler, make_sampler, shardable
+from torchinit.schemes.basic import identity_
+from torchinit.schemes.layout import block_shape
 
 __all__ = ["orthogonal_", "delta_orthogonal_", "hadamard_", "sparse_", "haar_semi_orthogonal"]
 
@@ -55,7 +55,7 @@ def haar_semi_orthogonal(
     cols) with the sign (phase, for complex) of :math:`R_{ii}` folded in (Mezzadri,
     2007). The Gaussian is drawn in one ``normal_`` call on a (blocks, rows, cols)
     tensor, so ``blocks=1`` draws exactly what ``torch.nn.init.orthogonal_`` draws.
-    ``sampler``: a :class:`~torchinit.sampling.Sampler`, or a ``torch.Generator`` (None:
+    ``sampler``: a :class:`~torchinit.rng.sampling.Sampler`, or a ``torch.Generator`` (None:
     the global RNG).
 
     Example:

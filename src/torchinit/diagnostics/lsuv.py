@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchinit._checks import finite, positive_int
-from torchinit._text import text_table
-from torchinit.policy import derive_seed, stream_generator
-from torchinit.sampling import make_sampler
-from torchinit.probe import _copy_inputs, _Preserved, first_tensor
-from torchinit.structured import orthogonal_
+from torchinit._util.checks import finite, positive_int
+from torchinit._util.text import text_table
+from torchinit.diagnostics.probing import _copy_inputs, _Preserved, first_tensor
+from torchinit.model.policy import derive_seed, stream_generator
+from torchinit.rng.sampling import make_sampler
+from torchinit.schemes.structured import orthogonal_
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVRow"]
 

@@ -1,6 +1,6 @@
 """What module constructors do to their parameters, in their order: one place for torch's init program.
 
-Used by :func:`~torchinit.presets.torch_default` (torch's defaults as a policy, bit for
+Used by :func:`~torchinit.model.presets.torch_default` (torch's defaults as a policy, bit for
 bit) and by :func:`~torchinit.materialize_` when it re-enacts the construction of a model
 that was built on meta without :func:`~torchinit.deferred`.
 

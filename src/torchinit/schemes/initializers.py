@@ -30,13 +30,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from torchinit.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
-from torchinit.glass import glass_
-from torchinit.recording import thread_recordings
-from torchinit.sampling import make_sampler
-from torchinit.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
-from torchinit.truncnorm import trunc_normal_, trunc_normal_std_
-from torchinit.variance import (
+from torchinit.recording.log import thread_recordings
+from torchinit.rng.sampling import make_sampler
+from torchinit.schemes.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
+from torchinit.schemes.glass import glass_
+from torchinit.schemes.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
+from torchinit.schemes.truncnorm import trunc_normal_, trunc_normal_std_
+from torchinit.schemes.variance import (
     kaiming_normal_,
     kaiming_uniform_,
     lecun_normal_,
@@ -87,7 +87,7 @@ class Initializer:
     uses_layout: ClassVar[bool] = False
     wants_owner: ClassVar[bool] = False
     #: A module-level scheme initializes a whole module (its "unit") at once, in an order of its own; see
-    #: :class:`~torchinit.presets.TorchReset`. It defines ``unit`` and ``covers``.
+    #: :class:`~torchinit.model.presets.TorchReset`. It defines ``unit`` and ``covers``.
     module_level: ClassVar[bool] = False
     #: Validate the settings at construction by running ``function`` on meta tensors (see ``_check_settings``).
     #: A scheme whose function takes no tensor can turn it off; schemes without settings are never probed.
@@ -167,7 +167,7 @@ class Initializer:
         """Initialize ``tensor`` in place and return it: the function form with these settings.
 
         ``generator`` draws from torch's RNG; ``seed`` (with ``name``) from the keyed stream
-        of ``(seed, name)`` (:mod:`torchinit.sampling`); not both. Deterministic schemes
+        of ``(seed, name)`` (:mod:`torchinit.rng.sampling`); not both. Deterministic schemes
         (constants, identities, Hadamard) check and then ignore them.
         """
         kwargs = dict(self._settings)

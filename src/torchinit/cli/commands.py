@@ -13,7 +13,7 @@
 ``torchinit train``
     Train fresh copies of a model (``mlp-tanh``, ``mlp-relu``, ``resmlp``, ``cnn``) under each
     scheme on scikit-learn's digits and report, over ``--seeds`` seeds, the test accuracy,
-    the final training loss and the steps until the loss halved (:mod:`torchinit.trainability`;
+    the final training loss and the steps until the loss halved (:mod:`torchinit.diagnostics.trainability`;
     scikit-learn comes with ``pip install 'torchinit[train]'``).
 
 Your own model: ``pkg.mod`` is imported from the current directory when its top-level
@@ -60,10 +60,8 @@ from typing import NoReturn, TextIO
 import torch
 from torch import nn
 
-import torchinit
-from torchinit._demo_model import ResidualMLP, SmallCNN
-from torchinit._text import text_table
-from torchinit.compare import (
+from torchinit._util.text import text_table
+from torchinit.diagnostics.compare import (
     DEFAULT_SCHEMES,
     EXPLODE_STD,
     SCHEMES,
@@ -72,9 +70,11 @@ from torchinit.compare import (
     SchemeResult,
     compare,
 )
-from torchinit.probe import first_tensor, plot_reports
-from torchinit.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
-from torchinit.trainability import MODELS as TRAIN_MODELS
+from torchinit._util.version import __version__
+from torchinit.diagnostics.models import ResidualMLP, SmallCNN
+from torchinit.diagnostics.probing import first_tensor, plot_reports
+from torchinit.diagnostics.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
+from torchinit.diagnostics.trainability import MODELS as TRAIN_MODELS
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
 
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         3
     """
     parser = _Parser(prog="torchinit", description="Weight initialization for PyTorch: see the signal.")
-    parser.add_argument("--version", action="version", version=f"torchinit {torchinit.__version__}")
+    parser.add_argument("--version", action="version", version=f"torchinit {__version__}")
     debug_help = "on failure, print the traceback above the one-line message"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
-from torchinit._text import text_table
-from torchinit.fans import fans
+from torchinit._util.text import text_table
+from torchinit.schemes.layout import fans
 
 __all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "PLOT_HINT"]
 

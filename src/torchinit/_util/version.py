@@ -1,0 +1,3 @@
+"""The package version, in one place (the public name is ``torchinit.__version__``)."""
+
+__version__ = "0.1.0"

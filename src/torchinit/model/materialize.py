@@ -1,0 +1,300 @@
+"""Deferred construction and eager-equivalent materialization .
+
+::
+
+    with torchinit.deferred():
+        model = Transformer(config)            # parameters on meta: no memory, construction recorded
+    report = torchinit.materialize_(model)     # what Transformer(config) would have given, each value written once
+
+Inside :func:`deferred`, every parameter a module registers is moved to the meta
+device as it is registered, and every operation construction applies to it is
+recorded (:mod:`torchinit.recording.log`): ``reset_parameters``, the constructor's own
+``fill_``/``copy_``/``mul_``, init loops, transformers' ``post_init``, timm's weight
+init, torchvision's constructor loops. Buffers are computed for real.
+:func:`materialize_` then replays, for each parameter, only the operations that decide
+its final value, so the model gets what eager construction gives it: deterministic
+values exactly, random values from the same distributions.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from torchinit.model.construction import (
+    weight_norm_hooks,
+)
+from torchinit.model.deferred import deferred, parameter_like
+from torchinit.model.policy import (
+    InitReport,
+    Policy,
+    Snapshot,
+    check_on_meta,
+    derive_seed,
+    stand_in,
+)
+from torchinit.model.reenact import reenact, retie
+from torchinit.model.replay import randomness
+from torchinit.model.sharded import materialize_sharded
+from torchinit.model.slots import (
+    Slot,
+    find_unknown,
+    meta_slots,
+    slot_report,
+    stage,
+    wanted_by_recording,
+)
+from torchinit.recording.log import (
+    Recording,
+    recording_of,
+)
+from torchinit.rng.sampling import is_dtensor, make_sampler
+
+__all__ = ["deferred", "materialize_"]
+
+
+def materialize_(
+    model: nn.Module,
+    policy: Policy | None = None,
+    *,
+    device: torch.device | str | None = None,
+    strict: bool = False,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> InitReport:
+    """Give every meta parameter and buffer of ``model`` real memory and the values eager construction gives it.
+
+    The values come from, in order of precedence:
+
+    1. the ``policy``, where a rule matches (a preset is a policy);
+    2. what construction did, recorded by :func:`deferred`: each module's
+       ``reset_parameters``, the constructor's own ``fill_``/``copy_``/init loops,
+       model-level init (transformers' ``post_init``, timm's and torchvision's loops).
+       Only the operations that decide a final value are replayed, in construction
+       order, so each value is written about once;
+    3. for a model built on meta without :func:`deferred` (``with torch.device("meta")``,
+       ``.to("meta")``, accelerate's ``init_empty_weights()``), nothing was recorded;
+       construction is re-enacted on meta instead: every module's ``reset_parameters``
+       (children first, as constructors run), then the model's own init
+       (transformers' ``initialize_weights``, or an ``init_weights()`` method), and the
+       result is replayed the same way;
+    4. anything still undefined (a ``torch.empty`` no code wrote, a buffer no init
+       recomputes) is unknown: with ``strict=True`` a ValueError names it; otherwise a
+       warning names it and it is set to zero. It is never silently zero.
+
+    The call is all-or-nothing: every check (the arguments, unknown values, each
+    policy initializer's arguments) runs before any memory is allocated, values are
+    computed into new tensors, and the model's registrations are replaced only once
+    all of them are ready (assignments only). If anything raises (``KeyboardInterrupt``
+    included), the model is put back as it was: registrations, ties, ``requires_grad``,
+    Python attributes, and the state of ``generator`` (a :class:`~torchinit.model.policy.Snapshot`
+    of registrations: no tensor is copied). Tied parameters stay tied, Python attributes
+    on parameters are kept, already-real parameters and buffers are left as they are
+    (moved to ``device`` when it is given: a copy there, made before anything is replaced).
+
+    Args:
+        model: a model built under :func:`deferred` or on the meta device.
+        policy: rules that take precedence over construction.
+        device: where to allocate (default: the CPU): a ``torch.device``, a string such as
+            ``"cuda:0"`` or a device index; one this process cannot allocate on is a ValueError.
+        strict: raise instead of zero-filling values that cannot be known.
+        generator: the seed source. One number is drawn from it per call; every random
+            value drawn at materialization then comes from a stream keyed by that number
+            and the parameter's qualified name (:func:`~torchinit.model.policy.stream_seed`), so
+            re-seeding the generator reproduces the weights and two calls with one
+            generator differ. (Values a constructor drew for real before registering them,
+            ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
+            global RNG, in construction order, as eager construction draws. Large random
+            fills run chunked in threads from the keyed Philox stream
+            (:mod:`torchinit.rng.fastfill`): the same distribution as torch's, another stream;
+            either way the weights are a function of the seed.
+        seed: draw every random value from the keyed stream instead (:mod:`torchinit.rng.keyed`;
+            not with ``generator``): a parameter's values then depend only on
+            ``(seed, its qualified name, shape, initializer)``, never on the call order, the
+            other parameters, the device or the world size. Policy rules get
+            ``init(t, seed=seed, name=qualified_name)``; a recorded ``normal_``/``uniform_``
+            (a module's ``reset_parameters``), ``trunc_normal_``, ``orthogonal_`` or
+            ``sparse_`` of parameter ``n`` draws from the stream named ``n`` (its ``k``-th
+            random operation, ``k >= 1``, from ``n#k``); the rare random operations with no
+            keyed form (``bernoulli_``, ``random_``, ``randn`` factories) draw from a torch
+            generator seeded by a hash of ``(seed, n)``.
+
+    Returns:
+        An :class:`~torchinit.model.policy.InitReport`; the rule column says where each value
+        came from (a rule, ``construction``, ``reset_parameters`` or ``unknown``).
+
+    Example:
+        >>> with deferred():
+        ...     model = nn.Sequential(nn.Linear(8, 8), nn.Embedding(10, 4, padding_idx=0))
+        >>> report = materialize_(model, generator=torch.Generator().manual_seed(0))
+        >>> [row.rule for row in report]
+        ['construction', 'construction', 'construction']
+        >>> bool(model[1].weight[0].eq(0).all())
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a torchinit.Policy or None; got {type(policy).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
+    make_sampler(generator, seed)  # types; not both
+    explicit_device = device is not None
+    device = _device(device, generator)
+
+    plans = (policy if policy is not None else Policy([])).plan(model, strict=strict)
+    slots = meta_slots(model, plans)
+    for slot in slots:  # every rule's arguments, checked on meta before anything is allocated
+        if slot.plan is not None and slot.plan.initializer is not None:
+            check_on_meta(slot.plan)
+    if any(is_dtensor(s.tensor) for s in slots):
+        return materialize_sharded(model, plans, slots, device if explicit_device else None, strict, generator, seed)
+    for slot in slots:
+        slot.recording = recording_of(slot.tensor)
+    unrecorded = [s for s in slots if s.recording is None]
+    snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
+    with snapshot.on_failure():
+        if unrecorded:
+            needed = [s for s in unrecorded if s.plan is None or s.plan.initializer is None]  # rules cover the rest
+            reenacted = reenact(model, needed) if needed else Recording()
+            for s in unrecorded:
+                s.recording, s.source = reenacted, "reset_parameters"
+        wanted = wanted_by_recording(slots)
+        find_unknown(slots, wanted, strict)
+        base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator
+        with torch.no_grad():
+            # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
+            stage(slots, wanted, device, base_seed, keyed=seed is not None)
+            _apply_rules(slots, device, base_seed, keyed=seed is not None)
+            new = _replacements(model, slots, device if explicit_device else None)
+            computed = _weight_norm_weights(model, new)
+            _commit(model, new, computed)  # assignments only
+            if unrecorded:
+                retie(model)
+        for p in plans:
+            p.param = new.get(id(p.param), p.param)  # type: ignore[assignment]
+        return slot_report(plans, slots)
+
+
+def _device(device: Any, generator: torch.Generator | None) -> torch.device:
+    """``device`` as a ``torch.device`` this process can allocate on (and draw on, with a generator)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, (torch.device, str, int)):
+        raise TypeError(f"device must be a torch.device, a str or an int; got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"device {device!r}: {err}") from None
+    if device.type == "meta":
+        raise ValueError("device must be a real device (cpu, cuda, ...); got meta")
+    try:
+        torch.empty(0, device=device)
+        if generator is not None:
+            torch.Generator(device=device)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError...
+        raise ValueError(f"device {str(device)!r} cannot be used here: {str(err).splitlines()[0]}") from None
+    return device
+
+
+def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None, *, keyed: bool = False) -> None:
+    """Run the policy's initializers on the staged tensors; the model itself is not touched.
+
+    Layout-aware initializers see a shallow stand-in of the owning layer holding the staged
+    tensors; module-level ones (``presets.torch_default``) a deep stand-in of their unit.
+    Module-level units run first, so the per-parameter rules, which override them, win.
+    """
+    staged = {id(s.tensor): s.real for s in slots}
+    plans = [s.plan for s in slots if s.plan is not None and s.plan.initializer is not None]
+    done: set[tuple[int, int]] = set()
+    for p in plans:
+        if p.unit is None or (p.rule.index, id(p.unit[1])) in done:  # type: ignore[union-attr]
+            continue
+        done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+        unit = p.unit[1]
+        mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
+        keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
+                for t in [staged[id(o)]]]  # fmt: skip
+        p.initializer.init(_stand_in_tree(unit, staged), **randomness(base_seed, p.unit[0], device, keyed))
+        for t, saved in keep:
+            t.copy_(saved)
+    for s in slots:
+        p = s.plan
+        if p is None or p.initializer is None:
+            continue
+        if p.unit is None:
+            target = p.target()
+            if isinstance(target, nn.Module):
+                target = stand_in(target, lambda t: staged.get(id(t), t))
+            else:
+                target = s.real
+            p.initializer.init(target, **randomness(base_seed, p.name, device, keyed))
+        s.source = p.source
+
+
+def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
+    """A deep copy of ``unit`` whose parameters are the staged tensors (writes to it land in them)."""
+    ghost = copy.deepcopy(unit)  # meta parameters copy for free; real ones are copies, so they stay untouched
+    wrappers: dict[int, nn.Parameter] = {}
+    pairs = zip(ghost.modules(), unit.modules())  # the same traversal order: deepcopy keeps the structure
+    for g, o in pairs:
+        for k, v in o._parameters.items():
+            if v is not None and id(v) in staged:
+                if id(v) not in wrappers:
+                    wrappers[id(v)] = nn.Parameter(staged[id(v)], requires_grad=v.requires_grad)
+                g._parameters[k] = wrappers[id(v)]
+        if isinstance(g, nn.RNNBase):
+            g._init_flat_weights()
+    return ghost
+
+
+def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | None) -> dict[int, Tensor]:
+    """The tensor to register in place of each one that changes, by the old one's id (one per distinct tensor).
+
+    Every meta slot gets its staged tensor (a parameter like the old one, Python attributes
+    kept); with ``device``, every real parameter and buffer elsewhere gets a copy there.
+    """
+    new: dict[int, Tensor] = {}
+    for s in slots:
+        assert s.real is not None
+        new[id(s.tensor)] = parameter_like(s.tensor, s.real) if s.is_parameter else s.real
+    if device is None:
+        return new
+    for module in model.modules():
+        for store, is_parameter in ((module._parameters, True), (module._buffers, False)):
+            for t in store.values():
+                if t is None or id(t) in new or t.is_meta or t.device == device \
+                        or isinstance(t, nn.parameter.UninitializedTensorMixin):  # fmt: skip
+                    continue
+                new[id(t)] = parameter_like(t, t.detach().to(device)) if is_parameter else t.to(device)
+    return new
+
+
+def _weight_norm_weights(model: nn.Module, new: dict[int, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
+    """torch.nn.utils.weight_norm keeps the weight it computes as a plain attribute: computed from the new tensors."""
+    return [(module, hook.name, hook.compute_weight(stand_in(module, lambda t: new.get(id(t), t))))
+            for module in model.modules() for hook in weight_norm_hooks(module)]  # fmt: skip
+
+
+def _commit(model: nn.Module, new: dict[int, Tensor], computed: list[tuple[nn.Module, str, Tensor]]) -> None:
+    """Register the new tensors in place of the old ones, and set the computed attributes: assignments only.
+
+    Every registration of one old tensor gets the same new one, so ties stay tied. An RNN
+    also keeps a list of its weights, refreshed here: torch 2.13's RNN forward notices
+    replaced weights by itself; the refresh keeps older releases (the package accepts
+    torch >= 2.1) from running on stale tensors.
+    """
+    for module in model.modules():
+        changed = False
+        for store in (module._parameters, module._buffers):
+            for attr, t in store.items():
+                if t is not None and id(t) in new:
+                    store[attr] = new[id(t)]
+                    changed = True
+        if changed and isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
+    for module, attr, value in computed:
+        setattr(module, attr, value)
