@@ -55,7 +55,6 @@ from torchinit.schemes.variance import (
     xavier_uniform_,
 )
 
-
 #: The functions of torch.nn.init 2.13, same names, parameters and defaults.
 TORCH_NN_INIT = (
     "calculate_gain", "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",

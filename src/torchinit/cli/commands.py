@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from torchinit._util.text import text_table
+from torchinit._util.version import __version__
 from torchinit.diagnostics.compare import (
     DEFAULT_SCHEMES,
     EXPLODE_STD,
@@ -70,7 +71,6 @@ from torchinit.diagnostics.compare import (
     SchemeResult,
     compare,
 )
-from torchinit._util.version import __version__
 from torchinit.diagnostics.models import ResidualMLP, SmallCNN
 from torchinit.diagnostics.probing import first_tensor, plot_reports
 from torchinit.diagnostics.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train

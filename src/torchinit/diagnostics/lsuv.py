@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from torchinit._util.checks import finite, positive_int
 from torchinit._util.text import text_table
+from torchinit._util.warn import warn
 from torchinit.diagnostics.probing import _copy_inputs, _Preserved, first_tensor
 from torchinit.model.policy import derive_seed, stream_generator
 from torchinit.rng.sampling import make_sampler
@@ -207,7 +207,7 @@ def lsuv_(
             print(file=sys.stderr)
     report = LSUVReport(rows, target_std, tol)
     if report.not_converged:
-        warnings.warn(
+        warn(
             f"lsuv_: {len(report.not_converged)} layer(s) did not reach std {target_std} ± {tol} in {max_iter} "
             f"iterations: {', '.join(report.not_converged)}",
             UserWarning,

@@ -22,12 +22,12 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from torchinit._util.text import text_table
+from torchinit.diagnostics.plots import PLOT_HINT, colors, figure
 from torchinit.schemes.layout import fans
 
 __all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "PLOT_HINT"]
 
 #: What to install for plots.
-PLOT_HINT = "plots need matplotlib: pip install 'torchinit[plot]'"
 
 Loss = Callable[[Any], Tensor]
 
@@ -343,19 +343,12 @@ def _fmt(v: float | None) -> str:
 
 def plot_reports(reports: dict[str, SignalReport], path: str, *, title: str | None = None) -> None:
     """One figure, two panels (activation std, gradient std by depth, log y), one line per report."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ModuleNotFoundError(PLOT_HINT) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12.5 if len(reports) > 1 else 11, 4.2))
-    tab20 = plt.get_cmap("tab20").colors
-    colors = tab20[::2] + tab20[1::2]  # 20 distinct colors, the strong ones first
+    fig = figure(figsize=(12.5 if len(reports) > 1 else 11, 4.2))
+    axes = fig.subplots(1, 2)
+    palette = colors("tab20")  # 20 distinct colors, the strong ones first
     for i, (label, report) in enumerate(reports.items()):
         depth = range(len(report.rows))
-        style = {"color": colors[i % 20], "ls": "-" if i % 2 == 0 else "--"}
+        style = {"color": palette[i % 20], "ls": "-" if i % 2 == 0 else "--"}
         for ax, key in zip(axes, ("act_std", "grad_std")):
             values = [r[key] if r[key] and r[key] > 0 else math.nan for r in report.rows]
             ax.plot(depth, values, label=label or None, lw=1.5, marker="." if len(values) < 40 else None, **style)
@@ -370,7 +363,6 @@ def plot_reports(reports: dict[str, SignalReport], path: str, *, title: str | No
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _as_args(inputs: Any) -> tuple[Any, ...]:

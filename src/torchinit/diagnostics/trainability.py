@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torchinit._util.checks import is_real, positive_int
 from torchinit.diagnostics.compare import SCHEMES, Scheme, _layers
 from torchinit.diagnostics.models import ResidualMLP
+from torchinit.diagnostics.plots import figure
 from torchinit.schemes.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
 
 __all__ = ["DATASETS", "MODELS", "train", "check", "parse_init", "load_data", "build_model", "summarize", "plot_training"]
@@ -288,12 +289,8 @@ def summarize(result: dict[str, Any]) -> list[list[str]]:
 
 def plot_training(result: dict[str, Any], path: str) -> None:
     """The loss curves (mean over the seeds, log scale) and the test accuracies (mean and each seed) of a train run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = figure(figsize=(11, 4))
+    left, right = fig.subplots(1, 2)
     labels = list(result["schemes"])
     for label in labels:
         curves = result["schemes"][label]["loss_curve"]
@@ -318,4 +315,3 @@ def plot_training(result: dict[str, Any], path: str) -> None:
                  f"{result['steps']} steps")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,9 +1,10 @@
 """``deferred()``: build a model with its parameters on meta while recording what construction does to them.
 
-Inside the context, ``nn.Module.register_parameter`` moves every new parameter to the meta device and
+Inside the context, a global parameter-registration hook moves every new parameter to the meta device and
 claims it for this thread's :class:`~torchinit.recording.log.Recording`; the torch.nn.init functions that
-return at once on meta tensors are patched so that their calls are recorded whole. The patches are
-installed once for any number of nested or concurrent ``deferred()`` blocks and removed when the last ends.
+return at once on meta tensors are patched so that their calls are recorded whole. Both are installed once
+for any number of nested or concurrent ``deferred()`` blocks and removed when the last ends, in whatever
+order they and other patchers (accelerate's ``init_empty_weights``) close.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from torchinit.recording.log import (
     UNDEFINED,
@@ -38,9 +40,8 @@ def deferred() -> Iterator[Recording]:
     thread: modules built by other threads while the context is open are built
     normally. Contexts nest (an inner one joins the outer recording).
 
-    ``nn.Module.register_parameter`` is patched process-wide while any context is
-    open (as accelerate's ``init_empty_weights`` does); the patch acts only in threads
-    inside a context, and torch is restored when the last context exits.
+    A global parameter-registration hook is installed while any context is open; it acts
+    only in threads inside a context, and is removed when the last context exits.
 
     Yields:
         The :class:`~torchinit.recording.log.Recording` of this construction.
@@ -68,29 +69,28 @@ def deferred() -> Iterator[Recording]:
 
 @contextlib.contextmanager
 def recording_into(recording: Recording, mode: RecordingMode) -> Iterator[None]:
-    """Make this thread record into ``recording``: the process-wide patches (counted), and the thread's stack."""
+    """Make this thread record into ``recording``: the process-wide hooks (counted), and the thread's stack."""
     stack = _thread_stack()
     entry = (recording, mode)
-    with _PATCH_LOCK:
-        if _PATCH["depth"] == 0:
-            _PATCH["saved"] = nn.Module.register_parameter
-            nn.Module.register_parameter = _deferring(_PATCH["saved"])  # type: ignore[method-assign]
-            _PATCH["init"] = _patch_meta_skipping_inits()
-        _PATCH["depth"] += 1
-    stack.append(entry)
+    counted = False
     try:
+        with _PATCH_LOCK:
+            if _PATCH["depth"] == 0:
+                _PATCH["installed"] = _install()
+            _PATCH["depth"] += 1
+            counted = True
+        stack.append(entry)
         yield
     finally:
         stack[:] = [e for e in stack if e is not entry]
-        with _PATCH_LOCK:
-            _PATCH["depth"] -= 1
-            if _PATCH["depth"] == 0:
-                nn.Module.register_parameter = _PATCH.pop("saved")  # type: ignore[method-assign]
-                for holder, key, original in _PATCH.pop("init"):
-                    _set_entry(holder, key, original)
+        if counted:
+            with _PATCH_LOCK:
+                _PATCH["depth"] -= 1
+                if _PATCH["depth"] == 0:
+                    _uninstall(_PATCH.pop("installed"))
 
 
-# The patch is process-wide (a class attribute) and counted under a lock; whether it defers is per thread.
+# Installed once for all contexts, counted under a lock; whether they defer or record is per thread.
 _PATCH_LOCK = threading.Lock()
 
 
@@ -100,25 +100,50 @@ _PATCH: dict[str, Any] = {"depth": 0}
 _thread_stack = thread_recordings
 
 
-def _deferring(original: Any) -> Any:
-    """``nn.Module.register_parameter`` that, in a thread inside ``deferred()``, makes the parameter meta first.
+def _install() -> list[tuple[Any, str, Any, Any]]:
+    """Install the parameter-registration hook and the recorded torch.nn.init functions; all or nothing.
 
-    The original is captured here, once per installation, so a thread still running an old
-    patched method after the last context closed calls the right one.
+    The hook is torch's global one (``register_module_parameter_registration_hook``), not a replaced
+    ``nn.Module.register_parameter``: accelerate's ``init_empty_weights`` replaces that method and puts
+    back the one it found, so two replacements would only nest when they close in the reverse order.
+    Returns what :func:`_uninstall` takes: ``(holder, key, original, patched)`` for each patched entry,
+    then the hook's handle.
     """
+    installed: list[tuple[Any, str, Any, Any]] = []
+    try:
+        handle = register_module_parameter_registration_hook(_defer_registration)
+        installed.append((None, "", handle, None))
+        for holder, key, original in _meta_skipping_inits():
+            patched = recorded_call(original)
+            _set_entry(holder, key, patched)
+            installed.append((holder, key, original, patched))
+    except BaseException:
+        _uninstall(installed)
+        raise
+    return installed
 
-    def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        stack = _thread_stack()
-        lazy = isinstance(param, nn.parameter.UninitializedTensorMixin)
-        if stack and param is not None and not lazy:
-            recording, mode = stack[-1]
-            if not param.is_meta:
-                param = _make_meta(param, recording, mode)
-            if recording.knows(param):
-                claim(param, recording)
-        original(self, name, param)
 
-    return register_parameter
+def _uninstall(installed: list[tuple[Any, str, Any, Any]]) -> None:
+    """Undo :func:`_install`, newest first. An entry that someone replaced since keeps the replacement (ours,
+    wrapped inside it, only records in threads inside ``deferred()``, so it is inert once all have closed)."""
+    for holder, key, original, patched in reversed(installed):
+        if holder is None:
+            original.remove()  # the hook's handle
+        elif _get_entry(holder, key) is patched:
+            _set_entry(holder, key, original)
+
+
+def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
+    """The registration hook: in a thread inside ``deferred()``, the parameter becomes meta and is claimed."""
+    stack = _thread_stack()
+    if not stack or isinstance(param, nn.parameter.UninitializedTensorMixin):
+        return None
+    recording, mode = stack[-1]
+    if not param.is_meta:
+        param = _make_meta(param, recording, mode)
+    if recording.knows(param):
+        claim(param, recording)
+    return param
 
 
 def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -> nn.Parameter:
@@ -156,22 +181,21 @@ def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -
 META_SKIPPING_INITS = ("_no_grad_trunc_normal_", "orthogonal_", "sparse_", "dirac_")
 
 
-def _patch_meta_skipping_inits() -> list[tuple[Any, str, Any]]:
+def _meta_skipping_inits() -> list[tuple[Any, str, Any]]:
+    """Where the functions of :data:`META_SKIPPING_INITS` are looked up: ``(holder, key, function)`` in torch.nn.init
+    and in the table transformers captured at import."""
     import sys
 
-    saved = []
-    for name in META_SKIPPING_INITS:
-        original = getattr(nn.init, name)
-        saved.append((nn.init, name, original))
-        setattr(nn.init, name, recorded_call(original))
+    found = [(nn.init, name, getattr(nn.init, name)) for name in META_SKIPPING_INITS]
     table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
     if isinstance(table, dict):
-        for key, fn in list(table.items()):
-            for holder, name, original in saved[1:]:
-                if fn is original:
-                    saved.append((table, key, fn))
-                    table[key] = getattr(holder, name)
-    return saved
+        originals = {id(fn) for _, _, fn in found[1:]}
+        found += [(table, key, fn) for key, fn in list(table.items()) if id(fn) in originals]
+    return found
+
+
+def _get_entry(holder: Any, key: str) -> Any:
+    return holder.get(key) if isinstance(holder, dict) else getattr(holder, key, None)
 
 
 def _set_entry(holder: Any, key: str, value: Any) -> None:

@@ -37,7 +37,6 @@ import copy
 import fnmatch
 import hashlib
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.text import text_table
+from torchinit._util.warn import quiet, warn
 from torchinit.recording.log import draw_seed, storage_key
 from torchinit.rng.sampling import is_dtensor, make_sampler
 from torchinit.schemes.initializers import Initializer
@@ -384,7 +384,7 @@ class Policy:
         if problems:
             if strict:
                 raise ValueError("strict: " + "; ".join(problems))
-            warnings.warn("Policy: " + "; ".join(problems), UserWarning, stacklevel=3)
+            warn("Policy: " + "; ".join(problems), UserWarning, stacklevel=3)
         return plans
 
     def apply_(
@@ -575,8 +575,7 @@ def check_on_meta(p: Planned) -> None:
     else:
         ghost = torch.empty_like(target, device="meta")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the real call warns
+        with quiet():  # the real call warns
             p.initializer.init(ghost)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{p.name} ({p.source}, {p.initializer!r}): {err}") from None

@@ -4,7 +4,6 @@ of the tensors that no recording covers (a model built under ``torch.device("met
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from torchinit._util.warn import warn
 from torchinit.model.construction import (
     is_torch_module,
     own_init,
@@ -102,7 +102,7 @@ def reenact(model: nn.Module, unrecorded: list[Slot]) -> Recording:
                 except Exception as err:  # noqa: BLE001
                     failures.append(f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}")
         if failures:
-            warnings.warn(
+            warn(
                 "materialize_: re-enacting the construction of a model built on meta without deferred(): "
                 + "; ".join(failures),
                 UserWarning,
@@ -121,7 +121,7 @@ def retie(model: nn.Module) -> None:
         try:
             tie()
         except Exception as err:  # noqa: BLE001 - the values are complete either way
-            warnings.warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning, stacklevel=3)
+            warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning, stacklevel=3)
 
 
 def _post_order(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.warn import warn
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -98,7 +98,7 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
             f"uninitialized): {', '.join(unknown)}; add rules for them"
         )
     if unknown:
-        warnings.warn(
+        warn(
             f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
             "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
             UserWarning,

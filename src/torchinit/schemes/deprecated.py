@@ -8,10 +8,10 @@ function and emit a ``FutureWarning``. torchinit keeps them so that code written
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
+from torchinit._util.warn import warn
 from torchinit.schemes.basic import constant_, dirac_, eye_, normal_, uniform_
 from torchinit.schemes.structured import orthogonal_, sparse_
 from torchinit.schemes.variance import kaiming_normal_, kaiming_uniform_, xavier_normal_, xavier_uniform_
@@ -25,7 +25,7 @@ def _deprecated(function: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(function)
     def alias(*args: Any, **kwargs: Any) -> Any:
-        warnings.warn(
+        warn(
             f"`torchinit.{old_name}` is deprecated in favor of `torchinit.{new_name}` (as `nn.init.{old_name}` is).",
             FutureWarning,
             stacklevel=2,

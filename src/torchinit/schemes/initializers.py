@@ -23,13 +23,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.warn import quiet
 from torchinit.recording.log import thread_recordings
 from torchinit.rng.sampling import make_sampler
 from torchinit.schemes.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
@@ -96,12 +96,23 @@ class Initializer:
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
         raise NotImplementedError
+
+    #: Every class ``from_config`` can build, by its config name (:meth:`config_name`).
     _registry: ClassVar[dict[str, type[Initializer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "function" in cls.__dict__:
-            Initializer._registry[cls.__name__] = cls
+        if hasattr(cls, "function"):
+            Initializer._registry[cls.config_name()] = cls
+
+    @classmethod
+    def config_name(cls) -> str:
+        """The name ``to_config`` writes: the bare class name for torchinit's own classes, and the module and
+        qualified name for any other (``"mypkg.inits.Normal"``), so a user's class never takes over a
+        built-in one of the same short name (Keras registers ``package>Name`` for the same reason)."""
+        if cls.__module__.split(".")[0] == "torchinit":
+            return cls.__name__
+        return f"{cls.__module__}.{cls.__qualname__}"
 
     def __init__(self, *args: Any, **settings: Any) -> None:
         signature = self._signature()
@@ -197,7 +208,7 @@ class Initializer:
     __hash__ = None  # type: ignore[assignment]  # settings may be unhashable (an nn.Module nonlinearity)
 
     def to_config(self) -> dict[str, Any]:
-        """A plain JSON-able dict: ``{"class": name, "config": {setting: value}}``.
+        """A plain JSON-able dict: ``{"class": name, "config": {setting: value}}`` (``name``: :meth:`config_name`).
 
         ``...`` is written as the string ``"..."`` and tuples as lists. A setting
         that has no JSON form (a module or callable nonlinearity) is a TypeError.
@@ -205,7 +216,7 @@ class Initializer:
         config = {}
         for name, value in self._settings.items():
             config[name] = _to_json(value, f"{type(self).__name__}.{name}")
-        return {"class": type(self).__name__, "config": config}
+        return {"class": type(self).config_name(), "config": config}
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> Initializer:
@@ -213,7 +224,7 @@ class Initializer:
         if not isinstance(config, dict) or "class" not in config:
             raise ValueError(f"config must be a dict with a 'class' key, as to_config() writes; got {config!r}")
         name = config["class"]
-        if name not in Initializer._registry:
+        if not isinstance(name, str) or name not in Initializer._registry:
             raise ValueError(f"config: unknown initializer class {name!r}; known: {', '.join(Initializer._registry)}")
         settings = {k: _from_json(k, v) for k, v in dict(config.get("config", {})).items()}
         return Initializer._registry[name](**settings)
@@ -252,8 +263,7 @@ def _probe_tensor(ndim: int, dtype: torch.dtype, settings: dict[str, Any]) -> Te
 
 
 def _run_on_probe(function: Callable[..., Any], probe: tuple[int, torch.dtype], settings: dict[str, Any]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the real call warns
+    with quiet():  # the real call warns
         function(_probe_tensor(*probe, settings), **settings)
 
 

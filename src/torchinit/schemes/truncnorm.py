@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from typing import Any
 
 import torch
@@ -69,6 +68,7 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
+from torchinit._util.warn import warn
 from torchinit.recording.log import recorded_call
 from torchinit.rng import keyed
 from torchinit.rng.sampling import Sampler, make_sampler, real_dtype, shardable
@@ -209,7 +209,7 @@ def trunc_normal_(
             min(-alpha, beta) > NOTHING_TRUNCATED_SIGMA
             and (math.isfinite(a) or math.isfinite(b))
         ):
-            warnings.warn(
+            warn(
                 f"trunc_normal_: the bounds a={a}, b={b} lie more than {NOTHING_TRUNCATED_SIGMA:g} std "
                 f"(std={std}) from the mean, so nothing is truncated. a and b are absolute values; "
                 "use trunc_normal_std_(tensor, std, k) to cut at k standard deviations.",

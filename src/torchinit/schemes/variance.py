@@ -40,13 +40,13 @@ bit-identical to ``torch.nn.init``.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from torchinit._util.checks import NORMAL_REACH, choice, finite, float_tensor, non_negative, within_dtype
+from torchinit._util.warn import warn
 from torchinit.recording.log import recorded_call
 from torchinit.rng.sampling import make_sampler, real_dtype, shardable
 from torchinit.schemes.gains import Nonlinearity, calculate_gain
@@ -114,7 +114,7 @@ def _init(
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
         if warn_empty:
-            warnings.warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=5)
+            warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=5)
         return written
     f = fans(target, in_dims=in_dims, out_dims=out_dims, batch_dims=batch_dims, blocks=blocks)  # meta too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
