@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.model.policy import stream_seed
+from torchinit.rng.seeds import stream_seed
 from conftest import gen
 
 
@@ -153,7 +153,7 @@ def test_without_generator_the_global_rng_is_used_in_order():
 
 
 def test_stream_seed_is_stable_across_processes():
-    code = "from torchinit.model.policy import stream_seed; print(stream_seed(42, 'blocks.3.attn.c_proj.weight'))"
+    code = "from torchinit.rng.seeds import stream_seed; print(stream_seed(42, 'blocks.3.attn.c_proj.weight'))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": seed}).stdout.strip() for seed in ("0", "1")}
     assert outs == {str(stream_seed(42, "blocks.3.attn.c_proj.weight"))}

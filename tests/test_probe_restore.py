@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from torchinit.diagnostics.lsuv import LSUV_LAYERS, lsuv_
-from torchinit.model.policy import derive_seed
+from torchinit.rng.seeds import derive_seed
 from torchinit.diagnostics.probing import jacobian_spectrum, probe
 from torchinit.schemes.structured import orthogonal_
 from conftest import gen

@@ -19,8 +19,8 @@ from torchinit._util.checks import finite, positive_int
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
 from torchinit.diagnostics.probing import _copy_inputs, _Preserved, first_tensor
-from torchinit.model.policy import derive_seed, stream_generator
 from torchinit.rng.sampling import make_sampler
+from torchinit.rng.seeds import derive_seed, stream_generator
 from torchinit.schemes.structured import orthogonal_
 
 __all__ = ["lsuv_", "LSUVReport", "LSUVRow"]

@@ -33,11 +33,9 @@ from torchinit.model.policy import (
     Policy,
     Snapshot,
     check_on_meta,
-    derive_seed,
     stand_in,
 )
 from torchinit.model.reenact import reenact, retie
-from torchinit.model.replay import randomness
 from torchinit.model.sharded import materialize_sharded
 from torchinit.model.slots import (
     Slot,
@@ -52,6 +50,7 @@ from torchinit.recording.log import (
     recording_of,
 )
 from torchinit.rng.sampling import is_dtensor, make_sampler
+from torchinit.rng.seeds import derive_seed, stream_kwargs
 
 __all__ = ["deferred", "materialize_"]
 
@@ -103,7 +102,7 @@ def materialize_(
         strict: raise instead of zero-filling values that cannot be known.
         generator: the seed source. One number is drawn from it per call; every random
             value drawn at materialization then comes from a stream keyed by that number
-            and the parameter's qualified name (:func:`~torchinit.model.policy.stream_seed`), so
+            and the parameter's qualified name (:func:`~torchinit.rng.seeds.stream_seed`), so
             re-seeding the generator reproduces the weights and two calls with one
             generator differ. (Values a constructor drew for real before registering them,
             ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
@@ -218,7 +217,7 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
         mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
         keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
                 for t in [staged[id(o)]]]  # fmt: skip
-        p.initializer.init(_stand_in_tree(unit, staged), **randomness(base_seed, p.unit[0], device, keyed))
+        p.initializer.init(_stand_in_tree(unit, staged), **stream_kwargs(base_seed, p.unit[0], device, keyed))
         for t, saved in keep:
             t.copy_(saved)
     for s in slots:
@@ -231,7 +230,7 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
                 target = stand_in(target, lambda t: staged.get(id(t), t))
             else:
                 target = s.real
-            p.initializer.init(target, **randomness(base_seed, p.name, device, keyed))
+            p.initializer.init(target, **stream_kwargs(base_seed, p.name, device, keyed))
         s.source = p.source
 
 

@@ -18,7 +18,7 @@ so ``"*.c_proj.weight"`` matches ``transformer.h.0.attn.c_proj.weight``), or a
 callable ``(name, param, module) -> bool``.
 
 Determinism: with a generator, one 63-bit number is drawn from it per call
-(:func:`derive_seed`), and each parameter draws from its own stream, seeded by a
+(:func:`~torchinit.rng.seeds.derive_seed`), and each parameter draws from its own stream, seeded by a
 stable hash (BLAKE2b) of that number and the parameter's qualified name. Re-seeding
 the generator reproduces the weights, two calls with one generator give different
 weights (as two calls of ``normal_(generator=g)`` do), and adding a layer under a
@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,54 +45,17 @@ from torch import Tensor, nn
 
 from torchinit._util.text import text_table
 from torchinit._util.warn import quiet, warn
-from torchinit.recording.log import draw_seed, storage_key
+from torchinit.recording.log import storage_key
 from torchinit.rng.sampling import is_dtensor, make_sampler
+from torchinit.rng.seeds import derive_seed, stream_kwargs
 from torchinit.schemes.initializers import Initializer
 from torchinit.schemes.layout import module_layout
 
 __all__ = [
-    "Policy", "Rule", "InitReport", "ReportRow", "derive_seed", "stream_seed", "stream_generator",
-    "named_parameter_owners",
+    "Policy", "Rule", "InitReport", "ReportRow", "named_parameter_owners",
 ]  # fmt: skip
 
 Selector = Union[type, str, Callable[[str, Tensor, nn.Module], bool]]
-
-
-def stream_seed(seed: int, name: str) -> int:
-    """A 63-bit seed for the stream named ``name`` under ``seed``: BLAKE2b, stable across runs and machines.
-
-    Example:
-        >>> stream_seed(0, "layer.weight") == stream_seed(0, "layer.weight") != stream_seed(1, "layer.weight")
-        True
-    """
-    digest = hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def derive_seed(generator: torch.Generator | None) -> int | None:
-    """One 63-bit number drawn from ``generator`` (None stays None): the base of a call's per-name streams.
-
-    Drawing advances the generator, so two calls with one generator differ and
-    re-seeding it reproduces both.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> a, b = derive_seed(g), derive_seed(g)
-        >>> a != b, a == derive_seed(torch.Generator().manual_seed(0))
-        (True, True)
-    """
-    if generator is None:
-        return None
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-    return draw_seed(generator)
-
-
-def stream_generator(base_seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
-    """The generator of the stream ``name`` under ``base_seed`` (from :func:`derive_seed`); None: the global RNG."""
-    if base_seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(stream_seed(base_seed, name))
 
 
 @dataclass(frozen=True)
@@ -448,12 +410,11 @@ class Policy:
                   ([p.param] if p.unit is None else [*p.unit[1].parameters(), *p.unit[1].buffers()])]  # fmt: skip
         snapshot = Snapshot(model, writes=writes, generator=generator)
         with snapshot.on_failure(), torch.no_grad():
-            base_seed = derive_seed(generator)
+            keyed = seed is not None
+            base_seed = seed if keyed else derive_seed(generator)
 
             def randomness(name: str, device: torch.device) -> dict[str, Any]:
-                if seed is not None:
-                    return {"seed": seed, "name": name}
-                return {"generator": stream_generator(base_seed, name, device)}
+                return stream_kwargs(base_seed, name, device, keyed)
 
             done: set[tuple[int, int]] = set()
             for p in covered:

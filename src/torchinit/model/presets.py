@@ -23,8 +23,8 @@ from torchinit._util.checks import positive_int
 from torchinit.model.construction import COMPOSITES, constructor_init, is_torch_module, reset_method
 from torchinit.model.policy import Policy, Rule
 from torchinit.model.replay import replay_program_
-from torchinit.recording.log import seeded_global_rng
 from torchinit.rng.sampling import is_dtensor, make_sampler
+from torchinit.rng.seeds import seeded_global_rng
 from torchinit.schemes.basic import uniform_, zeros_
 from torchinit.schemes.initializers import (
     Glass,

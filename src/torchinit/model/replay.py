@@ -19,7 +19,6 @@ from torchinit.model.construction import (
 from torchinit.model.deferred import meta_like, parameter_like, recording_into
 from torchinit.model.policy import (
     Snapshot,
-    stream_generator,
 )
 from torchinit.recording.log import (
     UNDEFINED,
@@ -31,6 +30,7 @@ from torchinit.recording.log import (
 )
 from torchinit.rng.fastfill import recorded_fill, replay_fill
 from torchinit.rng.sampling import is_dtensor, local_part, make_sampler
+from torchinit.rng.seeds import stream_generator
 
 
 def writers_of(rec: Recording, live: list[int]) -> dict[int, list[str]]:
@@ -44,13 +44,6 @@ def writers_of(rec: Recording, live: list[int]) -> dict[int, list[str]]:
             if op.func == "leaf" and not op.undefined:
                 names.setdefault(ref.key, []).append("constructor value")
     return names
-
-
-def randomness(base_seed: int | None, name: str, device: torch.device, keyed: bool) -> dict[str, Any]:
-    """The randomness arguments of a rule's ``init`` for the tensor (or unit) ``name``."""
-    if keyed:
-        return {"seed": base_seed, "name": name}
-    return {"generator": stream_generator(base_seed, name, device)}
 
 
 def replay_recording(rec: Recording, keys: set[int], device: torch.device, names: dict[int, str], base_seed: int | None,

@@ -14,17 +14,17 @@ from torchinit.model.policy import (
     InitReport,
     Planned,
     Snapshot,
-    derive_seed,
     run_unit,
 )
 from torchinit.model.reenact import reenact
-from torchinit.model.replay import randomness, replay_recording
+from torchinit.model.replay import replay_recording
 from torchinit.model.slots import Slot, find_unknown, slot_report, wanted_by_recording
 from torchinit.recording.log import (
     recording_of,
     storage_key,
 )
 from torchinit.rng.sampling import is_dtensor, local_part
+from torchinit.rng.seeds import derive_seed, stream_kwargs
 
 
 def materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[Slot], device: torch.device | None,
@@ -170,7 +170,7 @@ def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int 
     for p in mine:
         if p.unit is not None and (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
             done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
-            run_unit(p, plans, **randomness(base_seed, p.unit[0], p.param.device, keyed))
+            run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], p.param.device, keyed))
     for p in mine:
         if p.unit is None:
-            p.initializer.init(p.target(), **randomness(base_seed, p.name, p.param.device, keyed))  # type: ignore
+            p.initializer.init(p.target(), **stream_kwargs(base_seed, p.name, p.param.device, keyed))  # type: ignore

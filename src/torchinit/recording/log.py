@@ -24,12 +24,11 @@ its fake-tensor graph, and with dead writes removed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +36,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from torchinit.rng.seeds import seeded_global_rng
+
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
-    "thread_recordings", "recorded_call", "draw_seed", "seeded_global_rng",
+    "thread_recordings", "recorded_call",
 ]  # fmt: skip
 
 #: In-place operations whose result does not depend on the tensor's previous values: when they
@@ -329,23 +330,6 @@ def _keep_outputs(storages: dict[int, torch.Tensor], op: Op, out: Any) -> None:
     if op.outputs:
         for ref, t in zip(op.outputs, _tensors(out)):
             storages[ref.key] = t
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    """One 63-bit number drawn from ``generator`` (advancing it)."""
-    draw = torch.empty((), dtype=torch.int64, device=generator.device)
-    return int(draw.random_(0, 2**63 - 1, generator=generator))
-
-
-@contextlib.contextmanager
-def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
-    """Within: the global RNG seeded from one draw of ``generator``, for code that only uses the global RNG
-    (torch's ``reset_parameters``, ``randn_like``); the global RNG's state is restored afterwards."""
-    seed = draw_seed(generator)
-    devices = [generator.device] if generator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _new_storage(ref: TensorRef, device: torch.device, *, zero: bool) -> torch.Tensor:

@@ -1,0 +1,93 @@
+r"""Where every stream comes from: a seed and a name, or a generator.
+
+torchinit draws random numbers from three kinds of source, and ``generator=`` means a different one
+depending on what is being initialized:
+
+1. **One tensor** (``normal_(t, generator=g)``, ``Initializer.init``): ``g`` is drawn from directly,
+   exactly as ``torch.nn.init`` does, so the bits are torch's.
+2. **A whole model** (``Policy.apply_``, ``materialize_``, ``lsuv_``): one 63-bit number is drawn
+   from ``g`` per call (:func:`draw_seed`); each parameter (or module) named ``n`` then draws from
+   its own ``torch.Generator`` seeded with :func:`stream_seed` ``(base, n)``, a BLAKE2b hash of the
+   number and the name. The values of one parameter do not depend on the order or on other layers.
+3. **Code that knows only the global RNG** (``torch_reset_``, a replayed ``randn_like``):
+   one number drawn from ``g`` seeds the global RNG inside ``torch.random.fork_rng``
+   (:func:`seeded_global_rng`), which puts the caller's global state back afterwards.
+
+``seed=`` (an int, with ``name=`` on a single tensor) is the fourth source and the only one that is
+the same on any number of ranks: the counter-based keyed stream of ``(seed, name)``, derived with
+SHAKE-128 in :meth:`torchinit.rng.keyed.Stream.of` (``docs/keyed_rng.md``); whole-model calls key it
+with each parameter's qualified name, :func:`stream_kwargs` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+__all__ = ["stream_seed", "draw_seed", "derive_seed", "stream_generator", "stream_kwargs", "seeded_global_rng"]
+
+_SEED_BOUND = 2**63 - 1
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for the stream named ``name`` under ``seed``: BLAKE2b, stable across runs and machines.
+
+    Example:
+        >>> stream_seed(0, "layer.weight") == stream_seed(0, "layer.weight") != stream_seed(1, "layer.weight")
+        True
+    """
+    digest = hashlib.blake2b(f"{seed}\0{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """One 63-bit number drawn from ``generator`` (advancing it): the base of a call's per-name streams.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a, b = draw_seed(g), draw_seed(g)
+        >>> a != b, a == draw_seed(torch.Generator().manual_seed(0))
+        (True, True)
+    """
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    draw = torch.empty((), dtype=torch.int64, device=generator.device)
+    return int(draw.random_(0, _SEED_BOUND, generator=generator))
+
+
+def derive_seed(generator: torch.Generator | None) -> int | None:
+    """:func:`draw_seed`, with None (the global RNG) staying None."""
+    return None if generator is None else draw_seed(generator)
+
+
+def stream_generator(base_seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
+    """The generator of the stream ``name`` under ``base_seed`` (from :func:`derive_seed`); None: the global RNG."""
+    if base_seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(stream_seed(base_seed, name))
+
+
+def stream_kwargs(base_seed: int | None, name: str, device: torch.device, keyed: bool) -> dict[str, Any]:
+    """The randomness arguments of an initializer's ``init`` for the tensor (or module) ``name`` of a model.
+
+    ``keyed``: ``base_seed`` is the user's ``seed=`` and the keyed stream of ``(seed, name)`` is drawn;
+    otherwise the generator of :func:`stream_generator` (the global RNG when ``base_seed`` is None).
+    """
+    if keyed:
+        return {"seed": base_seed, "name": name}
+    return {"generator": stream_generator(base_seed, name, device)}
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
+    """Within: the global RNG seeded from one draw of ``generator``, for code that only uses the global RNG
+    (torch's ``reset_parameters``, ``randn_like``); the global RNG's state is restored afterwards."""
+    seed = draw_seed(generator)
+    devices = [generator.device] if generator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
