@@ -7,6 +7,13 @@ import torch
 import _thirdparty  # noqa: F401, E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a Python process takes a second or more: it is also ``slow`` (out of the inner loop)."""
+    for item in items:
+        if item.get_closest_marker("subprocess") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 def new_thread_count() -> int:
     """torch's intra-op thread count in a thread started now (in OpenMP builds: the last count set anywhere)."""
     import threading

@@ -152,6 +152,7 @@ def test_without_generator_the_global_rng_is_used_in_order():
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), want))
 
 
+@pytest.mark.subprocess
 def test_stream_seed_is_stable_across_processes():
     code = "from torchinit.rng.seeds import stream_seed; print(stream_seed(42, 'blocks.3.attn.c_proj.weight'))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -118,6 +118,7 @@ def run_cli(tmp_path, *argv: str) -> subprocess.CompletedProcess:
                           cwd=tmp_path)
 
 
+@pytest.mark.subprocess
 def test_user_model_file(tmp_path):
     proc = run_cli(tmp_path, "compare", "--model", "usermodel:make", "--input-shape", "8",
                    "--init", "default,glass,orthogonal", "--batch", "32")
@@ -126,6 +127,7 @@ def test_user_model_file(tmp_path):
     assert "shortcut" in proc.stdout and "fc1" in proc.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv,culprit", [
     (["compare", "--model", "nosuchmodule:make", "--input-shape", "8"], "nosuchmodule"),
     (["compare", "--model", "usermodel:nothing", "--input-shape", "8"], "nothing"),

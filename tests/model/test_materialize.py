@@ -488,6 +488,7 @@ def test_materialize_argument_errors_change_nothing():
         assert layer.weight.is_meta and layer.bias.is_meta
 
 
+@pytest.mark.subprocess
 def test_deferred_does_not_import_dynamo():
     """A dispatch mode is wrapped in torch._dynamo.disable unless it opts out; that import costs ~1.4 s."""
     import subprocess

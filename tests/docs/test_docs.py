@@ -16,7 +16,7 @@ from torch import nn
 import torchinit as ti
 
 PUBLIC = [n for n in ti.__all__ if inspect.isfunction(getattr(ti, n))]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = sorted(m.name for m in pkgutil.walk_packages(ti.__path__, "torchinit.")
                  if m.name != "torchinit.__main__" and not m.name.endswith("._philox"))
 

@@ -44,7 +44,7 @@ def _distributed_problem() -> str | None:
 
 
 PROBLEM = _distributed_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
+pytestmark = [pytest.mark.distributed, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 
 
 def _free_port() -> int:
@@ -183,9 +183,10 @@ def test_placements_that_were_used(ranks):
     assert "Replicate()" in text
 
 
+@pytest.mark.subprocess
 def test_the_documented_example_runs_under_torchrun_and_prints_the_documented_fingerprints():
     """``torchrun --nproc-per-node 2 docs/sharded_example.py`` prints the digest docs/sharded.md shows, three times."""
-    example = Path(__file__).resolve().parents[1] / "docs" / "sharded_example.py"
+    example = Path(__file__).resolve().parents[2] / "docs" / "sharded_example.py"
     documented = (example.parent / "sharded.md").read_text()
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(ti.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))

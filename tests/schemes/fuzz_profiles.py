@@ -1,4 +1,4 @@
-"""Hypothesis profiles of the initializer fuzz (tests/test_fuzz.py).
+"""Hypothesis profiles of the initializer fuzz (tests/schemes/test_fuzz.py).
 
 ``default``: what ``make test`` runs. Derandomized (the same examples on every run and
 machine), no example database, no deadline; about 11,000 generated calls in all,

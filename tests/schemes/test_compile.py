@@ -46,6 +46,7 @@ def _compile_unavailable() -> str | None:
 
 _REASON = _compile_unavailable()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(_REASON is not None, reason=_REASON or ""),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*"),  # torch.jit notices while Dynamo imports
     pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`:UserWarning"),

@@ -124,7 +124,7 @@ def test_zero_std_fills_the_mean_rounded_into_the_bounds():
     assert t.tolist() == [1.0078125] * 5
 
 
-# ---- the failure classes the fuzz found (tests/test_fuzz.py), one regression each ------------------------------
+# ---- the failure classes the fuzz found (tests/schemes/test_fuzz.py), one regression each ------------------------------
 
 
 def test_an_inference_tensor_outside_inference_mode_is_refused_before_writing():

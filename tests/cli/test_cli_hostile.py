@@ -89,6 +89,7 @@ def test_help_and_version_exit_0(capsys):
     assert code == 0 and out.strip() == f"torchinit {torchinit.__version__}" and err == ""
 
 
+@pytest.mark.subprocess
 def test_usage_errors_in_a_real_process(tmp_path):
     """Through ``python -m torchinit``: status and stderr as the shell sees them."""
     proc = subprocess.run([sys.executable, "-m", "torchinit", "compare", "--batch", "x"], capture_output=True,
@@ -291,6 +292,7 @@ def test_bad_module_names(capsys, user_dir, spec, culprit):
     assert_one_line(err, culprit, repr(spec))
 
 
+@pytest.mark.subprocess
 def test_a_local_matplotlib_never_shadows_the_installed_one(tmp_path):
     """A ``matplotlib.py`` next to the user's model runs neither when the model imports matplotlib nor when
     the plot is drawn (a real process, without the cwd on sys.path: as the installed ``torchinit`` runs)."""

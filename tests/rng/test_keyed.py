@@ -16,7 +16,7 @@ from torchinit.rng.keyed import Stream
 from conftest import std_tolerance
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "keyed_rng.md"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "keyed_rng.md"
 
 # Random123's published known-answer vectors for Philox4x32-10 (its kat_vectors file): counter, key, output.
 PHILOX_KAT = [

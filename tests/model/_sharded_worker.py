@@ -1,4 +1,4 @@
-"""One rank of the multi-process sharding tests (tests/test_sharded.py): ``python _sharded_worker.py OUT``.
+"""One rank of the multi-process sharding tests (tests/model/test_sharded.py): ``python _sharded_worker.py OUT``.
 
 Reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment (as torchrun sets
 them), joins a gloo process group, runs every scenario, and on rank 0 saves the full value
@@ -21,7 +21,7 @@ import torchinit as ti
 SEED = 1234
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
 from sharded_example import Model  # noqa: E402  (the documented example's model: one definition)
 
 

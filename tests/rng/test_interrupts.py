@@ -36,6 +36,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
 @pytest.mark.parametrize("delay", [0.05, 0.31, 0.77])
 def test_sigint_during_threaded_fills_ends_the_process_promptly(delay):

@@ -24,6 +24,8 @@ from _eager import differences, state
 from _thirdparty import need
 from conftest import gen
 
+pytestmark = pytest.mark.slow  # transformers, timm and torchvision models: about 10 s
+
 VOCAB = 96
 
 

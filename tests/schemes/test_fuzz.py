@@ -71,6 +71,8 @@ from torchinit.schemes.gains import ACTIVATIONS, TORCH_NONLINEARITIES
 from torchinit.schemes.variance import DISTRIBUTIONS, MODES
 from fuzz_profiles import MIN_DEFAULT_CALLS, PROFILE, TOTAL_CALLS, fuzz_settings
 
+pytestmark = pytest.mark.slow  # 11,025 fuzz calls: about 30 s
+
 # ---- targets -------------------------------------------------------------------------------------------
 
 #: Public functions ending in ``_`` that take a model and data, not a tensor: not fuzzed here.
