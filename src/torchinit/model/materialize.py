@@ -31,7 +31,6 @@ from torchinit.model.deferred import deferred, parameter_like
 from torchinit.model.policy import (
     InitReport,
     Policy,
-    Snapshot,
     check_on_meta,
     stand_in,
 )
@@ -45,6 +44,7 @@ from torchinit.model.slots import (
     stage,
     wanted_by_recording,
 )
+from torchinit.model.snapshot import Snapshot
 from torchinit.recording.log import (
     Recording,
     recording_of,
@@ -89,7 +89,7 @@ def materialize_(
     computed into new tensors, and the model's registrations are replaced only once
     all of them are ready (assignments only). If anything raises (``KeyboardInterrupt``
     included), the model is put back as it was: registrations, ties, ``requires_grad``,
-    Python attributes, and the state of ``generator`` (a :class:`~torchinit.model.policy.Snapshot`
+    Python attributes, and the state of ``generator`` (a :class:`~torchinit.model.snapshot.Snapshot`
     of registrations: no tensor is copied). Tied parameters stay tied, Python attributes
     on parameters are kept, already-real parameters and buffers are left as they are
     (moved to ``device`` when it is given: a copy there, made before anything is replaced).

@@ -17,9 +17,7 @@ from torchinit.model.construction import (
     weight_norm_hooks,
 )
 from torchinit.model.deferred import meta_like, parameter_like, recording_into
-from torchinit.model.policy import (
-    Snapshot,
-)
+from torchinit.model.snapshot import Snapshot
 from torchinit.recording.log import (
     UNDEFINED,
     Op,

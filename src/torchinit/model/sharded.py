@@ -13,12 +13,12 @@ from torchinit.model.deferred import parameter_like
 from torchinit.model.policy import (
     InitReport,
     Planned,
-    Snapshot,
     run_unit,
 )
 from torchinit.model.reenact import reenact
 from torchinit.model.replay import replay_recording
 from torchinit.model.slots import Slot, find_unknown, slot_report, wanted_by_recording
+from torchinit.model.snapshot import Snapshot
 from torchinit.recording.log import (
     recording_of,
     storage_key,
