@@ -68,7 +68,7 @@ class Rule:
 
     @property
     def module_level(self) -> bool:
-        return isinstance(self.spec, Initializer) and self.spec.module_level
+        return isinstance(self.spec, ModuleInitializer)
 
     def selector_repr(self) -> str:
         s = self.selector
@@ -93,6 +93,41 @@ class Rule:
             return self.spec if fnmatch.fnmatchcase(name, s) else None  # type: ignore[return-value]
         return self.spec if s(name, param, module) else None  # type: ignore[return-value]
 
+    def assign(self, owner: Owner, param: Tensor, paths: dict[int, list[tuple[str, nn.Module]]]) -> Assignment | None:
+        """What this rule does to ``param`` registered at ``owner``: (initializer, unit or None), or None.
+
+        A module-level rule initializes the parameter's unit (:meth:`ModuleInitializer.unit`, given the
+        owner's path from the root) when that unit is an instance of the rule's class; any other rule
+        matches the parameter itself (:meth:`match`).
+        """
+        if isinstance(self.spec, ModuleInitializer):
+            unit = self.spec.unit(paths[id(owner.module)], owner.attr)
+            if unit is None or not isinstance(unit[1], self.selector):  # type: ignore[arg-type]
+                return None
+            return self.spec, unit
+        init = self.match(owner.name, owner.attr, param, owner.module)
+        return None if init is None else (init, None)
+
+
+class ModuleInitializer(Initializer):
+    """An initializer of whole modules, in an order of their own (``presets.TorchReset``: torch's constructors).
+
+    A policy rule ``(ModuleClass, module_initializer)`` initializes, for each parameter of the model, the
+    *unit* :meth:`unit` names, when it is an instance of ``ModuleClass``; each unit runs once, with the
+    qualified name of the unit as its stream name. Parameters inside a unit that other rules cover keep
+    those rules' values.
+    """
+
+    module_level = True
+
+    def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
+        """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
+        raise NotImplementedError
+
+
+#: What a rule does to one parameter: the initializer, and the (name, module) unit of a module-level rule.
+Assignment = tuple[Initializer, Union[tuple[str, nn.Module], None]]
+
 
 def _normalize(index: int, rule: Any) -> Rule:
     if isinstance(rule, Rule):
@@ -103,7 +138,7 @@ def _normalize(index: int, rule: Any) -> Rule:
     if isinstance(selector, type):
         if not issubclass(selector, nn.Module):
             raise TypeError(f"rules[{index}]: a class selector must be an nn.Module subclass; got {selector.__name__}")
-        if isinstance(spec, Initializer) and spec.module_level:
+        if isinstance(spec, ModuleInitializer):
             return Rule(index, selector, spec)
         if not isinstance(spec, dict) or not spec:
             raise TypeError(
@@ -306,42 +341,11 @@ class Policy:
         # selectors that need the whole model (presets.LastInBlock) are bound to it first
         rules = [Rule(r.index, r.selector.bind(model), r.spec, r.required) if hasattr(r.selector, "bind") else r
                  for r in self.rules]  # fmt: skip
-        matched: set[int] = set()
-        keys_seen: dict[int, set[str]] = {r.index: set() for r in rules if isinstance(r.selector, type)}
-        for module in model.modules():
-            for r in rules:
-                if isinstance(r.selector, type) and isinstance(module, r.selector):
-                    keys_seen[r.index].update(module._parameters)
         paths = _paths(model) if any(r.module_level for r in rules) else {}
-        plans = []
-        for param, owners in named_parameter_owners(model):
-            plan = Planned(param, owners)
-            for rule in rules:
-                for o in owners:
-                    unit = None
-                    if rule.module_level:
-                        unit = rule.spec.unit(paths[id(o.module)], o.attr)  # type: ignore[union-attr]
-                        if unit is not None and not isinstance(unit[1], rule.selector):  # type: ignore[arg-type]
-                            unit = None
-                        init = rule.spec if unit is not None else None
-                    else:
-                        init = rule.match(o.name, o.attr, param, o.module)
-                    if init is not None:
-                        plan.rule, plan.initializer, plan.source, plan.unit = rule, init, rule.describe(), unit  # type: ignore
-                        matched.add(rule.index)
-            plans.append(plan)
-        problems = []
-        for r in rules:
-            if not r.required:
-                continue
-            if r.index not in matched and not (isinstance(r.selector, type) and keys_seen[r.index]):
-                problems.append(f"rule {r.describe()} matches no parameter")
-            elif isinstance(r.selector, type):
-                missing = [k for k in r.spec if k not in keys_seen[r.index]]  # type: ignore[union-attr]
-                if missing:
-                    have = sorted(keys_seen[r.index])
-                    problems.append(f"rule {r.describe()}: no {r.selector.__name__} has a parameter named "
-                                    f"{', '.join(map(repr, missing))} (they have: {', '.join(have) or 'none'})")
+        matched: set[int] = set()
+        plans = [_plan_parameter(param, owners, rules, paths, matched)
+                 for param, owners in named_parameter_owners(model)]  # fmt: skip
+        problems = _unmatched(rules, matched, _attributes_seen(model, rules))
         if problems:
             if strict:
                 raise ValueError("strict: " + "; ".join(problems))
@@ -393,36 +397,87 @@ class Policy:
             raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
         make_sampler(generator, seed)  # types; not both
         plans = self.plan(model, strict=strict)
-        uncovered = [p.name for p in plans if p.initializer is None]
-        if strict and uncovered:
-            raise ValueError(f"strict: no rule covers {len(uncovered)} parameter(s): {', '.join(uncovered)}")
-        covered = [p for p in plans if p.initializer is not None]
-        on_meta = [p.name for p in covered if p.param.is_meta]
-        if (generator is not None or seed is not None) and on_meta:
-            which = "generator" if generator is not None else "seed"
-            raise ValueError(f"{which}: nothing can be drawn for meta parameters ({', '.join(on_meta)}); "
-                             "give them memory and values with torchinit.materialize_")
-        for p in covered:
-            check_on_meta(p)
-        # what the call writes in place: each covered parameter; a module-level rule's whole unit
-        writes = [t for p in covered for t in
-                  ([p.param] if p.unit is None else [*p.unit[1].parameters(), *p.unit[1].buffers()])]  # fmt: skip
-        snapshot = Snapshot(model, writes=writes, generator=generator)
+        covered = _covered(plans, strict=strict, drawing="generator" if generator is not None else
+                           "seed" if seed is not None else None)  # fmt: skip
+        snapshot = Snapshot(model, writes=_written(covered), generator=generator)
         with snapshot.on_failure(), torch.no_grad():
             keyed = seed is not None
             base_seed = seed if keyed else derive_seed(generator)
-
-            def randomness(name: str, device: torch.device) -> dict[str, Any]:
-                return stream_kwargs(base_seed, name, device, keyed)
-
             done: set[tuple[int, int]] = set()
             for p in covered:
+                device = p.param.device
                 if p.unit is None:
-                    p.initializer.init(p.target(), **randomness(p.name, p.param.device))  # type: ignore[union-attr]
+                    p.initializer.init(p.target(), **stream_kwargs(base_seed, p.name, device, keyed))  # type: ignore[union-attr]
                 elif (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
                     done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
-                    run_unit(p, plans, **randomness(p.unit[0], p.param.device))
+                    run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], device, keyed))
             return report_of(plans)
+
+
+def _covered(plans: list[Planned], *, strict: bool, drawing: str | None) -> list[Planned]:
+    """The plans a rule covers, after every check ``apply_`` makes before writing: uncovered parameters (with
+    ``strict``), meta parameters when randomness is asked for (``drawing``: the argument's name), and each
+    initializer's arguments on a meta copy of its target."""
+    uncovered = [p.name for p in plans if p.initializer is None]
+    if strict and uncovered:
+        raise ValueError(f"strict: no rule covers {len(uncovered)} parameter(s): {', '.join(uncovered)}")
+    covered = [p for p in plans if p.initializer is not None]
+    on_meta = [p.name for p in covered if p.param.is_meta]
+    if drawing is not None and on_meta:
+        raise ValueError(f"{drawing}: nothing can be drawn for meta parameters ({', '.join(on_meta)}); "
+                         "give them memory and values with torchinit.materialize_")
+    for p in covered:
+        check_on_meta(p)
+    return covered
+
+
+def _written(covered: list[Planned]) -> list[Tensor]:
+    """What applying ``covered`` writes in place: each covered parameter, and every tensor of a module-level unit."""
+    return [t for p in covered for t in
+            ([p.param] if p.unit is None else [*p.unit[1].parameters(), *p.unit[1].buffers()])]  # fmt: skip
+
+
+def _plan_parameter(param: Tensor, owners: list[Owner], rules: list[Rule],
+                    paths: dict[int, list[tuple[str, nn.Module]]], matched: set[int]) -> Planned:
+    """The plan of one parameter: the last rule that matches it at any of its places wins; ``matched`` collects
+    the index of every rule that matched (overridden or not)."""
+    plan = Planned(param, owners)
+    for rule in rules:
+        for owner in owners:
+            assignment = rule.assign(owner, param, paths)
+            if assignment is not None:
+                plan.rule, plan.source = rule, rule.describe()
+                plan.initializer, plan.unit = assignment
+                matched.add(rule.index)
+    return plan
+
+
+def _attributes_seen(model: nn.Module, rules: list[Rule]) -> dict[int, set[str]]:
+    """For each class rule, the parameter attribute names of the modules it selects."""
+    seen: dict[int, set[str]] = {r.index: set() for r in rules if isinstance(r.selector, type)}
+    for module in model.modules():
+        for r in rules:
+            if isinstance(r.selector, type) and isinstance(module, r.selector):
+                seen[r.index].update(module._parameters)
+    return seen
+
+
+def _unmatched(rules: list[Rule], matched: set[int], seen: dict[int, set[str]]) -> list[str]:
+    """The mistakes a plan shows: required rules that match nothing, class-rule keys no selected module has."""
+    problems = []
+    for r in rules:
+        if not r.required:
+            continue
+        is_class = isinstance(r.selector, type)
+        if r.index not in matched and not (is_class and seen[r.index]):
+            problems.append(f"rule {r.describe()} matches no parameter")
+        elif is_class:
+            missing = [k for k in r.spec if k not in seen[r.index]]  # type: ignore[union-attr]
+            if missing:
+                have = ", ".join(sorted(seen[r.index])) or "none"
+                problems.append(f"rule {r.describe()}: no {r.selector.__name__} has a parameter named "  # type: ignore[union-attr]
+                                f"{', '.join(map(repr, missing))} (they have: {have})")
+    return problems
 
 
 def _paths(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:

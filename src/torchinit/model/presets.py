@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from torchinit._util.checks import positive_int
 from torchinit.model.construction import COMPOSITES, constructor_init, is_torch_module, reset_method
-from torchinit.model.policy import Policy, Rule
+from torchinit.model.policy import ModuleInitializer, Policy, Rule
 from torchinit.model.replay import replay_program_
 from torchinit.rng.sampling import is_dtensor, make_sampler
 from torchinit.rng.seeds import seeded_global_rng
@@ -118,7 +118,7 @@ def torch_reset_(
     return module
 
 
-class TorchReset(Initializer):
+class TorchReset(ModuleInitializer):
     """torch's constructor init for a whole module, as :func:`torch_default` uses it (module-level).
 
     The unit of a parameter is its owning module, or the outermost composite above it
@@ -128,7 +128,6 @@ class TorchReset(Initializer):
     :func:`torchinit.model.construction.constructor_init`.
     """
 
-    module_level = True
     function = staticmethod(torch_reset_)  # type: ignore[assignment]
 
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
