@@ -22,8 +22,6 @@ PENDING: dict[str, int] = {
     "torchinit.diagnostics.lsuv:lsuv_": 18,
     "torchinit.diagnostics.probing:probe": 21,
     "torchinit.diagnostics.trainability:train": 16,
-    "torchinit.model.materialize:_apply_rules": 22,
-    "torchinit.model.materialize:materialize_": 25,
     "torchinit.model.reenact:reenact": 27,
     "torchinit.model.replay:replay_program_": 22,
     "torchinit.model.sharded:_own_init_sources": 23,

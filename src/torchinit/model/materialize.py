@@ -30,6 +30,7 @@ from torchinit.model.construction import (
 from torchinit.model.deferred import deferred, parameter_like
 from torchinit.model.policy import (
     InitReport,
+    Planned,
     Policy,
     check_on_meta,
     stand_in,
@@ -134,15 +135,10 @@ def materialize_(
         >>> bool(model[1].weight[0].eq(0).all())
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
-    if policy is not None and not isinstance(policy, Policy):
-        raise TypeError(f"policy must be a torchinit.Policy or None; got {type(policy).__name__}")
-    if not isinstance(strict, bool):
-        raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
+    _check_arguments(model, policy, strict)
     make_sampler(generator, seed)  # types; not both
-    explicit_device = device is not None
-    device = _device(device, generator)
+    moved_to = None if device is None else _device(device, generator)  # where real tensors move too
+    device = moved_to or _device(None, generator)
 
     plans = (policy if policy is not None else Policy([])).plan(model, strict=strict)
     slots = meta_slots(model, plans)
@@ -150,17 +146,29 @@ def materialize_(
         if slot.plan is not None and slot.plan.initializer is not None:
             check_on_meta(slot.plan)
     if any(is_dtensor(s.tensor) for s in slots):
-        return materialize_sharded(model, plans, slots, device if explicit_device else None, strict, generator, seed)
+        return materialize_sharded(model, plans, slots, moved_to, strict, generator, seed)
+    return _materialize_plain(model, plans, slots, device, moved_to, strict, generator, seed)
+
+
+def _check_arguments(model: Any, policy: Any, strict: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a torchinit.Policy or None; got {type(policy).__name__}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be a bool; got {type(strict).__name__}")
+
+
+def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot], device: torch.device,
+                       moved_to: torch.device | None, strict: bool, generator: torch.Generator | None,
+                       seed: int | None) -> InitReport:
+    """:func:`materialize_` of a model without DTensors: stage every value in new memory, then commit."""
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
     snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
     with snapshot.on_failure():
-        if unrecorded:
-            needed = [s for s in unrecorded if s.plan is None or s.plan.initializer is None]  # rules cover the rest
-            reenacted = reenact(model, needed) if needed else Recording()
-            for s in unrecorded:
-                s.recording, s.source = reenacted, "reset_parameters"
+        _reenact_unrecorded(model, unrecorded)
         wanted = wanted_by_recording(slots)
         find_unknown(slots, wanted, strict)
         base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator
@@ -168,7 +176,7 @@ def materialize_(
             # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
             stage(slots, wanted, device, base_seed, keyed=seed is not None)
             _apply_rules(slots, device, base_seed, keyed=seed is not None)
-            new = _replacements(model, slots, device if explicit_device else None)
+            new = _replacements(model, slots, moved_to)
             computed = _weight_norm_weights(model, new)
             _commit(model, new, computed)  # assignments only
             if unrecorded:
@@ -176,6 +184,16 @@ def materialize_(
         for p in plans:
             p.param = new.get(id(p.param), p.param)  # type: ignore[assignment]
         return slot_report(plans, slots)
+
+
+def _reenact_unrecorded(model: nn.Module, unrecorded: list[Slot]) -> None:
+    """Give the slots no recording covers the recording of a re-enacted construction (rules cover the rest)."""
+    if not unrecorded:
+        return
+    needed = [s for s in unrecorded if s.plan is None or s.plan.initializer is None]
+    reenacted = reenact(model, needed) if needed else Recording()
+    for s in unrecorded:
+        s.recording, s.source = reenacted, "reset_parameters"
 
 
 def _device(device: Any, generator: torch.Generator | None) -> torch.device:
@@ -210,28 +228,30 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
     plans = [s.plan for s in slots if s.plan is not None and s.plan.initializer is not None]
     done: set[tuple[int, int]] = set()
     for p in plans:
-        if p.unit is None or (p.rule.index, id(p.unit[1])) in done:  # type: ignore[union-attr]
-            continue
-        done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
-        unit = p.unit[1]
-        mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
-        keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
-                for t in [staged[id(o)]]]  # fmt: skip
-        p.initializer.init(_stand_in_tree(unit, staged), **stream_kwargs(base_seed, p.unit[0], device, keyed))
-        for t, saved in keep:
-            t.copy_(saved)
+        if p.unit is not None and (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
+            done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+            _run_unit_staged(p, plans, staged, **stream_kwargs(base_seed, p.unit[0], device, keyed))
     for s in slots:
         p = s.plan
-        if p is None or p.initializer is None:
-            continue
-        if p.unit is None:
-            target = p.target()
-            if isinstance(target, nn.Module):
-                target = stand_in(target, lambda t: staged.get(id(t), t))
-            else:
-                target = s.real
-            p.initializer.init(target, **stream_kwargs(base_seed, p.name, device, keyed))
-        s.source = p.source
+        if p is not None and p.initializer is not None:
+            if p.unit is None:
+                target = p.target()
+                target = stand_in(target, lambda t: staged.get(id(t), t)) if isinstance(target, nn.Module) else s.real
+                p.initializer.init(target, **stream_kwargs(base_seed, p.name, device, keyed))
+            s.source = p.source
+
+
+def _run_unit_staged(p: Planned, plans: list[Planned], staged: dict[int, Tensor | None], **randomness: Any) -> None:
+    """Run ``p``'s module-level initializer on a stand-in of its unit holding the staged tensors; the staged values
+    of parameters in the unit that other rules cover are kept as they were."""
+    assert p.unit is not None and p.initializer is not None
+    unit = p.unit[1]
+    mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
+    keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
+            for t in [staged[id(o)]] if t is not None]  # fmt: skip
+    p.initializer.init(_stand_in_tree(unit, staged), **randomness)
+    for t, saved in keep:
+        t.copy_(saved)
 
 
 def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
