@@ -36,6 +36,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from torchinit.recording.inits import RECORDED_NAMES, recorded_name
 from torchinit.rng.seeds import seeded_global_rng
 
 __all__ = [
@@ -45,12 +46,12 @@ __all__ = [
 
 #: In-place operations whose result does not depend on the tensor's previous values: when they
 #: cover the whole storage, every earlier write to it is dead.
+#: The torch.nn.init functions recorded whole (Recording.record_call: they return at once on meta tensors) are
+#: among them.
 _OVERWRITES = {
     "uniform_", "normal_", "fill_", "zero_", "copy_", "random_", "bernoulli_", "exponential_",
     "geometric_", "cauchy_", "log_normal_",
-    # init functions recorded whole (Recording.record_call: they return at once on meta tensors)
-    "trunc_normal_", "orthogonal_", "sparse_", "dirac_",
-}  # fmt: skip
+} | RECORDED_NAMES  # fmt: skip
 
 #: Factories whose values are undefined (uninitialized memory).
 _UNDEFINED_FACTORIES = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "empty_permuted"}
@@ -119,8 +120,8 @@ class Op:
         if isinstance(self.func, str):
             return self.func
         schema = getattr(self.func, "_schema", None)
-        if schema is None:  # a torch.nn.init function recorded whole
-            return self.func.__name__.replace("_no_grad_", "")
+        if schema is None:  # an init function recorded whole
+            return recorded_name(self.func)
         return schema.name.split("::")[-1]
 
     def overwrites(self) -> set[int]:
@@ -178,7 +179,7 @@ class Recording:
     def record_call(self, func: Callable[..., Any], tensor: torch.Tensor, args: tuple, kwargs: dict) -> None:
         """Append a whole in-place init function ``func(tensor, *args, **kwargs)`` (one that skips meta tensors).
 
-        Such functions (torch.nn.init's trunc_normal_/orthogonal_/sparse_/dirac_, every
+        Such functions (the torch.nn.init functions of :data:`~torchinit.recording.inits.PATCHED_INITS`, every
         torchinit initializer) write every element of their tensor.
         """
         self._keep(tensor)
