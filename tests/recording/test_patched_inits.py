@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchinit as ti
-from torchinit.recording import log
+from torchinit.recording import aten
 from torchinit.recording.inits import (
     PATCHED_ATTRIBUTES,
     PATCHED_INITS,
@@ -62,7 +62,7 @@ def test_keyed_twin_is_torchinits_seeded_function(init):
 def test_derived_names():
     assert PATCHED_ATTRIBUTES == ("_no_grad_trunc_normal_", "orthogonal_", "sparse_", "dirac_")
     assert {"trunc_normal_", "orthogonal_", "sparse_", "dirac_"} == RECORDED_NAMES
-    assert RECORDED_NAMES <= log._OVERWRITES
+    assert RECORDED_NAMES <= aten.OVERWRITES
 
 
 def test_other_functions_have_no_twin():

@@ -1,7 +1,7 @@
 """Record what construction does to meta tensors, and replay only what decides their final values.
 
-This is the mechanism behind :func:`~torchinit.deferred` and :func:`~torchinit.materialize_`
-(issue 11). While a model is built, every ATen operation that touches a meta tensor is
+This is the mechanism behind :func:`~torchinit.deferred` and :func:`~torchinit.materialize_`.
+While a model is built, every ATen operation that touches a meta tensor is
 appended to a :class:`Recording`: the parameter's creation, each module's
 ``reset_parameters``, the constructor's own ``fill_``/``copy_``/``mul_``, init loops over
 ``self.modules()``, model-level init such as transformers' ``post_init``. Nothing is
@@ -20,86 +20,50 @@ so views (``weight[padding_idx].zero_()``), ``.data`` and shared storage replay 
 The design follows the idea of torchdistx's ``deferred_init`` (record construction,
 replay it at materialization), with a TorchDispatchMode on real meta tensors in place of
 its fake-tensor graph, and with dead writes removed.
+
+This module holds the log and its replay; the other modules of :mod:`torchinit.recording` hold the rest,
+and every name of the recording is importable from here: :mod:`~torchinit.recording.aten` (storages,
+:class:`TensorRef`, what an ATen operation does), :mod:`~torchinit.recording.inits` (the torch.nn.init
+functions recorded whole), :mod:`~torchinit.recording.mode` (:class:`RecordingMode`, which records),
+:mod:`~torchinit.recording.threads` (the recordings open in a thread, :func:`recorded_call`) and
+:mod:`~torchinit.recording.owners` (which recording a meta tensor came from).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from torchinit.recording.inits import RECORDED_NAMES, recorded_name
+from torchinit.recording.aten import (
+    OVERWRITES,
+    RANDOM_WITHOUT_GENERATOR,
+    UNDEFINED,
+    UNDEFINED_FACTORIES,
+    TensorRef,
+    bind,
+    meta_keys,
+    mutated,
+    op_name,
+    ref_or_value,
+    storage_key,
+    tensors,
+)
+from torchinit.recording.inits import recorded_name
+from torchinit.recording.mode import RecordingMode
+from torchinit.recording.owners import claim, recording_of
+from torchinit.recording.threads import recorded_call, thread_recordings
 from torchinit.rng.seeds import seeded_global_rng
 
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
     "thread_recordings", "recorded_call",
 ]  # fmt: skip
-
-#: In-place operations whose result does not depend on the tensor's previous values: when they
-#: cover the whole storage, every earlier write to it is dead.
-#: The torch.nn.init functions recorded whole (Recording.record_call: they return at once on meta tensors) are
-#: among them.
-_OVERWRITES = {
-    "uniform_", "normal_", "fill_", "zero_", "copy_", "random_", "bernoulli_", "exponential_",
-    "geometric_", "cauchy_", "log_normal_",
-} | RECORDED_NAMES  # fmt: skip
-
-#: Factories whose values are undefined (uninitialized memory).
-_UNDEFINED_FACTORIES = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "empty_permuted"}
-
-#: In-place operations that change a tensor's metadata (its storage, shape or strides), not values:
-#: they run on meta while recording and need no replay, since operations refer to storages.
-_METADATA_OPS = {"set_", "resize_", "resize_as_", "as_strided_", "squeeze_", "unsqueeze_", "transpose_", "t_",
-                 "swapdims_", "swapaxes_", "_coalesced_"}  # fmt: skip
-
-
-def storage_key(t: torch.Tensor) -> int:
-    """The identity of ``t``'s storage (shared by its views and by ``.data``)."""
-    return t.untyped_storage()._cdata
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """A meta tensor in the log: its storage and geometry (never the tensor, so parameters can die)."""
-
-    key: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-    offset: int
-    dtype: torch.dtype
-    nbytes: int  # of the whole storage
-
-    @classmethod
-    def of(cls, t: torch.Tensor) -> TensorRef:
-        return cls(storage_key(t), tuple(t.shape), tuple(t.stride()), t.storage_offset(), t.dtype,
-                   t.untyped_storage().nbytes())  # fmt: skip
-
-    def covers_storage(self) -> bool:
-        """Whether the tensor spans every byte of its storage exactly once."""
-        numel = 1
-        for s in self.size:
-            numel *= s
-        if numel * self.dtype.itemsize != self.nbytes or self.offset != 0:
-            return False
-        expected = 1  # dense and non-overlapping: sorted strides form a contiguous layout
-        for size, stride in sorted(zip(self.size, self.stride), key=lambda p: p[1]):
-            if size != 1 and stride != expected:
-                return False
-            expected *= size
-        return True
-
-
-UNDEFINED = object()  # the value of a parameter created from uninitialized memory
-
 
 @dataclass
 class Op:
@@ -119,16 +83,26 @@ class Op:
     def name(self) -> str:
         if isinstance(self.func, str):
             return self.func
-        schema = getattr(self.func, "_schema", None)
-        if schema is None:  # an init function recorded whole
+        if getattr(self.func, "_schema", None) is None:  # an init function recorded whole
             return recorded_name(self.func)
-        return schema.name.split("::")[-1]
+        return op_name(self.func)
 
     def overwrites(self) -> set[int]:
         """Storages this operation sets entirely without reading their previous values."""
-        if not self.whole and self.name not in _OVERWRITES:
+        if not self.whole and self.name not in OVERWRITES:
             return set()
         return {w.key for w in self.writes if w.covers_storage() and w.key not in self.reads}
+
+    def read_partial_writes(self) -> None:
+        """Count as read every storage it writes but does not overwrite: what it modifies depends on it."""
+        overwritten = self.overwrites()
+        self.reads = self.reads | {w.key for w in self.writes if w.key not in overwritten}
+
+
+#: What a random operation draws from, given its index in the log and the op (see :meth:`Recording.replay`).
+GeneratorFor = Callable[[int, Op], torch.Generator | None]
+#: A fast path that fills a random operation's real target itself (see :meth:`Recording.replay`).
+Fill = Callable[[torch.Tensor, Op, torch.Generator | None, int], bool]
 
 
 @dataclass
@@ -186,18 +160,38 @@ class Recording:
         ref = TensorRef.of(tensor)
         random = "generator" in inspect.signature(func).parameters
         op = Op(func, (ref, *args), dict(kwargs), writes=(ref,), random=random, whole=True)
-        if ref.key not in op.overwrites():
-            op.reads = frozenset({ref.key})
+        op.read_partial_writes()
         self.ops.append(op)
 
     def record(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         """Append ``func(*args, **kwargs) -> result`` (called by :class:`RecordingMode`)."""
         schema = func._schema
-        written = _mutated(schema)
-        bound = _bind(schema, args, kwargs)
-        writes, reads = [], set()
-        for i, value in enumerate(bound):
-            for t in _tensors(value):
+        name = op_name(func)
+        writes, reads = self._arguments(schema, args, kwargs)
+        outputs = self._new_storages(result, meta_keys((args, kwargs)))
+        op = Op(
+            func,
+            tree_map(ref_or_value, args),
+            tree_map(ref_or_value, kwargs),
+            outputs=tuple(outputs),
+            writes=tuple(writes),
+            reads=frozenset(reads),
+            random=any(a.name == "generator" for a in schema.arguments) or name in RANDOM_WITHOUT_GENERATOR,
+            undefined=name in UNDEFINED_FACTORIES,
+        )
+        op.read_partial_writes()  # an in-place op that is not an overwrite reads what it modifies
+        for ref in outputs:
+            self.produced[ref.key] = len(self.ops)
+        if writes or outputs:  # a pure view or a read with no meta result decides nothing
+            self.ops.append(op)
+
+    def _arguments(self, schema: Any, args: tuple, kwargs: dict) -> tuple[list[TensorRef], set[int]]:
+        """The meta tensors an op writes, and the storages of those it only reads (all kept alive)."""
+        written = mutated(schema)
+        writes: list[TensorRef] = []
+        reads: set[int] = set()
+        for i, value in enumerate(bind(schema, args, kwargs)):
+            for t in tensors(value):
                 if not t.is_meta:
                     continue
                 self._keep(t)
@@ -205,30 +199,16 @@ class Recording:
                     writes.append(TensorRef.of(t))
                 else:
                     reads.add(storage_key(t))
-        name = schema.name.split("::")[-1]
+        return writes, reads
+
+    def _new_storages(self, result: Any, input_keys: set[int]) -> list[TensorRef]:
+        """The meta tensors in an op's ``result`` on storages neither its inputs nor earlier ops had (kept alive)."""
         outputs = []
-        input_keys = {storage_key(t) for t in _tensors((args, kwargs)) if t.is_meta}
-        for t in _tensors(result):
+        for t in tensors(result):
             if t.is_meta and storage_key(t) not in input_keys and storage_key(t) not in self.produced:
                 self._keep(t)
                 outputs.append(TensorRef.of(t))
-        op = Op(
-            func,
-            tree_map(_ref_or_value, args),
-            tree_map(_ref_or_value, kwargs),
-            outputs=tuple(outputs),
-            writes=tuple(writes),
-            reads=frozenset(reads),
-            random=any(a.name == "generator" for a in schema.arguments) or name in _RANDOM_WITHOUT_GENERATOR,
-            undefined=name in _UNDEFINED_FACTORIES,
-        )
-        for w in writes:  # an in-place op that is not an overwrite reads what it modifies
-            if w.key not in op.overwrites():
-                op.reads = op.reads | {w.key}
-        for ref in outputs:
-            self.produced[ref.key] = len(self.ops)
-        if writes or outputs:  # a pure view or a read with no meta result decides nothing
-            self.ops.append(op)
+        return outputs
 
     # ---- replay ----------------------------------------------------------------------------------------
 
@@ -268,8 +248,8 @@ class Recording:
         wanted: Iterable[int],
         device: torch.device,
         *,
-        generator_for: Callable[[int, Op], torch.Generator | None] | None = None,
-        fill: Callable[[torch.Tensor, Op, torch.Generator | None, int], bool] | None = None,
+        generator_for: GeneratorFor | None = None,
+        fill: Fill | None = None,
     ) -> Replay:
         """Run the live operations for ``wanted`` storages on ``device``; return the real storages.
 
@@ -283,280 +263,58 @@ class Recording:
                 recorded one) and the op's index; returns True when it filled the tensor itself.
         """
         live, undefined = self.live_ops(wanted)
-        storages: dict[int, torch.Tensor] = {}
-        result = Replay(storages, undefined)
-
-        def real(x: Any) -> Any:
-            if isinstance(x, TensorRef):
-                return result.tensor(x)
-            if isinstance(x, torch.device) and x.type == "meta":
-                return device
-            return x
-
+        result = Replay({}, undefined)
         for i in live:
             op = self.ops[i]
             if op.func == "leaf":
                 (ref,) = op.outputs
-                value = op.args[0]
-                if value is UNDEFINED:
-                    zeros = ref.key in undefined  # no garbage: what construction left undefined is zero
-                    base = _new_storage(ref, device, zero=zeros)
-                else:
-                    base = torch.empty_strided(ref.size, ref.stride, dtype=ref.dtype, device=device)
-                    base.copy_(value)
-                storages[ref.key] = base
-                continue
-            if op.outputs and op.undefined:  # an empty factory: allocate, zero only what stays undefined
+                result.storages[ref.key] = _leaf_storage(ref, op.args[0], device, zero=ref.key in undefined)
+            elif op.outputs and op.undefined:  # an empty factory: allocate, zero only what stays undefined
                 for ref in op.outputs:  # (an empty_like's input gave only a shape: it need not exist)
-                    storages[ref.key] = _new_storage(ref, device, zero=ref.key in undefined)
-                continue
-            args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
-            if op.random:
-                gen = generator_for(i, op) if generator_for is not None else None
-                if fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
-                    continue
-                if gen is not None and op.name in _RANDOM_WITHOUT_GENERATOR:
-                    with seeded_global_rng(gen):
-                        out = op.func(*args, **kwargs)
-                    _keep_outputs(storages, op, out)
-                    continue
-                if gen is not None and kwargs.get("seed") is None:  # a call recorded with seed= is keyed already
-                    kwargs["generator"] = gen
-            out = op.func(*args, **kwargs)
-            _keep_outputs(storages, op, out)
+                    result.storages[ref.key] = _new_storage(ref, device, zero=ref.key in undefined)
+            else:
+                _run(i, op, result, device, generator_for, fill)
         return result
 
 
-def _keep_outputs(storages: dict[int, torch.Tensor], op: Op, out: Any) -> None:
-    if op.outputs:
-        for ref, t in zip(op.outputs, _tensors(out)):
-            storages[ref.key] = t
+def _run(i: int, op: Op, result: Replay, device: torch.device, generator_for: GeneratorFor | None,
+         fill: Fill | None) -> None:
+    """Run the live operation ``op`` (the ``i``-th) on real tensors, keeping the storages it creates in ``result``."""
+    real = functools.partial(_real, result=result, device=device)
+    args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
+    gen = generator_for(i, op) if op.random and generator_for is not None else None
+    if op.random and fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
+        return
+    if gen is not None and op.name in RANDOM_WITHOUT_GENERATOR:
+        with seeded_global_rng(gen):
+            out = op.func(*args, **kwargs)
+    else:
+        if gen is not None and kwargs.get("seed") is None:  # a call recorded with seed= is keyed already
+            kwargs["generator"] = gen
+        out = op.func(*args, **kwargs)
+    for ref, t in zip(op.outputs, tensors(out)):
+        result.storages[ref.key] = t
+
+
+def _real(x: Any, *, result: Replay, device: torch.device) -> Any:
+    """A recorded argument as the replay passes it: a meta tensor as its real counterpart, meta as ``device``."""
+    if isinstance(x, TensorRef):
+        return result.tensor(x)
+    if isinstance(x, torch.device) and x.type == "meta":
+        return device
+    return x
+
+
+def _leaf_storage(ref: TensorRef, value: Any, device: torch.device, *, zero: bool) -> torch.Tensor:
+    """The real storage of a leaf: a copy of its given ``value``, or, for :data:`UNDEFINED`, a new storage
+    (zeroed when ``zero``: no garbage, what construction left undefined is zero)."""
+    if value is UNDEFINED:
+        return _new_storage(ref, device, zero=zero)
+    base = torch.empty_strided(ref.size, ref.stride, dtype=ref.dtype, device=device)
+    base.copy_(value)
+    return base
 
 
 def _new_storage(ref: TensorRef, device: torch.device, *, zero: bool) -> torch.Tensor:
     """A real tensor whose storage matches the meta one (its whole extent), as a flat base for views."""
     return (torch.zeros if zero else torch.empty)(ref.nbytes // ref.dtype.itemsize, dtype=ref.dtype, device=device)
-
-
-def _mutated(schema: Any) -> tuple[int, ...]:
-    """The positions (in schema order) of the arguments an op writes."""
-    return tuple(i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write)
-
-
-def _bind(schema: Any, args: tuple, kwargs: dict) -> list[Any]:
-    """The value of each schema argument, in schema order (defaults as None)."""
-    values = []
-    for i, a in enumerate(schema.arguments):
-        if i < len(args):
-            values.append(args[i])
-        else:
-            values.append(kwargs.get(a.name))
-    return values
-
-
-def _tensors(value: Any, found: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-    """The tensors in an op's arguments or results, in order (ATen nests only tuples, lists and dicts)."""
-    found = [] if found is None else found
-    if isinstance(value, torch.Tensor):
-        found.append(value)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            _tensors(v, found)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _tensors(v, found)
-    return found
-
-
-def _ref_or_value(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):  # a real tensor is taken by value: construction may change it later
-        return TensorRef.of(x) if x.is_meta else x.detach().clone()
-    return x
-
-
-#: Random ops whose schema (or one of whose overloads) has no generator argument: replayed under a seeded global
-#: RNG (see Recording.replay).
-_RANDOM_WITHOUT_GENERATOR = {"rand_like", "randn_like", "randint_like", "rand", "randn", "randint", "randperm",
-                             "normal", "bernoulli", "multinomial", "poisson"}
-
-
-class RecordingMode(TorchDispatchMode):
-    """Appends every operation on meta tensors to a :class:`Recording`; mutations of meta tensors are skipped.
-
-    It also tracks which real storages hold uninitialized memory (``torch.empty`` not
-    written since), so that a parameter registered from one is known to be undefined.
-    """
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch wraps a mode's __torch_dispatch__ in torch._dynamo.disable unless this says no; that wrapper
-        # imports torch._dynamo (and sympy) on the first operation, ~1.4 s per process, measured here.
-        # Recording is never compiled, so it has nothing to disable.
-        return False
-
-    def __init__(self, recording: Recording) -> None:
-        super().__init__()
-        self.recording = recording
-        # Real storages that hold uninitialized memory: made by an empty factory (or computed from one) and not
-        # overwritten since. The tensors are held so their addresses cannot be reused by an allocation this mode
-        # does not see (torch.tensor, torch.from_numpy); untouched pages of an empty tensor cost no memory.
-        self.fresh: dict[int, torch.Tensor] = {}
-        self.paused = False  # set while torchinit itself creates tensors that are not construction's
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if self.paused:
-            return func(*args, **kwargs)
-        name = func._schema.name.split("::")[-1]
-        tensors = _tensors((args, kwargs))
-        touches_meta = any(t.is_meta for t in tensors) or _device_is_meta(kwargs)
-        if not touches_meta:
-            out = func(*args, **kwargs)
-            if self.fresh or name in _UNDEFINED_FACTORIES:
-                self._track_fresh(func, name, args, kwargs, out)
-            return out
-        if name in _METADATA_OPS:
-            return func(*args, **kwargs)
-        schema = func._schema
-        mutated = _mutated(schema)
-        if mutated and all(_returns_alias(schema)):
-            bound = _bind(schema, args, kwargs)
-            if all(isinstance(bound[i], torch.Tensor) and bound[i].is_meta for i in mutated if bound[i] is not None):
-                if name not in _META_SKIPPED:  # a meta kernel checks shapes and dtypes, so errors surface now
-                    func(*tree_map(_on_meta, args), **tree_map(_on_meta, kwargs))
-                self.recording.record(func, args, kwargs, None)
-                returned = [bound[i] for i in mutated]
-                return returned[0] if len(returned) == 1 else tuple(returned)
-        out = func(*args, **kwargs)
-        self.recording.record(func, args, kwargs, out)
-        for t in _tensors(out):
-            if t.is_meta:
-                claim(t, self.recording)
-        return out
-
-    def _track_fresh(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-        schema = func._schema
-        bound = _bind(schema, args, kwargs)
-        inputs = _tensors((args, kwargs))
-        read_fresh = any(storage_key(t) in self.fresh for t in inputs)
-        for i in _mutated(schema):
-            for t in _tensors(bound[i]):
-                key = storage_key(t)
-                if key in self.fresh and name in _OVERWRITES and TensorRef.of(t).covers_storage():
-                    reads = {storage_key(x) for x in inputs if x is not t}
-                    if key not in reads:
-                        del self.fresh[key]  # set entirely: defined now (a partial write leaves it undefined)
-        for t in _tensors(out):
-            if any(t is x for x in inputs):
-                continue
-            if name in _UNDEFINED_FACTORIES or read_fresh:  # made empty, or computed from uninitialized memory
-                self.fresh[storage_key(t)] = t
-            else:
-                self.fresh.pop(storage_key(t), None)
-
-    def is_undefined(self, t: torch.Tensor) -> bool:
-        """Whether the real tensor ``t`` still holds (some of) the uninitialized memory it was created with."""
-        return storage_key(t) in self.fresh
-
-    def release(self, t: torch.Tensor) -> None:
-        """Stop tracking ``t``'s storage (it was registered as a parameter and replaced by a meta one)."""
-        self.fresh.pop(storage_key(t), None)
-
-
-#: In-place ops whose meta kernel torch 2.13 implements in Python (importing its meta registrations costs ~2 s on
-#: first use): they are recorded without running on meta. They only fill values, so there is nothing to check.
-_META_SKIPPED = {"normal_", "uniform_", "erfinv_", "exponential_", "log_normal_", "geometric_", "cauchy_",
-                 "random_", "bernoulli_"}  # fmt: skip
-
-
-def _on_meta(x: Any) -> Any:
-    """A real tensor argument as a meta tensor (for a meta kernel's checks); anything else as it is."""
-    if isinstance(x, torch.Tensor) and not x.is_meta and x.dim() > 0:
-        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-    return x
-
-
-def _device_is_meta(kwargs: dict) -> bool:
-    device = kwargs.get("device")
-    return device is not None and torch.device(device).type == "meta"
-
-
-def _returns_alias(schema: Any) -> list[bool]:
-    return [r.alias_info is not None for r in schema.returns] or [True]
-
-
-# ---- the recordings open in this thread, and whole-call recording of init functions ---------------------
-
-_LOCAL = threading.local()
-
-
-def thread_recordings() -> list[tuple[Recording, RecordingMode]]:
-    """The (recording, mode) pairs of the ``deferred()`` contexts open in this thread, innermost last."""
-    if not hasattr(_LOCAL, "stack"):
-        _LOCAL.stack = []
-        _LOCAL.calling = False
-    return _LOCAL.stack
-
-
-def recorded_call(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Make the in-place initializer ``func`` recordable: inside ``deferred()``, on a recorded meta tensor, the
-    call is validated (run on the meta tensor, which writes nothing) and appended to the recording whole.
-
-    Outside a recording, or on any other target, ``func`` runs as usual.
-    """
-
-    @functools.wraps(func)
-    def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
-        stack = thread_recordings()
-        if not stack or _LOCAL.calling or not isinstance(tensor, torch.Tensor) or not tensor.is_meta:
-            return func(tensor, *args, **kwargs)
-        recording, mode = stack[-1]
-        if not recording.knows(tensor):
-            return func(tensor, *args, **kwargs)
-        _LOCAL.calling, mode.paused = True, True
-        try:
-            func(tensor, *args, **kwargs)  # argument errors surface now, as in eager construction
-        finally:
-            _LOCAL.calling, mode.paused = False, False
-        recording.record_call(func, tensor, args, kwargs)
-        return tensor
-
-    return wrapper
-
-
-# ---- which recording a meta tensor belongs to -----------------------------------------------------------
-
-# A meta tensor keeps its recording alive (the recording holds storages, never the tensors, so no cycle);
-# the recording is freed with the last meta tensor that came from it, typically at materialization.
-_OWNERS_LOCK = threading.Lock()
-_OWNED: dict[int, tuple[weakref.ref, Recording]] = {}  # id(tensor) -> (weak ref to it, its recording)
-
-
-def claim(t: torch.Tensor, recording: Recording) -> None:
-    """Note that the meta tensor ``t`` came from ``recording`` (by identity: tensors compare by value)."""
-    ident = id(t)
-
-    def forget(_: Any, ident: int = ident) -> None:
-        with _OWNERS_LOCK:
-            entry = _OWNED.get(ident)
-            if entry is not None and entry[0]() is None:
-                del _OWNED[ident]
-
-    with _OWNERS_LOCK:
-        _OWNED[ident] = (weakref.ref(t, forget), recording)
-
-
-def recording_of(t: torch.Tensor) -> Recording | None:
-    """The recording that created the meta tensor ``t``'s storage, if it is known."""
-    if not t.is_meta:
-        return None
-    with _OWNERS_LOCK:
-        entry = _OWNED.get(id(t))
-        if entry is not None and entry[0]() is t and entry[1].knows(t):
-            return entry[1]
-        key = storage_key(t)  # another tensor object on a recorded storage (Parameter(meta_tensor))
-        for rec in {id(e[1]): e[1] for e in _OWNED.values()}.values():
-            if key in rec.produced:
-                return rec
-    return None
-
