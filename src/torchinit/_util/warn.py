@@ -12,19 +12,33 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import warnings
 from collections.abc import Iterator
 
 _QUIET = contextvars.ContextVar("torchinit_quiet", default=False)
 
 
-def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 1) -> None:
+def warn(message: str, category: type[Warning] = UserWarning, stacklevel: int | None = None) -> None:
     """``warnings.warn(message, category, stacklevel)`` unless :func:`quiet` is active in this context.
 
-    ``stacklevel`` counts as in ``warnings.warn`` from the caller of this function.
+    ``stacklevel`` counts as in ``warnings.warn`` from the caller of this function. None (the default):
+    the warning points at the first frame outside torchinit, the user's call, however deep inside the
+    package it was raised (as Python 3.12's ``skip_file_prefixes`` does).
     """
     if not _QUIET.get():
-        warnings.warn(message, category, stacklevel=stacklevel + 1)
+        level = _first_outside_package() if stacklevel is None else stacklevel + 1
+        warnings.warn(message, category, stacklevel=level)
+
+
+def _first_outside_package() -> int:
+    """The ``stacklevel``, counted from ``warn``'s caller's caller, of the first frame not in torchinit's files."""
+    frame = sys._getframe(2)  # warn's caller
+    level = 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "torchinit":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 @contextlib.contextmanager

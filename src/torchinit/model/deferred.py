@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from torchinit.model.snapshot import Snapshot
+from torchinit.model.standins import meta_like
 from torchinit.recording.log import (
     UNDEFINED,
     Recording,
@@ -205,17 +207,38 @@ def _set_entry(holder: Any, key: str, value: Any) -> None:
         setattr(holder, key, value)
 
 
-def meta_like(t: Tensor) -> Tensor:
-    """A meta tensor with ``t``'s shape, strides and dtype; a parameter like ``t`` if ``t`` is one."""
-    meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-    return parameter_like(t, meta) if isinstance(t, nn.Parameter) else meta
+class Rehearsal:
+    """Code run on meta stand-ins of a model's tensors and recorded, the model put back afterwards.
 
+    The one primitive behind re-enactment (a meta model's own init, recorded so it can be replayed)
+    and :func:`~torchinit.model.replay.replay_program_` (a module's init program replayed keyed)::
 
-def parameter_like(old: Tensor, data: Tensor) -> nn.Parameter:
-    """A parameter holding ``data`` with ``old``'s class (where it can), ``requires_grad`` and Python attributes."""
-    try:
-        new = type(old)(data, requires_grad=old.requires_grad)
-    except Exception:  # noqa: BLE001 - a Parameter subclass with another constructor
-        new = nn.Parameter(data, requires_grad=old.requires_grad)
-    new.__dict__.update(getattr(old, "__dict__", {}))
-    return new
+        with Rehearsal(model) as rehearsal:
+            store[key] = stand_in                   # swap stand-ins in (not recorded) ...
+            rehearsal.recording.add_leaf(stand_in, value)
+            with rehearsal.running():              # ... then run the code: recorded, nothing computed
+                program(model)
+        # here the model's registrations and attributes are as before, whatever happened
+
+    ``deferred()`` records construction the same way, into a recording of its own.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.recording = Recording()
+        self.mode = RecordingMode(self.recording)
+        self._snapshot = Snapshot(model)
+
+    def __enter__(self) -> Rehearsal:
+        self.mode.paused = True  # swapping stand-ins in is torchinit's doing, not the code's
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mode.paused = False
+        self._snapshot.restore()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Record what the block does to the stand-ins (without gradients)."""
+        self.mode.paused = False
+        with recording_into(self.recording, self.mode), self.mode, torch.no_grad():
+            yield

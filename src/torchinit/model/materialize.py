@@ -18,7 +18,6 @@ values exactly, random values from the same distributions.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -27,13 +26,12 @@ from torch import Tensor, nn
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferred import deferred, parameter_like
+from torchinit.model.deferred import deferred
 from torchinit.model.policy import (
     InitReport,
     Planned,
     Policy,
     check_on_meta,
-    stand_in,
 )
 from torchinit.model.reenact import reenact, retie
 from torchinit.model.sharded import materialize_sharded
@@ -46,6 +44,7 @@ from torchinit.model.slots import (
     wanted_by_recording,
 )
 from torchinit.model.snapshot import Snapshot
+from torchinit.model.standins import module_stand_in, module_tree_stand_in, parameter_like
 from torchinit.recording.log import (
     Recording,
     recording_of,
@@ -236,7 +235,7 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
         if p is not None and p.initializer is not None:
             if p.unit is None:
                 target = p.target()
-                target = stand_in(target, lambda t: staged.get(id(t), t)) if isinstance(target, nn.Module) else s.real
+                target = module_stand_in(target, lambda t: staged.get(id(t), t)) if isinstance(target, nn.Module) else s.real
                 p.initializer.init(target, **stream_kwargs(base_seed, p.name, device, keyed))
             s.source = p.source
 
@@ -249,25 +248,9 @@ def _run_unit_staged(p: Planned, plans: list[Planned], staged: dict[int, Tensor 
     mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
     keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
             for t in [staged[id(o)]] if t is not None]  # fmt: skip
-    p.initializer.init(_stand_in_tree(unit, staged), **randomness)
+    p.initializer.init(module_tree_stand_in(unit, staged), **randomness)
     for t, saved in keep:
         t.copy_(saved)
-
-
-def _stand_in_tree(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
-    """A deep copy of ``unit`` whose parameters are the staged tensors (writes to it land in them)."""
-    ghost = copy.deepcopy(unit)  # meta parameters copy for free; real ones are copies, so they stay untouched
-    wrappers: dict[int, nn.Parameter] = {}
-    pairs = zip(ghost.modules(), unit.modules())  # the same traversal order: deepcopy keeps the structure
-    for g, o in pairs:
-        for k, v in o._parameters.items():
-            if v is not None and id(v) in staged:
-                if id(v) not in wrappers:
-                    wrappers[id(v)] = nn.Parameter(staged[id(v)], requires_grad=v.requires_grad)
-                g._parameters[k] = wrappers[id(v)]
-        if isinstance(g, nn.RNNBase):
-            g._init_flat_weights()
-    return ghost
 
 
 def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | None) -> dict[int, Tensor]:
@@ -294,7 +277,7 @@ def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | No
 
 def _weight_norm_weights(model: nn.Module, new: dict[int, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
     """torch.nn.utils.weight_norm keeps the weight it computes as a plain attribute: computed from the new tensors."""
-    return [(module, hook.name, hook.compute_weight(stand_in(module, lambda t: new.get(id(t), t))))
+    return [(module, hook.name, hook.compute_weight(module_stand_in(module, lambda t: new.get(id(t), t))))
             for module in model.modules() for hook in weight_norm_hooks(module)]  # fmt: skip
 
 

@@ -32,7 +32,6 @@ mark their catalogue rules (one per layer class) as optional.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from torchinit._util.text import text_table
 from torchinit._util.warn import quiet, warn
 from torchinit.model.snapshot import Snapshot
+from torchinit.model.standins import module_stand_in
 from torchinit.rng.sampling import is_dtensor, make_sampler
 from torchinit.rng.seeds import derive_seed, stream_kwargs
 from torchinit.schemes.initializers import Initializer
@@ -349,7 +349,7 @@ class Policy:
         if problems:
             if strict:
                 raise ValueError("strict: " + "; ".join(problems))
-            warn("Policy: " + "; ".join(problems), UserWarning, stacklevel=3)
+            warn("Policy: " + "; ".join(problems), UserWarning)
         return plans
 
     def apply_(
@@ -515,7 +515,7 @@ def check_on_meta(p: Planned) -> None:
         return  # module-level schemes take no settings that could be wrong
     target = p.target()
     if isinstance(target, nn.Module):
-        ghost = stand_in(target, lambda t: t if isinstance(t, nn.parameter.UninitializedTensorMixin)
+        ghost = module_stand_in(target, lambda t: t if isinstance(t, nn.parameter.UninitializedTensorMixin)
                          else torch.empty_like(t, device="meta"))  # fmt: skip
     else:
         ghost = torch.empty_like(target, device="meta")
@@ -524,28 +524,6 @@ def check_on_meta(p: Planned) -> None:
             p.initializer.init(ghost)
     except (ValueError, TypeError) as err:
         raise type(err)(f"{p.name} ({p.source}, {p.initializer!r}): {err}") from None
-
-
-def stand_in(module: nn.Module, swap: Callable[[Tensor], Tensor]) -> nn.Module:
-    """A shallow copy of ``module`` holding ``swap(t)`` for each of its parameters and buffers ``t``.
-
-    What an initializer that wants the layer is given when the layer itself must not be
-    written (meta copies for a dry run, staged tensors for materialization). A swapped
-    parameter stays an ``nn.Parameter``.
-    """
-
-    def swapped(t: Tensor | None) -> Tensor | None:
-        if t is None:
-            return None
-        new = swap(t)
-        if isinstance(t, nn.Parameter) and not isinstance(new, nn.Parameter):
-            new = nn.Parameter(new, requires_grad=t.requires_grad)
-        return new
-
-    ghost = copy.copy(module)
-    ghost._parameters = {k: swapped(v) for k, v in module._parameters.items()}
-    ghost._buffers = {k: swapped(v) for k, v in module._buffers.items()}
-    return ghost
 
 
 def report_of(plans: list[Planned]) -> InitReport:

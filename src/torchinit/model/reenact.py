@@ -7,7 +7,6 @@ import inspect
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -17,15 +16,12 @@ from torchinit.model.construction import (
     own_init,
     reset_method,
 )
-from torchinit.model.deferred import meta_like, recording_into
-from torchinit.model.policy import (
-    Snapshot,
-)
+from torchinit.model.deferred import Rehearsal
 from torchinit.model.slots import Slot
+from torchinit.model.standins import meta_like
 from torchinit.recording.log import (
     UNDEFINED,
     Recording,
-    RecordingMode,
     storage_key,
 )
 
@@ -35,83 +31,101 @@ def reenact(model: nn.Module, unrecorded: list[Slot]) -> Recording:
 
     Every real parameter and buffer is swapped for a meta stand-in holding its value, so
     the init code can run on the whole model without touching a real tensor; the
-    model is restored afterwards from a :class:`~torchinit.model.policy.Snapshot` (registrations, attributes,
-    transformers' ``_is_hf_initialized`` marks, which are cleared for the duration).
+    model is restored afterwards (a :class:`~torchinit.model.deferred.Rehearsal`: registrations,
+    attributes, transformers' ``_is_hf_initialized`` marks, which are cleared for the duration).
     A tied parameter (one tensor, or one storage, in several places) keeps its first
     registration (the input embedding, before the output head) and the later ones get
     stand-ins of their own, because eager construction
     initializes them before tying: the output head's init must not overwrite the
     embedding's (transformers ties after ``initialize_weights``; BERT's padding row).
     """
-    recording = Recording()
-    mode = RecordingMode(recording)
     targets = {id(s.tensor) for s in unrecorded}
-    snapshot = Snapshot(model)
-    owners_of_targets = set()
-    try:
+    with Rehearsal(model) as rehearsal:
         _clear_init_flags(model)
-        mode.paused = True
-        swapped: dict[int, Tensor] = {}
-        first_seen: set[int] = set()
-        for module in model.modules():
-            for store in (module._parameters, module._buffers):
-                for k, v in store.items():
-                    if v is None:
-                        continue
-                    if id(v) in targets:
-                        owners_of_targets.add(id(module))
-                        if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see below)
-                            store[k] = meta_like(v)
-                            recording.add_leaf(store[k], UNDEFINED)
-                            continue
-                        first_seen.add(storage_key(v))
-                        recording.add_leaf(v, UNDEFINED)
-                    elif not v.is_meta:
-                        if id(v) not in swapped:
-                            swapped[id(v)] = meta_like(v)
-                            recording.add_leaf(swapped[id(v)], v.detach())
-                        store[k] = swapped[id(v)]
-        for module in model.modules():
-            # a reparametrized module resets the tensors its parametrizations hold; a Transformer owns
-            # nothing but re-initializes every matrix below it
-            below = module.parametrizations if parametrize.is_parametrized(module) else \
-                module if isinstance(module, nn.Transformer) else None  # fmt: skip
-            if below is not None and any(id(t) in targets for t in below.parameters()):
-                owners_of_targets.add(id(module))
-        mode.paused = False
-        failures = []
-        with recording_into(recording, mode), mode, torch.no_grad():
-            for name, module in _post_order(model):
-                method = reset_method(module)
-                if method is not None and id(module) in owners_of_targets:
-                    try:
-                        own_init(module, only_torch=False)
-                    except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
-                        failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
-            model_init = _model_init(model)
-            if model_init is None and reset_method(model) is None and not is_torch_module(model):
-                failures.append(
-                    f"{type(model).__name__} has no init method (init_weights, initialize_weights): its values "
-                    "come from each module's reset_parameters, and whatever its constructor does to them itself "
-                    "(an init loop, as torchvision's models and timm's EfficientNet have) is not known; build it "
-                    "under torchinit.deferred() to get it"
-                )
-            if model_init is not None:
-                try:
-                    model_init()
-                except Exception as err:  # noqa: BLE001
-                    failures.append(f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}")
+        owners = _swap_in_stand_ins(model, targets, rehearsal.recording)
+        owners |= _owners_from_above(model, targets)
+        with rehearsal.running():
+            failures = _run_own_inits(model, owners)
+            failures += _run_model_init(model)
         if failures:
             warn(
                 "materialize_: re-enacting the construction of a model built on meta without deferred(): "
                 + "; ".join(failures),
                 UserWarning,
-                stacklevel=3,
             )
-    finally:
-        mode.paused = False
-        snapshot.restore()
-    return recording
+    return rehearsal.recording
+
+
+def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording) -> set[int]:
+    """Register a meta stand-in for every real tensor (its value a leaf of ``recording``) and for every later
+    registration of a tied target; the targets' values are undefined leaves. Returns the ids of the modules
+    that own a target."""
+    owners: set[int] = set()
+    swapped: dict[int, Tensor] = {}
+    first_seen: set[int] = set()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for k, v in store.items():
+                if v is None:
+                    continue
+                if id(v) in targets:
+                    owners.add(id(module))
+                    if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see reenact)
+                        store[k] = meta_like(v)
+                        recording.add_leaf(store[k], UNDEFINED)
+                        continue
+                    first_seen.add(storage_key(v))
+                    recording.add_leaf(v, UNDEFINED)
+                elif not v.is_meta:
+                    if id(v) not in swapped:
+                        swapped[id(v)] = meta_like(v)
+                        recording.add_leaf(swapped[id(v)], v.detach())
+                    store[k] = swapped[id(v)]
+    return owners
+
+
+def _owners_from_above(model: nn.Module, targets: set[int]) -> set[int]:
+    """Modules whose own init writes targets they do not own: a reparametrized module resets the tensors its
+    parametrizations hold; a Transformer owns nothing but re-initializes every matrix below it."""
+    owners = set()
+    for module in model.modules():
+        below = module.parametrizations if parametrize.is_parametrized(module) else \
+            module if isinstance(module, nn.Transformer) else None  # fmt: skip
+        if below is not None and any(id(t) in targets for t in below.parameters()):
+            owners.add(id(module))
+    return owners
+
+
+def _run_own_inits(model: nn.Module, owners: set[int]) -> list[str]:
+    """Each owning module's own init, children first; the failures, by name (their values stay unknown)."""
+    failures = []
+    for name, module in _post_order(model):
+        method = reset_method(module)
+        if method is not None and id(module) in owners:
+            try:
+                own_init(module, only_torch=False)
+            except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
+                failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
+    return failures
+
+
+def _run_model_init(model: nn.Module) -> list[str]:
+    """The model's own init method, if it has one; the failures (and the lack of one), as sentences."""
+    model_init = _model_init(model)
+    if model_init is None:
+        if reset_method(model) is None and not is_torch_module(model):
+            return [
+                f"{type(model).__name__} has no init method (init_weights, initialize_weights): its values "
+                "come from each module's reset_parameters, and whatever its constructor does to them itself "
+                "(an init loop, as torchvision's models and timm's EfficientNet have) is not known; build it "
+                "under torchinit.deferred() to get it"
+            ]
+        return []
+    try:
+        model_init()
+    except Exception as err:  # noqa: BLE001
+        return [f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}"]
+    return []
 
 
 def retie(model: nn.Module) -> None:
@@ -121,7 +135,7 @@ def retie(model: nn.Module) -> None:
         try:
             tie()
         except Exception as err:  # noqa: BLE001 - the values are complete either way
-            warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning, stacklevel=3)
+            warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning)
 
 
 def _post_order(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

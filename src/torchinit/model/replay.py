@@ -16,13 +16,12 @@ from torch import Tensor, nn
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferred import meta_like, parameter_like, recording_into
-from torchinit.model.snapshot import Snapshot
+from torchinit.model.deferred import Rehearsal
+from torchinit.model.standins import full_meta_like, meta_like
 from torchinit.recording.log import (
     UNDEFINED,
     Op,
     Recording,
-    RecordingMode,
     Replay,
     storage_key,
 )
@@ -146,43 +145,17 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
     results are copied into the module's tensors, a DTensor keeping its part; a failure
     leaves them as they were.
     """
-    recording = Recording()
-    mode = RecordingMode(recording)
-    snapshot = Snapshot(module)
-    metas: dict[int, tuple[Tensor, Tensor]] = {}
-    names: dict[int, str] = {}
-    try:
-        mode.paused = True
-        for module_name, sub in module.named_modules(remove_duplicate=False):
-            for store in (sub._parameters, sub._buffers):
-                for attr, t in list(store.items()):
-                    if t is None or isinstance(t, nn.parameter.UninitializedTensorMixin) or t.is_meta:
-                        continue
-                    if id(t) not in metas:
-                        sharded = is_dtensor(t)  # a stand-in of its full shape; its values are not read
-                        meta = meta_like(t) if not sharded else parameter_like(t, torch.empty(
-                            t.shape, dtype=t.dtype, device="meta")) if isinstance(t, nn.Parameter) else torch.empty(
-                            t.shape, dtype=t.dtype, device="meta")  # fmt: skip
-                        recording.add_leaf(meta, UNDEFINED if sharded else t.detach())
-                        metas[id(t)] = (t, meta)
-                        names[storage_key(meta)] = ".".join(x for x in (prefix, module_name, attr) if x)
-                    store[attr] = metas[id(t)][1]
-            for hook in weight_norm_hooks(sub):  # torch.nn.utils.weight_norm keeps the computed weight as an attribute
-                if isinstance(sub.__dict__.get(hook.name), Tensor):
-                    sub.__dict__[hook.name] = torch.empty_like(sub.__dict__[hook.name], device="meta")
-        mode.paused = False
-        with recording_into(recording, mode), mode, torch.no_grad():
+    with Rehearsal(module) as rehearsal:
+        metas, names = _swap_in_program_stand_ins(module, rehearsal.recording, prefix)
+        with rehearsal.running():
             program(module)
         # a parametrization's right_inverse moves its originals to new storages (set_): name them where they are now
         names.update({storage_key(meta): names[key] for key, (_, meta) in zip(list(names), metas.values())})
-    finally:
-        mode.paused = False
-        snapshot.restore()
     if not metas:
         return module
     device = next(iter(metas.values()))[0].device
     wanted = {storage_key(meta) for _, meta in metas.values()}
-    replay = replay_recording(recording, wanted, device, names, seed, seed is not None)
+    replay = replay_recording(rehearsal.recording, wanted, device, names, seed, seed is not None)
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:
@@ -191,3 +164,28 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
             else:
                 t.copy_(value)
     return module
+
+
+def _swap_in_program_stand_ins(module: nn.Module, recording: Recording,
+                               prefix: str) -> tuple[dict[int, tuple[Tensor, Tensor]], dict[int, str]]:
+    """Register a meta stand-in for each real tensor of ``module`` (a DTensor: its full shape, value undefined),
+    its value a leaf of ``recording``. Returns {id: (tensor, stand-in)} and the stand-ins' qualified names by
+    storage."""
+    metas: dict[int, tuple[Tensor, Tensor]] = {}
+    names: dict[int, str] = {}
+    for module_name, sub in module.named_modules(remove_duplicate=False):
+        for store in (sub._parameters, sub._buffers):
+            for attr, t in list(store.items()):
+                if t is None or isinstance(t, nn.parameter.UninitializedTensorMixin) or t.is_meta:
+                    continue
+                if id(t) not in metas:
+                    sharded = is_dtensor(t)  # a stand-in of its full shape; its values are not read
+                    meta = full_meta_like(t) if sharded else meta_like(t)
+                    recording.add_leaf(meta, UNDEFINED if sharded else t.detach())
+                    metas[id(t)] = (t, meta)
+                    names[storage_key(meta)] = ".".join(x for x in (prefix, module_name, attr) if x)
+                store[attr] = metas[id(t)][1]
+        for hook in weight_norm_hooks(sub):  # torch.nn.utils.weight_norm keeps the computed weight as an attribute
+            if isinstance(sub.__dict__.get(hook.name), Tensor):
+                sub.__dict__[hook.name] = torch.empty_like(sub.__dict__[hook.name], device="meta")
+    return metas, names

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit.model.deferred import parameter_like
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -19,6 +18,7 @@ from torchinit.model.reenact import reenact
 from torchinit.model.replay import replay_recording
 from torchinit.model.slots import Slot, find_unknown, slot_report, wanted_by_recording
 from torchinit.model.snapshot import Snapshot
+from torchinit.model.standins import parameter_like
 from torchinit.recording.log import (
     recording_of,
     storage_key,
@@ -55,41 +55,65 @@ def materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[Slot
     uncovered = [s for s in slots if s.plan is None or s.plan.initializer is None]
     for s in slots:
         s.recording = None if is_dtensor(s.tensor) else recording_of(s.tensor)
-    allocated: set[int] = set()
-
-    def allocate(t: Tensor) -> Tensor:
-        if not (t.is_meta and is_dtensor(t)):
-            return t
-        new = torch.empty_like(t, device=device)
-        allocated.update((id(t), id(new)))
-        return new
-
+    allocator = _ShardAllocator(device)
     snapshot = Snapshot(model, generator=generator)
     with snapshot.on_failure():
         try:
             sources, names = _own_init_sources(model, slots, uncovered, strict)  # recorded or re-enacted, on meta
-            attributes = {s.name: dict(vars(s.tensor)) for s in slots if is_dtensor(s.tensor)}
             with torch.no_grad():
-                model._apply(allocate)
-                _allocate_plain(slots, device)
-                for s in slots:
-                    if s.name in attributes:
-                        _keep_attributes(_registered(s), attributes[s.name])
+                _allocate(model, slots, allocator)
                 for s, src in zip(uncovered, sources):  # one full-size temporary at a time
-                    value = replay_recording(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor)
-                    t = _registered(s)
-                    (t.to_local() if is_dtensor(t) else t).copy_(local_part(t, value) if is_dtensor(t) else value)
-                    del value
+                    _write_replayed(_registered(s), src, device, names, base_seed, keyed)
                 for p in plans:
                     p.param = getattr(p.owner.module, p.owner.attr)
                 _apply_rules_in_place(plans, {s.name for s in slots}, base_seed, keyed)
         except BaseException:
-            model._apply(lambda t: torch.empty_like(t, device="meta") if id(t) in allocated else t)
+            model._apply(allocator.release)
             raise
     for s in slots:
         if s.plan is not None and s.plan.initializer is not None:
             s.source = s.plan.source
     return slot_report(plans, slots)
+
+
+class _ShardAllocator:
+    """``Module._apply`` functions that give each meta DTensor memory on ``device`` (its local shard), and take it
+    back (meta again) after a failure."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.allocated: set[int] = set()
+
+    def allocate(self, t: Tensor) -> Tensor:
+        if not (t.is_meta and is_dtensor(t)):
+            return t
+        new = torch.empty_like(t, device=self.device)
+        self.allocated.update((id(t), id(new)))
+        return new
+
+    def release(self, t: Tensor) -> Tensor:
+        return torch.empty_like(t, device="meta") if id(t) in self.allocated else t
+
+
+def _allocate(model: nn.Module, slots: list[Slot], allocator: _ShardAllocator) -> None:
+    """Memory for every meta tensor: DTensors through ``Module._apply`` (FSDP2 re-registers them; their Python
+    attributes are carried over), plain ones registered wherever they were."""
+    attributes = {s.name: dict(vars(s.tensor)) for s in slots if is_dtensor(s.tensor)}
+    model._apply(allocator.allocate)
+    _allocate_plain(slots, allocator.device)
+    for s in slots:
+        if s.name in attributes:
+            _keep_attributes(_registered(s), attributes[s.name])
+
+
+def _write_replayed(t: Tensor, src: Slot, device: torch.device, names: dict[int, str], base_seed: int | None,
+                    keyed: bool) -> None:
+    """Replay the value of ``src`` into a full-size temporary and write it to ``t`` (a DTensor keeps its part)."""
+    value = replay_recording(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor)  # type: ignore[arg-type]
+    if is_dtensor(t):
+        t.to_local().copy_(local_part(t, value))  # type: ignore[attr-defined]
+    else:
+        t.copy_(value)
 
 
 def _mesh_device(slots: list[Slot]) -> torch.device:
@@ -135,32 +159,43 @@ def _own_init_sources(model: nn.Module, slots: list[Slot], uncovered: list[Slot]
     unrecorded = [s for s in uncovered if s.recording is None]
     by_id: dict[int, Slot] = {}
     if unrecorded:
-        swap = Snapshot(model)
-        ghosts: dict[int, Tensor] = {}
-        wanted_ids = {id(s) for s in unrecorded}
-        try:
-            for s in slots:  # every meta DTensor: the init code must see plain tensors of the full shape
-                if is_dtensor(s.tensor) or id(s) in wanted_ids:
-                    ghost = torch.empty(s.tensor.shape, dtype=s.tensor.dtype, device="meta")
-                    if isinstance(s.tensor, nn.Parameter):
-                        ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
-                    ghosts[id(s.tensor)] = ghost
-                    for _, module, attr in s.places:
-                        (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
-            ghost_slots = [Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in unrecorded]
-            recording = reenact(model, ghost_slots)
-        finally:
-            swap.restore()
-        for g, s in zip(ghost_slots, unrecorded):
-            g.recording = recording
-            by_id[id(s)] = g
-        names.update({storage_key(ghost): s.name for s in slots if id(s.tensor) in ghosts
-                      for ghost in [ghosts[id(s.tensor)]]})  # fmt: skip
+        ghost_slots, ghost_names = _reenact_on_full_shapes(model, slots, unrecorded)
+        by_id = {id(s): g for s, g in zip(unrecorded, ghost_slots)}
+        names.update(ghost_names)
     sources = [by_id.get(id(s), s) for s in uncovered]
     find_unknown(sources, wanted_by_recording(sources), strict)
     for src, s in zip(sources, uncovered):
         s.source, s.writers = src.source or ("reset_parameters" if src is not s else "construction"), src.writers
     return sources, names
+
+
+def _reenact_on_full_shapes(model: nn.Module, slots: list[Slot],
+                            unrecorded: list[Slot]) -> tuple[list[Slot], dict[int, str]]:
+    """Re-enact the model's own init with every meta DTensor and every ``unrecorded`` slot replaced by a plain meta
+    tensor of its full shape (the init code must see plain tensors); the model is put back afterwards.
+
+    Returns a slot of the re-enactment for each of ``unrecorded``, and the names of the stand-ins' storages.
+    """
+    swap = Snapshot(model)
+    ghosts: dict[int, Tensor] = {}
+    wanted_ids = {id(s) for s in unrecorded}
+    try:
+        for s in slots:
+            if is_dtensor(s.tensor) or id(s) in wanted_ids:
+                ghost = torch.empty(s.tensor.shape, dtype=s.tensor.dtype, device="meta")
+                if isinstance(s.tensor, nn.Parameter):
+                    ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
+                ghosts[id(s.tensor)] = ghost
+                for _, module, attr in s.places:
+                    (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
+        ghost_slots = [Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in unrecorded]
+        recording = reenact(model, ghost_slots)
+    finally:
+        swap.restore()
+    for g in ghost_slots:
+        g.recording = recording
+    names = {storage_key(ghosts[id(s.tensor)]): s.name for s in slots if id(s.tensor) in ghosts}
+    return ghost_slots, names
 
 
 def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int | None, keyed: bool) -> None:

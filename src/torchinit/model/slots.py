@@ -102,7 +102,6 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
             f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
             "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
             UserWarning,
-            stacklevel=3,
         )
 
 
