@@ -22,10 +22,6 @@ PENDING: dict[str, int] = {
     "torchinit.diagnostics.lsuv:lsuv_": 18,
     "torchinit.diagnostics.probing:probe": 21,
     "torchinit.diagnostics.trainability:train": 16,
-    "torchinit.model.reenact:reenact": 27,
-    "torchinit.model.replay:replay_program_": 22,
-    "torchinit.model.sharded:_own_init_sources": 23,
-    "torchinit.model.sharded:materialize_sharded": 22,
     "torchinit.schemes.basic:_check_fill_value": 23,
     "torchinit.schemes.glass:_glass": 22,
 }
