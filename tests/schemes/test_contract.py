@@ -1,4 +1,6 @@
-"""The input contract every initializer keeps (issue 2, item 7)."""
+"""The input contract every initializer keeps, and the decorator that gives it to each scheme."""
+
+import inspect
 
 import numpy as np
 import pytest
@@ -7,6 +9,9 @@ from torch import nn
 
 import torchinit as ti
 from conftest import gen
+from torchinit.recording.log import recorded_call
+from torchinit.rng.sampling import shardable
+from torchinit.schemes.contract import FAN_KEYWORDS, SCHEMES, scheme, with_paragraph
 
 RANDOM_INITS = [
     lambda t, **k: ti.uniform_(t, **k),
@@ -142,3 +147,58 @@ def test_non_tensor_rejected():
         arr = np.zeros(3)
         arr.flags.writeable = False
         ti.normal_(arr)
+
+
+# -- the scheme decorator (torchinit.schemes.contract) ---------------------------------------------------------
+
+PUBLIC_SCHEMES = [
+    "uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_",
+    "variance_scaling_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+    "lecun_uniform_", "lecun_normal_", "trunc_normal_", "trunc_normal_std_",
+    "orthogonal_", "delta_orthogonal_", "hadamard_", "sparse_", "glass_",
+]  # fmt: skip
+CONSTANT_FILLS = ("constant_", "ones_", "zeros_")  # DTensors take torch's fill_ shard by shard: no shardable
+
+
+def test_every_in_place_scheme_is_registered_by_its_public_name():
+    assert sorted(SCHEMES) == sorted(PUBLIC_SCHEMES)
+    for name, function in SCHEMES.items():
+        assert function is getattr(ti, name) and function.__name__ == name
+
+
+@pytest.mark.parametrize("name", PUBLIC_SCHEMES)
+def test_scheme_wraps_recorded_call_over_shardable(name):
+    """recorded_call outermost, then shardable (except for constant fills), then the plain function; wraps keeps
+    the name, docstring and signature at every level."""
+    public = SCHEMES[name]
+    layers = [public]
+    while hasattr(layers[-1], "__wrapped__"):
+        layers.append(layers[-1].__wrapped__)
+    assert len(layers) == (2 if name in CONSTANT_FILLS else 3)
+    plain = layers[-1]
+    assert layers[0].__code__ is recorded_call(plain).__code__
+    if name not in CONSTANT_FILLS:
+        assert layers[1].__code__ is shardable()(plain).__code__
+    assert plain.__name__ == name and plain.__doc__ == public.__doc__
+    assert inspect.signature(public) == inspect.signature(plain)
+
+
+def test_fan_keywords_paragraph_stands_before_the_example_once():
+    for name in ("variance_scaling_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
+                 "lecun_uniform_", "lecun_normal_"):
+        doc = inspect.getdoc(SCHEMES[name])
+        assert doc.count(inspect.cleandoc(FAN_KEYWORDS)) == 1, name
+        assert doc.index("Keyword-only: ``in_dims``") < doc.index("Example:"), name
+
+
+def test_with_paragraph_without_an_example_appends():
+    assert with_paragraph("Summary.\n", "Shared.") == "Summary.\n\nShared.\n"
+
+
+def test_a_second_scheme_of_the_same_name_is_refused():
+    def uniform_(tensor):
+        return tensor
+
+    with pytest.raises(ValueError, match="already registered"):
+        scheme()(uniform_)
+    assert SCHEMES["uniform_"] is ti.uniform_

@@ -27,14 +27,13 @@ from torchinit._util.checks import (
     positive_int,
     within_dtype,
 )
-from torchinit.recording.log import recorded_call
-from torchinit.rng.sampling import make_sampler, real_dtype, shardable
+from torchinit.rng.sampling import make_sampler, real_dtype
+from torchinit.schemes.contract import scheme
 
 __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "identity_"]
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype)
 def uniform_(
     tensor: Tensor,
     a: float = 0.0,
@@ -68,8 +67,7 @@ def uniform_(
     return tensor
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype)
 def normal_(
     tensor: Tensor,
     mean: float = 0.0,
@@ -99,7 +97,7 @@ def normal_(
     return tensor
 
 
-@recorded_call
+@scheme(dtensor_wrapper=False)
 def constant_(tensor: Tensor, val: float) -> Tensor:
     r"""Fill ``tensor`` with the value ``val``: :math:`w_{ij\ldots} = \text{val}`.
 
@@ -148,7 +146,7 @@ def _check_fill_value(val: Any, dtype: torch.dtype, name: str = "val") -> None:
                 raise ValueError(f"{name} must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
 
 
-@recorded_call
+@scheme(dtensor_wrapper=False)
 def ones_(tensor: Tensor) -> Tensor:
     r"""Fill ``tensor`` with ones: :math:`w_{ij\ldots} = 1`.
 
@@ -160,7 +158,7 @@ def ones_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 1)
 
 
-@recorded_call
+@scheme(dtensor_wrapper=False)
 def zeros_(tensor: Tensor) -> Tensor:
     r"""Fill ``tensor`` with zeros: :math:`w_{ij\ldots} = 0`.
 
@@ -172,8 +170,7 @@ def zeros_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 0)
 
 
-@recorded_call
-@shardable()
+@scheme()
 def eye_(tensor: Tensor) -> Tensor:
     r"""Fill a 2-D ``tensor`` with the identity: :math:`w_{ij} = [i = j]`.
 
@@ -190,8 +187,7 @@ def eye_(tensor: Tensor) -> Tensor:
     return _channel_identity(tensor, 1, 1)
 
 
-@recorded_call
-@shardable()
+@scheme()
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the Dirac delta: identity at the kernel centre.
 
@@ -209,8 +205,7 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     return _channel_identity(tensor, groups, 1)
 
 
-@recorded_call
-@shardable()
+@scheme()
 def identity_(tensor: Tensor, gain: float = 1.0, *, groups: int = 1) -> Tensor:
     r"""Fill a 2- to 5-D weight with the (partial) identity times ``gain``, square or not.
 

@@ -50,8 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import finite, float_tensor, nothing_to_write, within_dtype
-from torchinit.recording.log import recorded_call
-from torchinit.rng.sampling import Sampler, make_sampler, shardable
+from torchinit.rng.sampling import Sampler, make_sampler
+from torchinit.schemes.contract import scheme
 from torchinit.schemes.layout import Dims, Layout, block_shape, module_layout, resolve_dims
 
 __all__ = ["glass_", "glassInit_", "glassInit", "glass_layout"]
@@ -67,8 +67,7 @@ class _Entries(NamedTuple):
     values: Tensor
 
 
-@recorded_call
-@shardable()
+@scheme()
 def glass_(
     tensor_or_module: Any,
     in_dims: Dims = ...,

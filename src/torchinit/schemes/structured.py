@@ -26,9 +26,9 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
-from torchinit.recording.log import recorded_call
-from torchinit.rng.sampling import Sampler, make_sampler, shardable
+from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.basic import identity_
+from torchinit.schemes.contract import scheme
 from torchinit.schemes.layout import block_shape
 
 __all__ = ["orthogonal_", "delta_orthogonal_", "hadamard_", "sparse_", "haar_semi_orthogonal"]
@@ -78,8 +78,7 @@ def haar_semi_orthogonal(
     return q.reshape(blocks, rows, cols)
 
 
-@recorded_call
-@shardable()
+@scheme()
 def orthogonal_(
     tensor: Tensor,
     gain: float = 1,
@@ -134,8 +133,7 @@ def orthogonal_(
     return tensor
 
 
-@recorded_call
-@shardable()
+@scheme()
 def delta_orthogonal_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -181,8 +179,7 @@ def _centre(t: Tensor) -> tuple[int, ...]:
     return tuple(k // 2 for k in t.shape[2:])
 
 
-@recorded_call
-@shardable()
+@scheme()
 def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     r"""ZerO initialization (Zhao et al., "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones", TMLR 2022).
 
@@ -250,8 +247,7 @@ def _sylvester_corner_(dest: Tensor) -> None:
         size *= 2
 
 
-@recorded_call
-@shardable()
+@scheme()
 def sparse_(
     tensor: Tensor,
     sparsity: float,

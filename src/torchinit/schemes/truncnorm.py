@@ -69,9 +69,9 @@ from torchinit._util.checks import (
     within_dtype,
 )
 from torchinit._util.warn import warn
-from torchinit.recording.log import recorded_call
 from torchinit.rng import keyed
-from torchinit.rng.sampling import Sampler, make_sampler, real_dtype, shardable
+from torchinit.rng.sampling import Sampler, make_sampler, real_dtype
+from torchinit.schemes.contract import scheme
 
 __all__ = [
     "trunc_normal_",
@@ -148,8 +148,7 @@ def complex_truncated_std_factor(k: float) -> float:
     return math.sqrt(1.0 - x * math.exp(-x) / -math.expm1(-x))  # no overflow for large k
 
 
-@recorded_call
-@shardable(local=lambda t: True)
+@scheme(local=lambda t: True)
 def trunc_normal_(
     tensor: Tensor,
     mean: float = 0.0,
@@ -224,8 +223,7 @@ def trunc_normal_(
     return tensor
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype)
 def trunc_normal_std_(
     tensor: Tensor,
     std: float = 1.0,

@@ -47,8 +47,8 @@ from torch import Tensor
 
 from torchinit._util.checks import NORMAL_REACH, choice, finite, float_tensor, non_negative, within_dtype
 from torchinit._util.warn import warn
-from torchinit.recording.log import recorded_call
-from torchinit.rng.sampling import make_sampler, real_dtype, shardable
+from torchinit.rng.sampling import make_sampler, real_dtype
+from torchinit.schemes.contract import FAN_KEYWORDS, scheme
 from torchinit.schemes.gains import Nonlinearity, calculate_gain
 from torchinit.schemes.layout import Dims, Fans, block_shape, fans, weight_of
 from torchinit.schemes.truncnorm import (
@@ -148,8 +148,7 @@ def _disk_radius_(u: Tensor) -> Tensor:
     return u.sqrt_()
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def variance_scaling_(
     tensor: Tensor,
     scale: float = 1.0,
@@ -185,14 +184,6 @@ def variance_scaling_(
     and v the variance of three separate (E, E) weights (one (3E, E) matrix gets
     fan_out = 3E, half that variance); LSTMs have 4 blocks, GRUs 3.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> g = torch.Generator()
         >>> a = variance_scaling_(torch.empty(256, 128), 2.0, "fan_in", "normal", generator=g.manual_seed(0))
@@ -206,8 +197,7 @@ def variance_scaling_(
                  batch_dims=batch_dims, seed=seed, name=name)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def xavier_uniform_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -224,14 +214,6 @@ def xavier_uniform_(
 
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'uniform')``. Default ``gain=1``.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> w = xavier_uniform_(torch.empty(30, 50), gain=calculate_gain("relu"))
         >>> bool(w.abs().max() <= 2**0.5 * (6 / 80) ** 0.5)
@@ -241,8 +223,7 @@ def xavier_uniform_(
                  batch_dims=batch_dims, seed=seed, name=name)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def xavier_normal_(
     tensor: Tensor,
     gain: float = 1.0,
@@ -259,14 +240,6 @@ def xavier_normal_(
 
     ``variance_scaling_(tensor, gain**2, 'fan_avg', 'normal')``. Default ``gain=1``.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> w = xavier_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
         >>> round(w.std().item() / (2 / 800) ** 0.5, 2)
@@ -276,8 +249,7 @@ def xavier_normal_(
                  batch_dims=batch_dims, seed=seed, name=name)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def kaiming_uniform_(
     tensor: Tensor,
     a: float = 0,
@@ -298,14 +270,6 @@ def kaiming_uniform_(
     or callable works. ``mode`` also accepts ``fan_avg`` and ``fan_geo_avg``.
     Defaults: ``a=0``, ``mode='fan_in'``, ``nonlinearity='leaky_relu'``.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> w = kaiming_uniform_(torch.empty(30, 50), mode="fan_in", nonlinearity="relu")
         >>> bool(w.abs().max() <= (6 / 50) ** 0.5)
@@ -316,8 +280,7 @@ def kaiming_uniform_(
                  batch_dims=batch_dims, warn_empty=True, seed=seed, name=name)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def kaiming_normal_(
     tensor: Tensor,
     a: float = 0,
@@ -336,14 +299,6 @@ def kaiming_normal_(
 
     ``gain = calculate_gain(nonlinearity, a)``. Defaults as :func:`kaiming_uniform_`.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> w = kaiming_normal_(torch.empty(500, 300), mode="fan_out", nonlinearity="gelu",
         ...                     generator=torch.Generator().manual_seed(0))
@@ -360,8 +315,7 @@ def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
     return calculate_gain(nonlinearity, finite("a", a) if leaky else None)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def lecun_uniform_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
@@ -377,14 +331,6 @@ def lecun_uniform_(
 
     ``variance_scaling_(tensor, 1, 'fan_in', 'uniform')``.
 
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
-
     Example:
         >>> w = lecun_uniform_(torch.empty(30, 50))
         >>> bool(w.abs().max() <= (3 / 50) ** 0.5)
@@ -394,8 +340,7 @@ def lecun_uniform_(
                  batch_dims=batch_dims, seed=seed, name=name)
 
 
-@recorded_call
-@shardable(local=real_dtype)
+@scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def lecun_normal_(
     tensor: Tensor,
     generator: torch.Generator | None = None,
@@ -411,14 +356,6 @@ def lecun_normal_(
 
     ``variance_scaling_(tensor, 1, 'fan_in', 'normal')``. For JAX's truncated
     variant use ``variance_scaling_(tensor)``.
-
-    Keyword-only: ``in_dims``/``out_dims`` name the weight's input and output dims
-    (see :func:`~torchinit.schemes.layout.fans`); ``batch_dims`` (default None) names dims of
-    stacked independent weights (JAX's ``batch_axis``), excluded from both fans, so an
-    ``(experts, out, in)`` tensor with ``batch_dims=0`` gets each expert's fans;
-    ``blocks`` (default 1) splits dim 0 into equal chunks, each scaled by its own fans;
-    ``seed`` (with ``name``) draws from the keyed stream of ``(seed, name)`` instead of
-    ``generator`` (:mod:`torchinit.rng.sampling`).
 
     Example:
         >>> w = lecun_normal_(torch.empty(300, 500), generator=torch.Generator().manual_seed(0))
