@@ -12,6 +12,7 @@ from torch import nn
 
 import torchinit as ti
 from torchinit.model import deferred as deferred_module
+from torchinit.recording.inits import PATCHED_ATTRIBUTES
 from torchinit.schemes.initializers import Initializer
 
 
@@ -119,7 +120,7 @@ def test_deferred_nests_with_accelerate_in_either_order(order):
 
 
 def test_a_failure_while_installing_deferreds_patches_restores_everything(monkeypatch):
-    register, inits = nn.Module.register_parameter, {n: getattr(nn.init, n) for n in deferred_module.META_SKIPPING_INITS}
+    register, inits = nn.Module.register_parameter, {n: getattr(nn.init, n) for n in PATCHED_ATTRIBUTES}
     hooks = dict(torch.nn.modules.module._global_parameter_registration_hooks)
     calls = []
 
@@ -136,7 +137,7 @@ def test_a_failure_while_installing_deferreds_patches_restores_everything(monkey
             pass
     assert len(calls) == 3
     assert nn.Module.register_parameter is register
-    assert {n: getattr(nn.init, n) for n in deferred_module.META_SKIPPING_INITS} == inits
+    assert {n: getattr(nn.init, n) for n in PATCHED_ATTRIBUTES} == inits
     assert dict(torch.nn.modules.module._global_parameter_registration_hooks) == hooks
     monkeypatch.undo()
     with ti.deferred():  # and the next context works

@@ -20,6 +20,7 @@ from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import meta_like
+from torchinit.recording.inits import PATCHED_ATTRIBUTES
 from torchinit.recording.log import (
     UNDEFINED,
     Recording,
@@ -176,19 +177,13 @@ def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -
     return meta
 
 
-#: torch.nn.init functions that return at once on a meta tensor (torch 2.13), so their effect never reaches
-#: ATen: within deferred() they are recorded whole. trunc_normal_ is patched at its helper, which it looks up
-#: at call time; the others where they are looked up: torch.nn.init itself, and the table transformers
-#: captured at import (``transformers.initialization.TORCH_INIT_FUNCTIONS``).
-META_SKIPPING_INITS = ("_no_grad_trunc_normal_", "orthogonal_", "sparse_", "dirac_")
-
-
 def _meta_skipping_inits() -> list[tuple[Any, str, Any]]:
-    """Where the functions of :data:`META_SKIPPING_INITS` are looked up: ``(holder, key, function)`` in torch.nn.init
-    and in the table transformers captured at import."""
+    """Where the torch.nn.init functions recorded whole (:data:`~torchinit.recording.inits.PATCHED_INITS`) are
+    looked up: ``(holder, key, function)`` in torch.nn.init, and in the table transformers captured at import
+    (``transformers.initialization.TORCH_INIT_FUNCTIONS``)."""
     import sys
 
-    found = [(nn.init, name, getattr(nn.init, name)) for name in META_SKIPPING_INITS]
+    found = [(nn.init, name, getattr(nn.init, name)) for name in PATCHED_ATTRIBUTES]
     table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
     if isinstance(table, dict):
         originals = {id(fn) for _, _, fn in found[1:]}

@@ -18,6 +18,7 @@ from torchinit.model.construction import (
 )
 from torchinit.model.deferred import Rehearsal
 from torchinit.model.standins import full_meta_like, meta_like
+from torchinit.recording.inits import keyed_twin_name
 from torchinit.recording.log import (
     UNDEFINED,
     Op,
@@ -28,6 +29,7 @@ from torchinit.recording.log import (
 from torchinit.rng.fastfill import recorded_fill, replay_fill
 from torchinit.rng.sampling import is_dtensor, local_part, make_sampler
 from torchinit.rng.seeds import stream_generator
+from torchinit.schemes.contract import SCHEMES
 
 
 def writers_of(rec: Recording, live: list[int]) -> dict[int, list[str]]:
@@ -120,13 +122,9 @@ class _KeyedReplay:
 def _keyed_twin(func: Any) -> Any:
     """The function that draws ``func``'s distribution with ``seed=``/``name=``: ``func`` itself for torchinit's
     initializers, the torchinit twin for torch.nn.init's whole recorded calls; None otherwise."""
-    from torchinit.schemes.structured import orthogonal_, sparse_
-    from torchinit.schemes.truncnorm import trunc_normal_
-
-    name = getattr(func, "__name__", "")
     if getattr(func, "__module__", "") == "torch.nn.init":
-        return {"_no_grad_trunc_normal_": trunc_normal_, "trunc_normal_": trunc_normal_, "orthogonal_": orthogonal_,
-                "sparse_": sparse_}.get(name)
+        twin = keyed_twin_name(func)
+        return None if twin is None else SCHEMES[twin]
     try:
         takes_seed = "seed" in inspect.signature(func).parameters
     except (TypeError, ValueError):
