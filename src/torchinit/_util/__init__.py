@@ -1,0 +1,3 @@
+"""Small helpers every layer may use: argument checks, text tables, warnings, the version.
+
+Imports nothing of torchinit."""
