@@ -22,8 +22,6 @@ PENDING: dict[str, int] = {
     "torchinit.diagnostics.lsuv:lsuv_": 18,
     "torchinit.diagnostics.probing:probe": 21,
     "torchinit.diagnostics.trainability:train": 16,
-    "torchinit.schemes.basic:_check_fill_value": 23,
-    "torchinit.schemes.glass:_glass": 22,
 }
 
 

@@ -119,31 +119,52 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
 def _check_fill_value(val: Any, dtype: torch.dtype, name: str = "val") -> None:
     """``val`` must be exactly representable in kind and range by ``dtype``: a bool for bool tensors, an
     integral value in range for integer ones, a finite value within the dtype's range for floating ones."""
+    number = _plain_number(val)
+    if dtype == torch.bool:
+        _check_bool_fill(number, val, name)
+        return
+    for part in _real_parts(number, val, dtype, name):
+        if dtype.is_floating_point or dtype.is_complex:
+            _check_float_fill(part, val, dtype, name)
+        else:
+            _check_integer_fill(part, val, dtype, name)
+
+
+def _plain_number(val: Any) -> Any:
+    """A one-element tensor or a NumPy scalar as the Python number it holds; anything else as it is."""
     number = val.item() if isinstance(val, Tensor) and val.numel() == 1 else val
     if type(number).__module__ == "numpy" and hasattr(number, "item"):
         number = number.item()  # Python numbers: NumPy's abs() of its smallest int64 overflows
-    if dtype == torch.bool:
-        if not (is_bool(number) or (is_real(number) and number in (0, 1))):
-            raise ValueError(f"{name} must be a bool (or 0/1) for a torch.bool tensor; got {val!r}")
-        return
+    return number
+
+
+def _check_bool_fill(number: Any, val: Any, name: str) -> None:
+    if not (is_bool(number) or (is_real(number) and number in (0, 1))):
+        raise ValueError(f"{name} must be a bool (or 0/1) for a torch.bool tensor; got {val!r}")
+
+
+def _real_parts(number: Any, val: Any, dtype: torch.dtype, name: str) -> tuple[Any, ...]:
+    """The parts of ``number`` to check against ``dtype``: real and imaginary for a complex number, else itself."""
     if is_bool(number) or not isinstance(number, numbers.Number):
         raise TypeError(f"{name} must be a number; got {type(val).__name__}")
     if isinstance(number, numbers.Complex) and not isinstance(number, numbers.Real):
         if not dtype.is_complex:
             raise TypeError(f"{name} is complex but the tensor's dtype is {dtype}")
-        parts = (number.real, number.imag)
-    else:
-        parts = (number,)
-    for part in parts:
-        if dtype.is_floating_point or dtype.is_complex:
-            limit = torch.finfo(dtype).max
-            if not (abs(part) <= limit and math.isfinite(part)):  # abs first: an int too large for a float
-                raise ValueError(f"{name} must be finite and within {dtype}'s range (±{limit:.4g}); got {val!r}")
-        else:
-            info = torch.iinfo(dtype)
-            integral = isinstance(part, numbers.Integral) or math.isfinite(part) and float(part).is_integer()
-            if not (integral and info.min <= part <= info.max):
-                raise ValueError(f"{name} must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
+        return (number.real, number.imag)
+    return (number,)
+
+
+def _check_float_fill(part: Any, val: Any, dtype: torch.dtype, name: str) -> None:
+    limit = torch.finfo(dtype).max
+    if not (abs(part) <= limit and math.isfinite(part)):  # abs first: an int too large for a float
+        raise ValueError(f"{name} must be finite and within {dtype}'s range (±{limit:.4g}); got {val!r}")
+
+
+def _check_integer_fill(part: Any, val: Any, dtype: torch.dtype, name: str) -> None:
+    info = torch.iinfo(dtype)
+    integral = isinstance(part, numbers.Integral) or math.isfinite(part) and float(part).is_integer()
+    if not (integral and info.min <= part <= info.max):
+        raise ValueError(f"{name} must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
 
 
 @scheme(dtensor_wrapper=False)

@@ -187,12 +187,7 @@ def _glass(
     The generator may be on any device: the signs move to the CPU.
     """
     t = float_tensor(weight, complex_ok=False)
-    for name, flag in (("zero_mean", zero_mean), ("sparse", sparse), ("isometric", isometric)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool; got {flag!r}")
-    if isometric and sparse:
-        raise ValueError("sparse and isometric cannot both be set: the isometric map already has one "
-                         "non-zero per long-side index")
+    _check_flags(zero_mean, sparse, isometric)
     if gain is not None:
         gain = finite("gain", gain)
     shape = block_shape(tuple(t.shape), layout.groups, "groups")
@@ -203,12 +198,7 @@ def _glass(
     I = math.prod([shape[d] for d in in_dims])
     if nothing_to_write(t):
         return weight
-    if isometric:
-        entries = isometric_entries(O, I, 1.0 if gain is None else gain)
-    elif sparse and O > I:
-        entries = sparse_entries(O, I, math.sqrt(O / I) if gain is None else gain)
-    else:
-        entries = tent_entries(O, I, (math.sqrt(O / I) if O <= I else 1.0) if gain is None else gain)
+    entries = _map_entries(O, I, gain, sparse, isometric)
     within_dtype("gain", float(entries.values.abs().max()) if entries.values.numel() else 0.0, t.dtype)
     index = _tensor_index(entries, shape, in_dims, out_dims, layout.groups, centre_tap)
     values = entries.values.repeat(layout.groups)
@@ -218,6 +208,24 @@ def _glass(
         t.zero_()
         t.index_put_(tuple(i.to(t.device) for i in index), values.to(device=t.device, dtype=t.dtype))
     return weight
+
+
+def _check_flags(zero_mean: bool, sparse: bool, isometric: bool) -> None:
+    for name, flag in (("zero_mean", zero_mean), ("sparse", sparse), ("isometric", isometric)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool; got {flag!r}")
+    if isometric and sparse:
+        raise ValueError("sparse and isometric cannot both be set: the isometric map already has one "
+                         "non-zero per long-side index")
+
+
+def _map_entries(O: int, I: int, gain: float | None, sparse: bool, isometric: bool) -> _Entries:
+    """The non-zeros of one (O, I) map of the chosen construction, with its default gain when ``gain`` is None."""
+    if isometric:
+        return isometric_entries(O, I, 1.0 if gain is None else gain)
+    if sparse and O > I:
+        return sparse_entries(O, I, math.sqrt(O / I) if gain is None else gain)
+    return tent_entries(O, I, (math.sqrt(O / I) if O <= I else 1.0) if gain is None else gain)
 
 
 def tent_entries(O: int, I: int, gain: float) -> _Entries:
