@@ -1,0 +1,38 @@
+"""docs/architecture.md stays the map: every layer and every module of each layer is on it, in the contract's order."""
+
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import torchinit
+
+tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml")
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = (ROOT / "docs" / "architecture.md").read_text()
+CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+LAYERS = next(c for c in CONTRACTS if c["containers"] == ["torchinit"])["layers"]
+
+
+def _modules(package: str) -> list[str]:
+    path = Path(torchinit.__file__).parent / package
+    return sorted(m.name for m in pkgutil.iter_modules([str(path)]) if not m.name.startswith("_philox"))
+
+
+def test_every_layer_is_in_the_diagram_in_the_contracts_order():
+    diagram = PAGE[PAGE.index("```") : PAGE.index("```", PAGE.index("```") + 3)]
+    rows = [line.split()[0] for line in diagram.splitlines()[1:] if re.match(r"^\s\s?\w", line)]
+    assert [r for r in rows if r in LAYERS] == LAYERS
+
+
+def test_every_module_of_every_layer_is_named_on_the_page():
+    for layer in LAYERS:
+        for module in _modules(layer):
+            assert re.search(rf"\b{module}\b", PAGE), f"{layer}.{module} is not on docs/architecture.md"
+
+
+def test_every_sub_package_is_a_declared_layer():
+    packages = sorted(m.name for m in pkgutil.iter_modules(torchinit.__path__) if m.ispkg)
+    assert packages == sorted(LAYERS)
