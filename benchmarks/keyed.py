@@ -132,7 +132,7 @@ def main() -> None:
                     f"* 2 threads: {two:.2f}× (goal ≥ 1.7×): **{'met' if two >= 1.7 else 'not met'}**",
                 ]
             print(f"{kind} {dtype} done", file=sys.stderr)
-    lines += ["", "Goal (issue 13), 16M fp32 keyed normals against torch's `normal_`:", "", *goals, ""]
+    lines += ["", "Goal, 16M fp32 keyed normals against torch's `normal_`:", "", *goals, ""]
     text = "\n".join(lines).replace("LOAD_END", load())
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(text)

@@ -1,4 +1,4 @@
-"""Per-rank cost of sharded init: ``materialize_(fsdp_model, policy, seed=s)`` at world sizes 1 and 2 (issue 13, item 6).
+"""Per-rank cost of sharded init: ``materialize_(fsdp_model, policy, seed=s)`` at world sizes 1 and 2.
 
 Run: ``python benchmarks/sharded.py`` (writes ``benchmarks/results/sharded.md``). It starts
 each world size as that many processes on gloo (one intra-op thread per rank, so ranks map

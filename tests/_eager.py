@@ -1,4 +1,4 @@
-"""Compare a model materialized by torchinit with the same model built eagerly (issue 11).
+"""Compare a model materialized by torchinit with the same model built eagerly.
 
 Which entries are deterministic is derived, not assumed: the model is built eagerly under
 three seeds, and an entry equal in all three is deterministic (a one, a zero, a padding
