@@ -1,4 +1,4 @@
-"""Hostile but legitimate constructor code against deferred() / materialize_ (issue 11).
+"""Hostile but legitimate constructor code against deferred() / materialize_.
 
 Each case builds a model under ``torchinit.deferred()``, materializes it, and compares it
 with eager construction (``tests/_eager.py``: entries equal under three seeds must match
@@ -329,7 +329,7 @@ def test_two_models_one_context_and_materialize_twice():
 
 
 def test_device_cpu_and_none_and_generator_reproduce():
-    out = []
+    out: list[nn.Module] = []
     for device in ("cpu", None):
         with ti.deferred():
             m = _small()
@@ -411,9 +411,8 @@ def test_constructor_exception_removes_the_patch():
             raise ValueError("boom")
 
     saved_register, saved_orth = nn.Module.register_parameter, nn.init.orthogonal_
-    with pytest.raises(ValueError, match="boom"):
-        with ti.deferred():
-            Boom()
+    with pytest.raises(ValueError, match="boom"), ti.deferred():
+        Boom()
     assert nn.Module.register_parameter is saved_register and nn.init.orthogonal_ is saved_orth
     assert not nn.Linear(2, 2).weight.is_meta
 
@@ -427,9 +426,8 @@ def test_in_place_error_raises_at_construction_and_leaves_torch_usable():
             with torch.no_grad():
                 self.w.copy_(torch.ones(5))  # eagerly a RuntimeError: under deferred() too
 
-    with pytest.raises(RuntimeError, match="size"):
-        with ti.deferred():
-            BadCopy()
+    with pytest.raises(RuntimeError, match="size"), ti.deferred():
+        BadCopy()
     assert not nn.Linear(2, 2).weight.is_meta
 
 
@@ -455,7 +453,7 @@ def test_keyboard_interrupt_while_reenacting_leaves_the_model_unchanged():
 
 
 def test_other_threads_build_real_models_while_a_context_is_open():
-    built = {}
+    built: dict[str, nn.Module] = {}
     with ti.deferred():
         t = threading.Thread(target=lambda: built.setdefault("m", nn.Linear(3, 3)))
         t.start()
@@ -481,9 +479,9 @@ class ScaleNumpy(nn.Module):
         self.g = nn.Parameter(torch.from_numpy(np.arange(1, 4, dtype=np.float32)))
 
 
-# Regression (was a bug): RecordingMode.fresh (recording.py, _track_fresh / is_undefined) keys "uninitialized" real storages by
-# StorageImpl address. torch.tensor / torch.from_numpy allocate without passing through the dispatch mode, so
-# a freed torch.empty storage (each Linear's weight) whose address is reused still counts as fresh: the
+# Regression (was a bug): RecordingMode.fresh (recording/mode.py, _track_fresh / is_undefined) keys "uninitialized"
+# real storages by StorageImpl address. torch.tensor / torch.from_numpy allocate without passing through the dispatch
+# mode, so a freed torch.empty storage (each Linear's weight) whose address is reused still counts as fresh: the
 # constructor's value is recorded as UNDEFINED, warned about as "uninitialized", and zeroed.
 @pytest.mark.parametrize("scale", [Scale, ScaleNumpy], ids=["torch.tensor", "from_numpy"])
 def test_constructor_values_from_torch_tensor_after_a_linear(scale):
@@ -491,9 +489,9 @@ def test_constructor_values_from_torch_tensor_after_a_linear(scale):
     assert_as_eager(build)
 
 
-# Regression (was a bug): _deferring_register_parameter (materialize.py) creates a new meta Parameter for every registration of a
-# real Parameter, so one real Parameter registered in two places becomes two independent meta parameters:
-# the tie is lost (eagerly a.weight is b.weight).
+# Regression (was a bug): deferred()'s parameter registration (model/deferred.py) created a new meta Parameter for
+# every registration of a real Parameter, so one real Parameter registered in two places became two independent
+# meta parameters: the tie was lost (eagerly a.weight is b.weight).
 def test_real_parameter_shared_in_construction_stays_tied():
     class Tied(nn.Module):
         def __init__(self):
@@ -508,9 +506,9 @@ def test_real_parameter_shared_in_construction_stays_tied():
     assert m.a.weight is m.b.weight
 
 
-# Regression (was a bug): same root cause: the registered parameter is a new object, so the constructor's own reference to the
-# Parameter it created (``w``) is no longer the registered one; writes through it land in the discarded real
-# tensor. The value is then reported as "uninitialized" and zeroed (eagerly 3).
+# Regression (was a bug): same root cause: the registered parameter was a new object, so the constructor's own
+# reference to the Parameter it created (``w``) was no longer the registered one; writes through it landed in the
+# discarded real tensor. The value was then reported as "uninitialized" and zeroed (eagerly 3).
 def test_writes_through_the_original_parameter_object():
     class LocalRef(nn.Module):
         def __init__(self):
@@ -522,8 +520,9 @@ def test_writes_through_the_original_parameter_object():
     assert_as_eager(LocalRef)
 
 
-# LIMIT (documented in docs/materialize.md): same root cause: the meta stand-in gets a storage of its own, so a buffer that shares the real
-# parameter's storage no longer sees the parameter's in-place updates (eagerly b == 1, materialized 0).
+# LIMIT (documented in docs/materialize.md): same root cause: the meta stand-in gets a storage of its own, so a buffer
+# that shares the real parameter's storage no longer sees the parameter's in-place updates (eagerly b == 1,
+# materialized 0).
 @pytest.mark.xfail(strict=True, reason="aliasing between a real parameter and a buffer is broken")
 def test_buffer_sharing_storage_with_a_parameter():
     class Shared(nn.Module):
@@ -538,9 +537,9 @@ def test_buffer_sharing_storage_with_a_parameter():
     assert_as_eager(Shared)
 
 
-# Regression (was a bug): materialize_ (analysis loop) / Recording.live_ops treat a zero-element parameter from torch.empty as
-# undefined: nn.Linear(0, 4) or nn.Parameter(torch.empty(0, 3)) gives a spurious "uninitialized" warning,
-# and strict=True raises ValueError, though a zero-element tensor has no unknown value.
+# Regression (was a bug): materialize_ (analysis loop) / Recording.live_ops treated a zero-element parameter from
+# torch.empty as undefined: nn.Linear(0, 4) or nn.Parameter(torch.empty(0, 3)) gave a spurious "uninitialized"
+# warning, and strict=True raised ValueError, though a zero-element tensor has no unknown value.
 def test_zero_element_parameters_are_not_unknown():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torch's own "zero-element tensors is a no-op"
@@ -551,9 +550,9 @@ def test_zero_element_parameters_are_not_unknown():
         ti.materialize_(m, strict=True)
 
 
-# Regression (was a bug): RecordingMode._track_fresh (recording.py) marks a whole real storage as defined as soon as any part of
-# it is written, and the result of any other op on a torch.empty (``.to(dtype)``, ``* 2``) as defined: a
-# parameter registered from partly or derived uninitialized memory is copied as garbage, with no warning.
+# Regression (was a bug): RecordingMode._track_fresh (recording/mode.py) marked a whole real storage as defined as soon
+# as any part of it was written, and the result of any other op on a torch.empty (``.to(dtype)``, ``* 2``) as
+# defined: a parameter registered from partly or derived uninitialized memory was copied as garbage, with no warning.
 @pytest.mark.parametrize("how", ["row", "to_dtype"])
 def test_partly_uninitialized_real_tensor_warns(how):
     class Partial(nn.Module):
@@ -572,9 +571,9 @@ def test_partly_uninitialized_real_tensor_warns(how):
         ti.materialize_(m, strict=True)
 
 
-# Regression (was a bug): Replay.tensor (recording.py) rebuilds every recorded tensor with base.as_strided(...), which keeps the
-# base storage's dtype: a dtype-reinterpreting view (Tensor.view(dtype), view_as_real/view_as_complex) is
-# replayed in the wrong dtype: wrong values, or an out-of-bounds RuntimeError.
+# Regression (was a bug): Replay.tensor (recording/log.py) rebuilt every recorded tensor with base.as_strided(...),
+# which keeps the base storage's dtype: a dtype-reinterpreting view (Tensor.view(dtype), view_as_real/view_as_complex)
+# was replayed in the wrong dtype: wrong values, or an out-of-bounds RuntimeError.
 @pytest.mark.parametrize("how", ["view_int32", "view_as_real"])
 def test_dtype_reinterpreting_views(how):
     class Bits(nn.Module):
@@ -592,9 +591,9 @@ def test_dtype_reinterpreting_views(how):
     assert_as_eager(Bits)
 
 
-# Regression (was a bug): Recording.record (recording.py) stores real tensor arguments by reference (tree_map(_ref_or_value)):
-# replay reads their values at materialization, not at the time of the op, so a real scratch tensor changed
-# after being copied into a parameter gives the later value (a == 3, eagerly 1).
+# Regression (was a bug): Recording.record (recording/log.py) stored real tensor arguments by reference
+# (tree_map(ref_or_value)): replay read their values at materialization, not at the time of the op, so a real
+# scratch tensor changed after being copied into a parameter gave the later value (a == 3, eagerly 1).
 def test_real_scratch_tensor_mutated_after_use():
     class Scratch(nn.Module):
         def __init__(self):
@@ -610,9 +609,9 @@ def test_real_scratch_tensor_mutated_after_use():
     assert_as_eager(Scratch)
 
 
-# Regression (was a bug): _report (materialize.py, ``tuple(p.param.shape)``) reads the shape of a Lazy module's
-# UninitializedParameter, which raises; it runs after _commit, so the model is half changed and the call
-# fails. Lazy modules should be left alone.
+# Regression (was a bug): materialize_'s report (``tuple(p.param.shape)``) read the shape of a Lazy module's
+# UninitializedParameter, which raises; it ran after _commit, so the model was half changed and the call
+# failed. Lazy modules should be left alone.
 def test_lazy_modules_are_left_alone():
     with ti.deferred():
         m = nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2))
@@ -621,20 +620,21 @@ def test_lazy_modules_are_left_alone():
     assert m(torch.randn(2, 5)).shape == (2, 2)
 
 
-# LIMIT (documented in docs/materialize.md): data-dependent construction on meta. orthogonal() parametrization calls right_inverse, which for a square
-# weight calls .item() on meta (construction raises under deferred), and for a non-square one calls geqrf,
-# which has no meta kernel: NotImplementedError, which ParametrizationList swallows, so the base buffer is
-# never set and ``original`` keeps reset_parameters' values instead of -I (silently wrong).
+# LIMIT (documented in docs/materialize.md): data-dependent construction on meta. orthogonal() parametrization calls
+# right_inverse, which for a square weight calls .item() on meta (construction raises under deferred), and for a
+# non-square one calls geqrf, which has no meta kernel: NotImplementedError, which ParametrizationList swallows, so
+# the base buffer is never set and ``original`` keeps reset_parameters' values instead of -I (silently wrong).
 @pytest.mark.xfail(strict=True, reason="orthogonal parametrization fails or is silently wrong under deferred()")
 @pytest.mark.parametrize("shape", [(4, 4), (4, 3)], ids=["square", "rectangular"])
 def test_orthogonal_parametrization(shape):
     assert_as_eager(lambda: parametrizations.orthogonal(nn.Linear(*shape)))
 
 
-# LIMIT (documented in docs/materialize.md): _patch_meta_skipping_inits (materialize.py) replaces torch.nn.init.orthogonal_/dirac_/sparse_ only as
-# attributes of torch.nn.init; a reference taken earlier (``from torch.nn.init import orthogonal_``, a
-# default argument ``init=nn.init.orthogonal_``) reaches the original, which returns at once on meta:
-# the call is silently dropped and the weight keeps reset_parameters' values.
+# LIMIT (documented in docs/materialize.md): deferred() (model/deferred.py) replaces the torch.nn.init functions of
+# recording/inits.py (orthogonal_, dirac_, sparse_, ...) only as attributes of torch.nn.init (and in transformers'
+# table); a reference taken earlier (``from torch.nn.init import orthogonal_``, a default argument
+# ``init=nn.init.orthogonal_``) reaches the original, which returns at once on meta: the call is silently dropped
+# and the weight keeps reset_parameters' values.
 @pytest.mark.xfail(strict=True, reason="init functions imported by name are silently skipped on meta")
 def test_init_functions_imported_by_name():
     class Captured(nn.Module):
@@ -651,10 +651,10 @@ def test_init_functions_imported_by_name():
     assert differences(Captured, m) == []
 
 
-# LIMIT (documented in docs/materialize.md): real random draws during construction (a random buffer, nn.Parameter(torch.randn(...))) consume the
-# global RNG at construction time while the deferred parameters draw at materialize_: the interleaving of
-# eager construction is lost, so no seed before materialize_ gives eager's bits, though no dead draw is
-# dropped (b.* differ).
+# LIMIT (documented in docs/materialize.md): real random draws during construction (a random buffer,
+# nn.Parameter(torch.randn(...))) consume the global RNG at construction time while the deferred parameters draw at
+# materialize_: the interleaving of eager construction is lost, so no seed before materialize_ gives eager's bits,
+# though no dead draw is dropped (b.* differ).
 @pytest.mark.xfail(strict=True, reason="real random draws in construction break bit-identity")
 def test_bit_identity_with_a_random_buffer_between_layers():
     class RandomFeatures(nn.Module):
@@ -667,9 +667,9 @@ def test_bit_identity_with_a_random_buffer_between_layers():
     assert [n for n in bit_identical(RandomFeatures) if n != "proj"] == []
 
 
-# Regression (was a bug): Recording.record (recording.py) marks an op random only when its schema has a ``generator`` argument;
-# randn_like / rand_like / randint_like have none, so with materialize_(generator=g) they draw from the global
-# RNG: re-seeding g does not reproduce the weights.
+# Regression (was a bug): Recording.record (recording/log.py) marked an op random only when its schema has a
+# ``generator`` argument; randn_like / rand_like / randint_like have none, so with materialize_(generator=g) they
+# drew from the global RNG: re-seeding g did not reproduce the weights.
 def test_generator_decides_randn_like():
     class Like(nn.Module):
         def __init__(self):
@@ -687,9 +687,10 @@ def test_generator_decides_randn_like():
     assert torch.equal(out[0], out[1])
 
 
-# LIMIT (documented in docs/materialize.md): a value drawn for real in construction (``nn.Parameter(torch.randn(8, 8) * 0.02)``,
-# a ViT position embedding) is fixed before materialize_ runs, so materialize_(generator=g) does not decide it:
-# the docstring's "re-seeding the generator reproduces the weights" does not hold.
+# LIMIT (documented in docs/materialize.md): a value drawn for real in construction
+# (``nn.Parameter(torch.randn(8, 8) * 0.02)``, a ViT position embedding) is fixed before materialize_ runs, so
+# materialize_(generator=g) does not decide it: the docstring's "re-seeding the generator reproduces the weights"
+# does not hold.
 @pytest.mark.xfail(strict=True, reason="constructor-drawn values are not decided by materialize_'s generator")
 def test_generator_decides_constructor_drawn_values():
     class Pos(nn.Module):
@@ -707,11 +708,11 @@ def test_generator_decides_constructor_drawn_values():
     assert torch.equal(out[0], out[1])
 
 
-# Regression (was a bug): _deferring_register_parameter (materialize.py) reads _PATCH["saved"] at call time. When the last
-# deferred() context exits (in any thread), ``_PATCH.pop("saved")`` races with a call of the patched method
-# already under way in another thread, which then raises KeyError('saved') from plain nn.Linear(...), in a
-# thread that never used deferred(). Here the interleaving is made deterministic: the patched method is looked
-# up while a context is open and called after it closed (a thread preempted between the two).
+# Regression (was a bug): deferred() used to patch nn.Module.register_parameter, and the patched method read the
+# saved original at call time. When the last deferred() context exited (in any thread), removing it raced with a
+# call of the patched method already under way in another thread, which then raised KeyError('saved') from plain
+# nn.Linear(...), in a thread that never used deferred(). Here the interleaving is made deterministic: the method is
+# looked up while a context is open and called after it closed (a thread preempted between the two).
 def test_patched_register_parameter_survives_the_context_closing():
     with ti.deferred():
         register = nn.Module.register_parameter  # another thread has looked the method up ...
@@ -720,10 +721,10 @@ def test_patched_register_parameter_survives_the_context_closing():
     assert module.w.shape == (1,)
 
 
-# Regression (was a bug): RecordingMode.__torch_dispatch__ skips in-place ops on meta tensors without running their meta
-# kernel, so an error eager construction raises (a shape mismatch in copy_) is not raised at construction;
-# it surfaces only at materialize_ (recorded_call does run init functions on meta "so argument errors surface
-# now, as in eager construction"; ATen in-place ops do not).
+# Regression (was a bug): RecordingMode.__torch_dispatch__ skipped in-place ops on meta tensors without running their
+# meta kernel, so an error eager construction raises (a shape mismatch in copy_) was not raised at construction;
+# it surfaced only at materialize_ (recorded_call does run init functions on meta "so argument errors surface
+# now, as in eager construction"; ATen in-place ops did not).
 def test_in_place_shape_errors_surface_at_construction():
     class BadCopy(nn.Module):
         def __init__(self):
@@ -734,6 +735,5 @@ def test_in_place_shape_errors_surface_at_construction():
 
     with pytest.raises(RuntimeError):
         BadCopy()
-    with pytest.raises(RuntimeError):
-        with ti.deferred():
-            BadCopy()
+    with pytest.raises(RuntimeError), ti.deferred():
+        BadCopy()
