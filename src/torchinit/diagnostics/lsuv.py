@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ from torch import nn
 from torchinit._util.checks import finite, positive_int
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
-from torchinit.diagnostics.probing import _copy_inputs, _Preserved, first_tensor
+from torchinit.diagnostics.probing import copy_inputs, first_tensor
+from torchinit.model.snapshot import Snapshot
 from torchinit.rng.sampling import make_sampler
 from torchinit.rng.seeds import derive_seed, stream_generator
 from torchinit.schemes.structured import orthogonal_
@@ -27,6 +29,8 @@ __all__ = ["lsuv_", "LSUVReport", "LSUVRow"]
 
 #: Layers LSUV rescales.
 LSUV_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+#: One of them.
+Layer = nn.Linear | nn.modules.conv._ConvNd
 #: With progress=None, a progress bar is shown on a terminal for models with at least this many layers.
 PROGRESS_MIN_LAYERS = 32
 
@@ -63,21 +67,24 @@ class _Stop(Exception):
 
 
 def _run(model: nn.Module, data: Any) -> None:
-    data = _copy_inputs(data)  # a forward pass writing into its input spares the caller's batch and the next pass
+    data = copy_inputs(data)  # a forward pass writing into its input spares the caller's batch and the next pass
     with torch.no_grad():
         model(*data) if isinstance(data, (tuple, list)) else model(data)
 
 
-def _execution_order(model: nn.Module, layers: list[tuple[str, nn.Module]], data: Any) -> list[tuple[str, nn.Module]]:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _execution_order(model: nn.Module, layers: Sequence[tuple[str, _M]], data: Any) -> list[tuple[str, _M]]:
     """The layers in the order of their first call in one forward pass (layers never called are dropped)."""
-    order: list[tuple[str, nn.Module]] = []
+    order: list[tuple[str, _M]] = []
     seen: set[int] = set()
     handles = []
     for name, layer in layers:
-        def hook(module: nn.Module, *_: Any, name: str = name) -> None:
+        def hook(module: nn.Module, *_: Any, name: str = name, layer: _M = layer) -> None:
             if id(module) not in seen:
                 seen.add(id(module))
-                order.append((name, module))
+                order.append((name, layer))
 
         handles.append(layer.register_forward_hook(hook))
     try:
@@ -171,40 +178,17 @@ def lsuv_(
         >>> all(abs(r.std - 1.0) <= 0.02 for r in report.rows)
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
-    target_std = finite("target_std", target_std)
-    tol = finite("tol", tol)
-    if target_std <= 0 or tol <= 0:
-        raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
-    max_iter = positive_int("max_iter", max_iter)
-    make_sampler(generator, seed)  # types; not both
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LSUV_LAYERS) and m.weight is not None]
+    target_std, tol, max_iter = _checked(model, target_std, tol, max_iter, generator, seed)
+    layers: list[tuple[str, Layer]] = [(n, m) for n, m in model.named_modules()
+                                       if isinstance(m, LSUV_LAYERS) and m.weight is not None]  # fmt: skip
     # refuses up front what it could not restore; on success, the weights LSUV writes stay written
-    preserved = _Preserved(model, keep=[layer.weight for _, layer in layers],
-                           generators=[generator] if generator is not None else [])
-    rows: list[LSUVRow] = []
-    with preserved:
-        with torch.no_grad():
-            if orthogonal_first:
-                base_seed = derive_seed(generator)
-                for name, layer in layers:
-                    if seed is not None:
-                        orthogonal_(layer.weight, seed=seed, name=f"{name}.weight")
-                    else:
-                        orthogonal_(layer.weight, generator=stream_generator(base_seed, f"{name}.weight",
-                                                                             layer.weight.device))
-        preserved.mark_rng()  # the orthogonal draws stand (generator's or the global RNG's), the forward passes' not
+    with Snapshot.everything(model, keep=[layer.weight for _, layer in layers],
+                             generators=[generator] if generator is not None else []) as snapshot:  # fmt: skip
+        if orthogonal_first:
+            _orthogonal_start(layers, generator, seed)
+        snapshot.mark_rng()  # the orthogonal draws stand (generator's or the global RNG's), the forward passes' not
         model.eval()
-        order = _execution_order(model, layers, data)
-        show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
-        with torch.no_grad():
-            for i, (name, layer) in enumerate(order):
-                rows.append(_fit_layer(model, name, layer, data, target_std, tol, max_iter))
-                if show:
-                    _progress(i + 1, len(order), name)
-        if show:
-            print(file=sys.stderr)
+        rows = _fit_in_order(model, layers, data, target_std, tol, max_iter, progress)
     report = LSUVReport(rows, target_std, tol)
     if report.not_converged:
         warn(
@@ -216,7 +200,48 @@ def lsuv_(
     return report
 
 
-def _fit_layer(model: nn.Module, name: str, layer: nn.Module, data: Any, target: float, tol: float,
+def _checked(model: nn.Module, target_std: float, tol: float, max_iter: int, generator: torch.Generator | None,
+             seed: int | None) -> tuple[float, float, int]:  # fmt: skip
+    """``target_std``, ``tol`` and ``max_iter`` as numbers, once every argument of :func:`lsuv_` is known good."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
+    target_std = finite("target_std", target_std)
+    tol = finite("tol", tol)
+    if target_std <= 0 or tol <= 0:
+        raise ValueError(f"target_std and tol must be > 0; got target_std={target_std}, tol={tol}")
+    max_iter = positive_int("max_iter", max_iter)
+    make_sampler(generator, seed)  # types; not both
+    return target_std, tol, max_iter
+
+
+def _orthogonal_start(layers: list[tuple[str, Layer]], generator: torch.Generator | None, seed: int | None) -> None:
+    """Every weight from :func:`orthogonal_`: one stream of ``generator`` per parameter name, or the keyed ``seed``."""
+    with torch.no_grad():
+        base_seed = derive_seed(generator)
+        for name, layer in layers:
+            if seed is not None:
+                orthogonal_(layer.weight, seed=seed, name=f"{name}.weight")
+            else:
+                orthogonal_(layer.weight, generator=stream_generator(base_seed, f"{name}.weight", layer.weight.device))
+
+
+def _fit_in_order(model: nn.Module, layers: list[tuple[str, Layer]], data: Any, target: float, tol: float,
+                  max_iter: int, progress: bool | None) -> list[LSUVRow]:  # fmt: skip
+    """Fit every layer, in execution order; ``progress``: a progress bar (None: on a terminal, for many layers)."""
+    order = _execution_order(model, layers, data)
+    show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
+    rows = []
+    with torch.no_grad():
+        for i, (name, layer) in enumerate(order):
+            rows.append(_fit_layer(model, name, layer, data, target, tol, max_iter))
+            if show:
+                _progress(i + 1, len(order), name)
+    if show:
+        print(file=sys.stderr)
+    return rows
+
+
+def _fit_layer(model: nn.Module, name: str, layer: Layer, data: Any, target: float, tol: float,
                max_iter: int) -> LSUVRow:  # fmt: skip
     std = math.nan
     for iteration in range(1, max_iter + 1):

@@ -10,219 +10,25 @@ Pennington et al., 2017).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-import random
-import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parameter import is_lazy
 
 from torchinit._util.text import text_table
 from torchinit.diagnostics.plots import PLOT_HINT, colors, figure
+from torchinit.model.snapshot import Snapshot
 from torchinit.schemes.layout import fans
 
-__all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "PLOT_HINT"]
+__all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "copy_inputs", "PLOT_HINT"]
 
-#: What to install for plots.
-
+#: A loss: the model's output -> a scalar tensor.
 Loss = Callable[[Any], Tensor]
-
-
-_CONTAINERS = (dict, OrderedDict, list, set)
-#: Integer dtypes of each element size, to compare floating-point tensors bit for bit.
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_MISSING = object()
-
-
-def _bits_equal(a: Tensor, b: Tensor) -> bool:
-    """``a`` and ``b`` hold the same bits (so -0.0 differs from 0.0 and a NaN equals itself); False when unsure."""
-    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.layout != torch.strided:
-        return False
-    try:
-        if a.is_floating_point() or a.is_complex():
-            as_int = _BITS.get(a.element_size())
-            if as_int is None:
-                return False
-            a, b = a.view(as_int), b.view(as_int)
-        return bool(torch.equal(a, b))
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-def _same_place(t: Tensor, alias: Tensor) -> bool:
-    """``t`` still views the memory, shape, strides and dtype that ``alias`` (taken at the snapshot) views."""
-    try:
-        return (t.dtype == alias.dtype and t.device == alias.device and t.shape == alias.shape
-                and t.stride() == alias.stride() and t.storage_offset() == alias.storage_offset()
-                and t.untyped_storage().data_ptr() == alias.untyped_storage().data_ptr())  # fmt: skip
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-def _same_kind(t: Tensor, alias: Tensor) -> bool:
-    return t.dtype == alias.dtype and t.device == alias.device and t.shape == alias.shape
-
-
-def _rng_states(generators: Sequence[torch.Generator]) -> list[tuple[Callable[[], Any], Callable[[Any], Any]]]:
-    """(get, set) pairs of every random number generator a forward pass may draw from."""
-    pairs: list[tuple[Callable[[], Any], Callable[[Any], Any]]] = [
-        (torch.get_rng_state, torch.set_rng_state), (random.getstate, random.setstate)]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # never initializes CUDA itself
-        pairs.append((torch.cuda.get_rng_state_all, torch.cuda.set_rng_state_all))
-    np_random = getattr(sys.modules.get("numpy"), "random", None)  # NumPy's global RNG, if NumPy is imported
-    if hasattr(np_random, "get_state") and hasattr(np_random, "set_state"):
-        pairs.append((np_random.get_state, np_random.set_state))
-    pairs += [(g.get_state, g.set_state) for g in generators]
-    return pairs
-
-
-class _Preserved:
-    """Context manager: whatever runs inside may change ``model``; on exit the model is as it was found.
-
-    On entry it records, for every module of ``model`` (``model.modules()``):
-
-    - its ``__dict__`` bindings: parameters, buffers and submodules by name (the same
-      tensor and module objects come back, so a buffer a forward pass *reassigns*, say
-      ``self.count = self.count + 1``, or registers again, is put back), hooks,
-      ``training`` and any plain attribute (a step counter); the contents of attributes
-      that are lists, dicts or sets (shallow: the items come back, not the items' state);
-    - the values of every parameter, buffer and tensor attribute (one copy each, on its
-      own device: **this doubles the memory of the model's tensors for the duration**),
-      their ``requires_grad`` and their ``.grad`` (set aside, not copied: ``.grad`` is
-      None inside, so a backward pass writes fresh ones);
-    - the states of the random number generators: the global CPU one, CUDA's (when CUDA
-      is already initialized), Python's ``random``, NumPy's global one (when NumPy is
-      imported), ``torch.Generator`` attributes of the modules and ``generators``.
-
-    On exit, also by an exception or a KeyboardInterrupt (which then propagates), it
-    puts all of that back: values are written back into the original tensors' memory,
-    only where their bits differ (an untouched tensor is not written, its version
-    counter does not move). On a successful exit, the values of ``keep`` (tensors the
-    caller means to change, like :func:`~torchinit.lsuv_`'s weights) are left as they
-    are (in their original memory, should a forward pass have swapped it), and the
-    generators as they were at the last :meth:`mark_rng` (the caller's own, intended
-    draws).
-
-    Not restored, being out of reach: state outside the module tree (globals, objects
-    a forward pass closes over, a ``loss`` callable's state), the inner state of
-    non-tensor objects held in attributes (their binding comes back), tensors inside
-    list/dict attributes (the container's contents come back, their values do not),
-    generators of other devices, and CUDA's generators when CUDA was not initialized
-    before. Refused up front, with a ``TypeError``/``ValueError`` naming ``model``:
-    TorchScript modules (their attributes live in C++) and uninitialized (lazy)
-    parameters or buffers (materializing them is the one change that cannot be undone
-    by writing values back).
-
-    Example:
-        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
-        >>> weight, rng = model[0].weight.detach().clone(), torch.get_rng_state()
-        >>> with _Preserved(model):
-        ...     _ = model[0].weight.data.mul_(0), model.eval(), torch.rand(3)
-        >>> torch.equal(model[0].weight, weight), model.training, torch.equal(torch.get_rng_state(), rng)
-        (True, True, True)
-    """
-
-    def __init__(self, model: nn.Module, *, keep: Sequence[Tensor] = (),
-                 generators: Sequence[torch.Generator] = ()) -> None:  # fmt: skip
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
-        modules = list(model.modules())
-        scripted = next((n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
-        if scripted is not None:
-            raise TypeError(f"model{'.' + scripted if scripted else ''} is a TorchScript module: its attributes "
-                            "live outside Python and could not be restored; pass the eager module")
-        lazy = [f"{n}.{k}" if n else k for n, m in model.named_modules() for k, t in
-                (*m._parameters.items(), *m._buffers.items()) if t is not None and is_lazy(t)]  # fmt: skip
-        if lazy:
-            raise ValueError(f"model has uninitialized (lazy) tensors ({', '.join(lazy[:5])}): materializing them "
-                             "could not be undone; run one forward pass on a sample first")
-        self.modules = modules
-        self.keep = {id(t) for t in keep}
-        self.extra_generators = list(generators)
-
-    def __enter__(self) -> _Preserved:
-        self.dicts: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]] = []
-        self.tensors: dict[int, tuple[Tensor, Tensor, Tensor, bool, Tensor | None]] = {}
-        generators = list(self.extra_generators)
-        for m in self.modules:
-            saved = dict(m.__dict__)
-            contents = {k: type(v)(v) for k, v in saved.items() if type(v) in _CONTAINERS}
-            self.dicts.append((m, saved, contents))
-            attrs = [v for v in saved.values() if isinstance(v, Tensor)]
-            for t in (*m._parameters.values(), *m._buffers.values(), *attrs):
-                if t is not None and id(t) not in self.tensors:
-                    leaf = t.is_leaf  # .grad of a non-leaf is never filled (and reading it warns)
-                    with torch.inference_mode(t.is_inference()):
-                        copy = t.detach().clone()
-                    self.tensors[id(t)] = (t, t.detach(), copy, t.requires_grad, t.grad if leaf else None)
-            generators += [v for v in saved.values() if isinstance(v, torch.Generator)]
-        self.rng = _rng_states(generators)
-        self.rng_at_entry = self.rng_on_success = [get() for get, _ in self.rng]
-        for t, *_, grad in self.tensors.values():
-            if grad is not None:
-                t.grad = None
-        return self
-
-    def mark_rng(self) -> None:
-        """A successful exit leaves the generators as they are now (the caller's intended draws stand)."""
-        self.rng_on_success = [get() for get, _ in self.rng]
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        failed = exc_type is not None
-        errors = []
-        for step in (self._restore_dicts, lambda: self._restore_tensors(failed), lambda: self._restore_rng(failed)):
-            try:
-                step()
-            except Exception as error:  # every step runs; the first failure is reported
-                errors.append(error)
-        if errors and not failed:
-            raise errors[0]
-        if errors and exc is not None and hasattr(exc, "add_note"):
-            exc.add_note(f"restoring the model failed too: {errors[0]!r}")
-
-    def _restore_dicts(self) -> None:
-        for m, saved, contents in self.dicts:
-            now = m.__dict__
-            for key in [k for k in now if k not in saved]:
-                del now[key]
-            for key, value in saved.items():
-                if now.get(key, _MISSING) is not value:
-                    now[key] = value
-            for key, items in contents.items():
-                container = saved[key]
-                if type(container) is list:
-                    container[:] = items
-                else:
-                    container.clear()
-                    container.update(items)
-
-    def _restore_tensors(self, failed: bool) -> None:
-        for t, alias, copy, requires_grad, grad in self.tensors.values():
-            with torch.no_grad(), torch.inference_mode(alias.is_inference()):
-                if failed or id(t) not in self.keep:
-                    if alias.layout != torch.strided:
-                        t.data = copy
-                    else:
-                        if not _same_place(t, alias):
-                            t.data = alias  # reassigned .data, a new dtype or device: back to the original memory
-                        if not _bits_equal(alias, copy):
-                            alias.copy_(copy)
-                elif alias.layout == torch.strided and not _same_place(t, alias) and _same_kind(t, alias):
-                    alias.copy_(t.detach())  # a kept tensor keeps its new values, in its original memory
-                    t.data = alias
-            if t.is_leaf:
-                if t.requires_grad != requires_grad:
-                    t.requires_grad_(requires_grad)
-                if t.grad is not grad:
-                    t.grad = grad
-
-    def _restore_rng(self, failed: bool) -> None:
-        for (_, set_state), state in zip(self.rng, self.rng_at_entry if failed else self.rng_on_success):
-            set_state(state)
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -369,7 +175,7 @@ def _as_args(inputs: Any) -> tuple[Any, ...]:
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
 
 
-def _copy_inputs(inputs: Any) -> Any:
+def copy_inputs(inputs: Any) -> Any:
     """``inputs`` with every tensor (also inside tuples, lists and dicts) replaced by a detached copy.
 
     So a forward pass that writes into its input (``x.relu_()``) leaves the caller's
@@ -378,10 +184,10 @@ def _copy_inputs(inputs: Any) -> Any:
     if isinstance(inputs, Tensor):
         return inputs.detach().clone()
     if isinstance(inputs, (tuple, list)):
-        items = [_copy_inputs(item) for item in inputs]
+        items = [copy_inputs(item) for item in inputs]
         return type(inputs)(*items) if hasattr(inputs, "_fields") else type(inputs)(items)
     if type(inputs) in (dict, OrderedDict):
-        return type(inputs)((k, _copy_inputs(v)) for k, v in inputs.items())
+        return type(inputs)((k, copy_inputs(v)) for k, v in inputs.items())
     return inputs
 
 
@@ -423,42 +229,14 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
     """
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be a callable (output -> scalar tensor) or None; got {type(loss).__name__}")
-    loss = loss if loss is not None else (lambda out: first_tensor(out).float().pow(2).mean())  # type: ignore[union-attr]
-    preserved = _Preserved(model)  # refuses what it could not restore, before anything runs
-    args = tuple(a.requires_grad_(True) if isinstance(a, Tensor) and a.is_floating_point() else a
-                 for a in _as_args(_copy_inputs(inputs)))  # fmt: skip
-    owners = [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
-    rows: list[dict[str, Any]] = []
-    sinks: list[list[float]] = []
-    calls: dict[str, int] = {}
-    handles = []
-
-    def hook_for(name: str) -> Callable[..., Any]:
-        def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
-            out = first_tensor(output)
-            if out is None:
-                return None
-            calls[name] = calls.get(name, 0) + 1
-            weight = getattr(module, "weight", None)
-            fan_in, fan_out = _fans(module)
-            rows.append({
-                "name": name, "call": calls[name], "type": type(module).__name__, "output_shape": tuple(out.shape),
-                "act_mean": _mean(out), "act_std": _std(out), "grad_std": math.nan,
-                "weight_std": _std(weight) if isinstance(weight, Tensor) else None,
-                "fan_in": fan_in, "fan_out": fan_out,
-            })  # fmt: skip
-            sink: list[float] = []
-            sinks.append(sink)
-            if out.requires_grad:
-                return _replace_first(output, _Tap.apply(out, sink))
-            return None
-
-        return hook
-
-    with preserved:  # .grad set aside (None inside), everything put back on the way out
-        try:
-            for name, module in owners:
-                handles.append(module.register_forward_hook(hook_for(name)))
+    loss = loss if loss is not None else _mean_square
+    recorder = _Recorder()
+    # refuses what it could not restore, before anything runs; .grad is set aside (None inside), and everything
+    # is put back on the way out
+    with Snapshot.everything(model):
+        args = tuple(a.requires_grad_(True) if isinstance(a, Tensor) and a.is_floating_point() else a
+                     for a in _as_args(copy_inputs(inputs)))  # fmt: skip
+        with recorder.hooked(model):
             output = model(*args)
             out = first_tensor(output)
             if out is None:
@@ -468,13 +246,62 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
                 raise TypeError("loss must return a scalar tensor")
             if value.requires_grad:
                 value.backward()
+    first_input = next((a for a in args if isinstance(a, Tensor) and a.grad is not None), None)
+    input_grad = first_input.grad if first_input is not None else None
+    return SignalReport(recorder.finished_rows(), _std(out), input_grad, float(value.detach()))
+
+
+def _mean_square(output: Any) -> Tensor:
+    """The default loss of :func:`probe`: ``mean(out ** 2)`` over the output's first floating-point tensor."""
+    return cast(Tensor, first_tensor(output)).float().pow(2).mean()  # probe made sure there is one
+
+
+class _Recorder:
+    """The forward hooks of :func:`probe`: a row per call of a module that owns parameters, and its gradient's tap."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.sinks: list[list[float]] = []
+        self.calls: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hooked(self, model: nn.Module) -> Iterator[None]:
+        """Hook every module of ``model`` that owns parameters for the block; the hooks are removed on the way out."""
+        owners = [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
+        handles = []
+        try:
+            for name, module in owners:
+                handles.append(module.register_forward_hook(functools.partial(self.record, name)))
+            yield
         finally:
             for h in handles:
                 h.remove()
-    for row, sink in zip(rows, sinks):
-        row["grad_std"] = sink[0] if sink else math.nan
-    first_input = next((a for a in args if isinstance(a, Tensor) and a.grad is not None), None)
-    return SignalReport(rows, _std(out), first_input.grad if first_input is not None else None, float(value.detach()))
+
+    def record(self, name: str, module: nn.Module, _inputs: Any, output: Any) -> Any:
+        """Add the row of this call of ``module``; tap its output, so the backward pass reports the gradient's std."""
+        out = first_tensor(output)
+        if out is None:
+            return None
+        self.calls[name] = self.calls.get(name, 0) + 1
+        weight = getattr(module, "weight", None)
+        fan_in, fan_out = _fans(module)
+        self.rows.append({
+            "name": name, "call": self.calls[name], "type": type(module).__name__, "output_shape": tuple(out.shape),
+            "act_mean": _mean(out), "act_std": _std(out), "grad_std": math.nan,
+            "weight_std": _std(weight) if isinstance(weight, Tensor) else None,
+            "fan_in": fan_in, "fan_out": fan_out,
+        })  # fmt: skip
+        sink: list[float] = []
+        self.sinks.append(sink)
+        if out.requires_grad:
+            return _replace_first(output, _Tap.apply(out, sink))
+        return None
+
+    def finished_rows(self) -> list[dict[str, Any]]:
+        """The rows, with the gradient's std that the backward pass reported (NaN where none did)."""
+        for row, sink in zip(self.rows, self.sinks):
+            row["grad_std"] = sink[0] if sink else math.nan
+        return self.rows
 
 
 def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
@@ -502,7 +329,6 @@ def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError("x must be a floating-point tensor")
-    preserved = _Preserved(model)
 
     def flat_output(inp: Tensor) -> Tensor:
         out = first_tensor(model(inp))
@@ -510,7 +336,7 @@ def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
             raise TypeError("model output has no floating-point tensor")
         return out.reshape(-1)
 
-    with preserved:
+    with Snapshot.everything(model):  # refuses what it could not restore; puts everything back on the way out
         jac = torch.autograd.functional.jacobian(flat_output, x.detach().clone())
     out_numel = jac.shape[0] if jac.dim() else 1
     return torch.linalg.svdvals(jac.reshape(out_numel, -1).double())
