@@ -180,6 +180,13 @@ def within_dtype(name: str, bound: float, dtype: torch.dtype) -> None:
         raise ValueError(f"{name}: values up to {bound:.4g} would overflow {dtype} (largest finite {limit:.4g})")
 
 
+def finite_gain(gain: Any, dtype: torch.dtype) -> float:
+    """``gain`` as a finite float whose magnitude ``dtype`` holds (a gain that multiplies unit-scale values)."""
+    gain = finite("gain", gain)
+    within_dtype("gain", abs(gain), dtype)
+    return gain
+
+
 def float_tensor(target: Any, name: str = "tensor", *, complex_ok: bool = True) -> Tensor:
     """``as_tensor`` (for writing) plus a floating-point (optionally complex) dtype check."""
     t = as_tensor(target, name)

@@ -32,19 +32,7 @@ from torch import Tensor, nn
 from torchinit._util.warn import quiet
 from torchinit.recording.log import thread_recordings
 from torchinit.rng.sampling import make_sampler
-from torchinit.schemes.basic import constant_, dirac_, eye_, identity_, normal_, ones_, uniform_, zeros_
-from torchinit.schemes.glass import glass_
-from torchinit.schemes.structured import delta_orthogonal_, hadamard_, orthogonal_, sparse_
-from torchinit.schemes.truncnorm import trunc_normal_, trunc_normal_std_
-from torchinit.schemes.variance import (
-    kaiming_normal_,
-    kaiming_uniform_,
-    lecun_normal_,
-    lecun_uniform_,
-    variance_scaling_,
-    xavier_normal_,
-    xavier_uniform_,
-)
+from torchinit.schemes import basic, glass, structured, truncnorm, variance
 
 __all__ = [
     "Initializer",
@@ -348,25 +336,25 @@ def _scheme(function: Callable[..., Any], detail: str = "", *, uses_layout: bool
 
 
 # One row per scheme; ``uses_layout``: the fan-based family and glass read a layer's layout.
-Uniform = _scheme(uniform_, ": ``Uniform(a=-0.1, b=0.1)``")
-Normal = _scheme(normal_, ": ``Normal(std=0.02)``")
-TruncNormal = _scheme(trunc_normal_, " (absolute bounds): ``TruncNormal(std=0.02, a=-0.04, b=0.04)``")
-TruncNormalStd = _scheme(trunc_normal_std_, " (bounds at ``k`` std): ``TruncNormalStd(std=0.02)``")
-Constant = _scheme(constant_, ": ``Constant(0.1)``")
-Zeros = _scheme(zeros_)
-Ones = _scheme(ones_)
-Eye = _scheme(eye_)
-Dirac = _scheme(dirac_, ": ``Dirac(groups=2)``")
-Identity = _scheme(identity_, ": ``Identity(gain=0.5)``")
-XavierUniform = _scheme(xavier_uniform_, ": ``XavierUniform(gain=1.0, blocks=3)``", uses_layout=True)
-XavierNormal = _scheme(xavier_normal_, uses_layout=True)
-KaimingUniform = _scheme(kaiming_uniform_, ": ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default", uses_layout=True)
-KaimingNormal = _scheme(kaiming_normal_, ': ``KaimingNormal(mode="fan_out", nonlinearity="relu")``', uses_layout=True)
-LecunUniform = _scheme(lecun_uniform_, uses_layout=True)
-LecunNormal = _scheme(lecun_normal_, uses_layout=True)
-VarianceScaling = _scheme(variance_scaling_, ': ``VarianceScaling(2.0, "fan_out", "normal")``', uses_layout=True)
-Orthogonal = _scheme(orthogonal_, ": ``Orthogonal(gain=2 ** 0.5, blocks=4)``")
-DeltaOrthogonal = _scheme(delta_orthogonal_)
-Sparse = _scheme(sparse_, ": ``Sparse(0.9, std=0.01)``")
-Hadamard = _scheme(hadamard_, " (ZerO)")
-Glass = _scheme(glass_, ": ``Glass(isometric=True, zero_mean=False)``", uses_layout=True)
+Uniform = _scheme(basic.uniform_, ": ``Uniform(a=-0.1, b=0.1)``")
+Normal = _scheme(basic.normal_, ": ``Normal(std=0.02)``")
+TruncNormal = _scheme(truncnorm.trunc_normal_, " (absolute bounds): ``TruncNormal(std=0.02, a=-0.04, b=0.04)``")
+TruncNormalStd = _scheme(truncnorm.trunc_normal_std_, " (bounds at ``k`` std): ``TruncNormalStd(std=0.02)``")
+Constant = _scheme(basic.constant_, ": ``Constant(0.1)``")
+Zeros = _scheme(basic.zeros_)
+Ones = _scheme(basic.ones_)
+Eye = _scheme(basic.eye_)
+Dirac = _scheme(basic.dirac_, ": ``Dirac(groups=2)``")
+Identity = _scheme(basic.identity_, ": ``Identity(gain=0.5)``")
+XavierUniform = _scheme(variance.xavier_uniform_, ": ``XavierUniform(gain=1.0, blocks=3)``", uses_layout=True)
+XavierNormal = _scheme(variance.xavier_normal_, uses_layout=True)
+KaimingUniform = _scheme(variance.kaiming_uniform_, ": ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default", uses_layout=True)
+KaimingNormal = _scheme(variance.kaiming_normal_, ': ``KaimingNormal(mode="fan_out", nonlinearity="relu")``', uses_layout=True)
+LecunUniform = _scheme(variance.lecun_uniform_, uses_layout=True)
+LecunNormal = _scheme(variance.lecun_normal_, uses_layout=True)
+VarianceScaling = _scheme(variance.variance_scaling_, ': ``VarianceScaling(2.0, "fan_out", "normal")``', uses_layout=True)
+Orthogonal = _scheme(structured.orthogonal_, ": ``Orthogonal(gain=2 ** 0.5, blocks=4)``")
+DeltaOrthogonal = _scheme(structured.delta_orthogonal_)
+Sparse = _scheme(structured.sparse_, ": ``Sparse(0.9, std=0.01)``")
+Hadamard = _scheme(structured.hadamard_, " (ZerO)")
+Glass = _scheme(glass.glass_, ": ``Glass(isometric=True, zero_mean=False)``", uses_layout=True)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from torchinit._util.checks import (
     NORMAL_REACH,
-    finite,
+    finite_gain,
     float_tensor,
     non_negative,
     nothing_to_write,
@@ -118,8 +118,7 @@ def orthogonal_(
     """
     t = float_tensor(tensor)
     sampler = make_sampler(generator, seed, name, t)
-    gain = finite("gain", gain)
-    within_dtype("gain", abs(gain), t.dtype)
+    gain = finite_gain(gain, t.dtype)
     if t.dim() < 2:
         raise ValueError(f"tensor must have at least 2 dims for orthogonal_; got shape {tuple(t.shape)}")
     rows = block_shape(tuple(t.shape), blocks)[0]
@@ -160,8 +159,7 @@ def delta_orthogonal_(
     """
     t = float_tensor(tensor)
     sampler = make_sampler(generator, seed, name, t)
-    gain = finite("gain", gain)
-    within_dtype("gain", abs(gain), t.dtype)
+    gain = finite_gain(gain, t.dtype)
     if t.dim() not in (3, 4, 5):
         raise ValueError(f"tensor must have 3, 4 or 5 dims for delta_orthogonal_; got shape {tuple(t.shape)}")
     if nothing_to_write(t):
@@ -208,8 +206,7 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
                 [0., 1., 0.]])
     """
     t = float_tensor(tensor)
-    gain = finite("gain", gain)
-    within_dtype("gain", abs(gain), t.dtype)
+    gain = finite_gain(gain, t.dtype)
     if t.dim() not in (2, 3, 4, 5):
         raise ValueError(f"tensor must have 2 to 5 dims for hadamard_; got shape {tuple(t.shape)}")
     out, inp = t.shape[:2]
