@@ -51,6 +51,7 @@ def test_names_resolve(init):
     assert patched.__module__ == public.__module__ == "torch.nn.init"
     assert recorded_name(patched) == recorded_name(public) == init.recorded_as
     assert keyed_twin_name(patched) == keyed_twin_name(public) == init.keyed_twin
+    assert init.patches_helper == (patched is not public)
 
 
 @pytest.mark.parametrize("init", [i for i in PATCHED_INITS if i.keyed_twin], ids=lambda init: init.recorded_as)

@@ -28,6 +28,12 @@ class PatchedInit:
     #: or None when there is none (``dirac_`` is deterministic).
     keyed_twin: str | None
 
+    @property
+    def patches_helper(self) -> bool:
+        """Whether the patched attribute is a helper the public function looks up at call time: then references to
+        the public function taken elsewhere (transformers' table, ``from torch.nn.init import ...``) need no patch."""
+        return self.patched != self.recorded_as
+
 
 PATCHED_INITS: tuple[PatchedInit, ...] = (
     PatchedInit(recorded_as="trunc_normal_", patched="_no_grad_trunc_normal_", keyed_twin="trunc_normal_"),
