@@ -33,7 +33,8 @@ from torchinit.schemes.initializers import (
     Zeros,
 )
 
-__all__ = ["Scheme", "SCHEMES", "DEFAULT_SCHEMES", "SchemeResult", "compare", "EXPLODE_STD", "VANISH_STD", "VANISH_GRAD"]
+__all__ = ["Scheme", "SCHEMES", "DEFAULT_SCHEMES", "SchemeResult", "compare", "every_weight", "EXPLODE_STD",
+           "VANISH_STD", "VANISH_GRAD"]
 
 #: A scheme "exploded" when the output or the input gradient is not finite, or the output std exceeds this.
 EXPLODE_STD = 1e3
@@ -52,15 +53,33 @@ class Scheme(NamedTuple):
     apply: Apply
 
 
-def _layers(weight: Initializer) -> Apply:
-    """Every Linear and conv weight from ``weight`` (the layer's own fans), every bias 0."""
-    policy = Policy([(nn.Linear, {"weight": weight, "bias": Zeros()}),
-                     (nn.modules.conv._ConvNd, {"weight": weight, "bias": Zeros()})], optional=True)  # fmt: skip
+def every_weight(weight: Initializer, conv: Initializer | None = None) -> Apply:
+    """A scheme's function: every Linear and conv weight from ``weight`` (the layer's own fans), every bias 0.
+
+    ``conv``: the conv weights from this one instead.
+
+    Example:
+        >>> from torchinit.schemes.initializers import Orthogonal
+        >>> layer = nn.Linear(3, 3)
+        >>> _ = every_weight(Orthogonal())(layer, None, torch.Generator().manual_seed(0))
+        >>> bool((layer.bias == 0).all())
+        True
+    """
+    conv = weight if conv is None else conv
+    return _applying(Policy([(nn.Linear, {"weight": weight, "bias": Zeros()}),
+                             (nn.modules.conv._ConvNd, {"weight": conv, "bias": Zeros()})], optional=True))  # fmt: skip
+
+
+def _applying(policy: Policy) -> Apply:
+    """A scheme's function that applies ``policy``, drawing from the scheme's generator."""
     return lambda model, data, g: policy.apply_(model, generator=g)
 
 
 def _fixup(model: nn.Module, data: Any, g: torch.Generator) -> None:
-    """Fixup (presets.fixup) for the model's residual blocks (fc1/fc2 or conv1/conv2), the last Linear (classifier) 0."""
+    """Fixup (presets.fixup) for the model's residual blocks (fc1/fc2 or conv1/conv2).
+
+    The last Linear (the classifier) gets 0.
+    """
     blocks = [m for m in model.modules() if hasattr(m, "fc2") or hasattr(m, "conv2")]
     if not blocks:
         raise ValueError("fixup needs residual blocks whose branches are fc1, fc2 (or conv1, conv2) layers; "
@@ -71,8 +90,7 @@ def _fixup(model: nn.Module, data: Any, g: torch.Generator) -> None:
 
 
 def _shortcuts(isometric: bool) -> Apply:
-    policy = glass_shortcuts(isometric=isometric)
-    return lambda model, data, g: policy.apply_(model, generator=g)
+    return _applying(glass_shortcuts(isometric=isometric))
 
 
 _RELU = math.sqrt(2.0)
@@ -81,21 +99,18 @@ _RELU = math.sqrt(2.0)
 SCHEMES: dict[str, Scheme] = {
     "default": Scheme("the constructors' own init (torch's reset_parameters)", lambda model, data, g: None),
     "kaiming_normal": Scheme("kaiming_normal_(nonlinearity='relu') on every weight, biases 0",
-                             _layers(KaimingNormal(nonlinearity="relu"))),
+                             every_weight(KaimingNormal(nonlinearity="relu"))),
     "kaiming_uniform": Scheme("kaiming_uniform_(nonlinearity='relu') on every weight, biases 0",
-                              _layers(KaimingUniform(nonlinearity="relu"))),
-    "xavier_uniform": Scheme("xavier_uniform_() on every weight, biases 0", _layers(XavierUniform())),
-    "xavier_normal": Scheme("xavier_normal_() on every weight, biases 0", _layers(XavierNormal())),
-    "lecun_normal": Scheme("lecun_normal_() on every weight, biases 0", _layers(LecunNormal())),
-    "lecun_uniform": Scheme("lecun_uniform_() on every weight, biases 0", _layers(LecunUniform())),
-    "orthogonal": Scheme("orthogonal_(gain=sqrt(2)) on every weight, biases 0", _layers(Orthogonal(gain=_RELU))),
-    "hadamard": Scheme("hadamard_() (ZerO) on every weight, biases 0", _layers(Hadamard())),
+                              every_weight(KaimingUniform(nonlinearity="relu"))),
+    "xavier_uniform": Scheme("xavier_uniform_() on every weight, biases 0", every_weight(XavierUniform())),
+    "xavier_normal": Scheme("xavier_normal_() on every weight, biases 0", every_weight(XavierNormal())),
+    "lecun_normal": Scheme("lecun_normal_() on every weight, biases 0", every_weight(LecunNormal())),
+    "lecun_uniform": Scheme("lecun_uniform_() on every weight, biases 0", every_weight(LecunUniform())),
+    "orthogonal": Scheme("orthogonal_(gain=sqrt(2)) on every weight, biases 0", every_weight(Orthogonal(gain=_RELU))),
+    "hadamard": Scheme("hadamard_() (ZerO) on every weight, biases 0", every_weight(Hadamard())),
     "delta_orthogonal": Scheme("delta_orthogonal_(gain=sqrt(2)) on every conv weight, orthogonal_(gain=sqrt(2)) on "
                                "every Linear weight, biases 0",
-                               lambda model, data, g: Policy([
-                                   (nn.Linear, {"weight": Orthogonal(gain=_RELU), "bias": Zeros()}),
-                                   (nn.modules.conv._ConvNd, {"weight": DeltaOrthogonal(gain=_RELU), "bias": Zeros()}),
-                               ], optional=True).apply_(model, generator=g)),
+                               every_weight(Orthogonal(gain=_RELU), conv=DeltaOrthogonal(gain=_RELU))),
     "fixup": Scheme("Fixup: branch layers He fan_out scaled by L^(-1/2), their last layer and the classifier 0 "
                     "(presets.fixup)", _fixup),
     "glass": Scheme("glass_() on the projection shortcuts, the rest as 'default'", _shortcuts(False)),

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import is_real, positive_int
-from torchinit.diagnostics.compare import SCHEMES, Scheme, _layers
+from torchinit.diagnostics.compare import SCHEMES, Scheme, every_weight
 from torchinit.diagnostics.models import ResidualMLP
 from torchinit.diagnostics.plots import figure
 from torchinit.schemes.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
@@ -83,7 +83,7 @@ def parse_init(spec: str) -> tuple[str, Scheme]:
     if not math.isfinite(gain) or not 0 < gain <= MAX_GAIN:
         raise ValueError(f"init {spec!r}: gain must be a positive number up to {MAX_GAIN:g}; got {value!r}")
     return spec, Scheme(f"{GAINS[name].__name__}(gain={gain:g}) on every weight, biases 0",
-                        _layers(GAINS[name](gain=gain)))
+                        every_weight(GAINS[name](gain=gain)))
 
 
 def load_data(data: str = "digits") -> tuple[Tensor, Tensor, Tensor, Tensor]:
