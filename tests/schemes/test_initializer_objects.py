@@ -1,4 +1,5 @@
-"""Initializer objects (issue 12, item 5): callable like their function, settings validated at construction."""
+"""Initializer objects: the same values as their functions (called, or through ``init``), settings validated at
+construction, a repr of the non-default settings, equality by settings, and a config (JSON) and pickle round trip."""
 
 import inspect
 import json
@@ -11,16 +12,37 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.schemes import initializers
 from conftest import gen
-from test_initializers import CASES as BASE_CASES
+from torchinit.schemes import initializers
 
 CLASSES = [getattr(initializers, n) for n in initializers.__all__ if n != "Initializer"]
 
-# (class, settings, target shape): test_initializers' cases (every public class at least once, non-default
-# settings where it has any) and a few more
+# (class, settings, target shape): every public class at least once, with non-default settings where it has
+# any, then a few more
 CASES = [
-    *BASE_CASES,
+    (ti.Uniform, {"a": -0.5, "b": 0.5}, (8, 6)),
+    (ti.Normal, {"std": 0.02}, (8, 6)),
+    (ti.TruncNormal, {"std": 0.02, "a": -0.04, "b": 0.04}, (8, 6)),
+    (ti.TruncNormalStd, {"std": 0.02, "k": 3.0}, (8, 6)),
+    (ti.Constant, {"val": 0.25}, (8, 6)),
+    (ti.Zeros, {}, (8, 6)),
+    (ti.Ones, {}, (8, 6)),
+    (ti.Eye, {}, (8, 6)),
+    (ti.Dirac, {"groups": 2}, (8, 4, 3, 3)),
+    (ti.Identity, {"gain": 0.5, "groups": 2}, (8, 4, 3)),
+    (ti.XavierUniform, {"gain": 2.0, "blocks": 2}, (8, 6)),
+    (ti.XavierNormal, {"in_dims": 0, "out_dims": 1}, (8, 6)),
+    (ti.KaimingUniform, {"a": math.sqrt(5)}, (8, 6, 3)),
+    (ti.KaimingNormal, {"mode": "fan_out", "nonlinearity": "gelu"}, (8, 6)),
+    (ti.LecunUniform, {}, (8, 6)),
+    (ti.LecunNormal, {"blocks": 4}, (8, 6)),
+    (ti.VarianceScaling, {"scale": 2.0, "mode": "fan_avg", "distribution": "uniform"}, (8, 6)),
+    (ti.Orthogonal, {"gain": 2.0, "blocks": 2}, (8, 6)),
+    (ti.DeltaOrthogonal, {"gain": 0.5}, (8, 4, 3, 3)),
+    (ti.Sparse, {"sparsity": 0.5, "std": 0.1}, (8, 6)),
+    (ti.Hadamard, {"gain": 2.0}, (8, 6)),
+    (ti.Glass, {"isometric": True, "zero_mean": True}, (6, 8)),
+    (ti.Glass, {"in_dims": (1, 2), "out_dims": 0, "gain": 0.5}, (6, 4, 3)),
     (ti.KaimingNormal, {"nonlinearity": nn.SiLU(), "blocks": 4}, (8, 6)),
     (ti.LecunUniform, {"out_dims": (0, 2)}, (8, 6, 2)),
     (ti.VarianceScaling, {"scale": 0.5, "mode": "fan_geo_avg"}, (8, 6)),
@@ -69,6 +91,12 @@ def test_call_on_a_layer_is_the_function_on_it(cls, settings, shape):
     out = cls(**settings)(layer, generator=gen(3))
     assert out is layer.weight
     assert torch.equal(layer.weight, _function_call(cls, settings, twin, 3))
+
+
+def test_a_transposed_conv_gets_its_own_fans():
+    conv, twin = nn.ConvTranspose2d(16, 64, 3), nn.ConvTranspose2d(16, 64, 3)
+    assert ti.KaimingUniform().init(conv, generator=gen(4)) is conv.weight
+    assert torch.equal(conv.weight, ti.kaiming_uniform_(twin, generator=gen(4)))
 
 
 def test_call_without_generator_uses_the_global_rng_like_the_function():
@@ -314,9 +342,37 @@ def test_repr_equality_and_config_round_trip(cls, settings, shape):
         assert copy == init and type(copy) is cls
 
 
-def test_repr_and_equality_examples():
+def test_repr_shows_non_defaults_only():
+    assert repr(ti.KaimingNormal()) == "KaimingNormal()"
     assert repr(ti.KaimingNormal(mode="fan_out")) == "KaimingNormal(mode='fan_out')"
+    assert repr(ti.KaimingNormal(mode="fan_out", nonlinearity="relu")) == "KaimingNormal(mode='fan_out', nonlinearity='relu')"
+    assert repr(ti.Constant(0.5)) == "Constant(val=0.5)"
     assert repr(ti.Sparse(0.9, std=0.01)) == "Sparse(sparsity=0.9)"
+    assert repr(ti.Glass(in_dims=(1, 2))) == "Glass(in_dims=(1, 2))"
+    assert repr(ti.Glass(in_dims=...)) == "Glass()"
+
+
+def test_equality_by_settings():
+    assert ti.Normal(std=0.02) == ti.Normal(0.0, 0.02)
     assert ti.VarianceScaling(2.0, "fan_out", "normal") == ti.VarianceScaling(scale=2, mode="fan_out", distribution="normal")
-    assert ti.Uniform(a=-1) != ti.Normal()
+    assert ti.Orthogonal(gain=1) == ti.Orthogonal(gain=1.0)
+    assert ti.Normal(std=0.02) != ti.Normal(std=0.03)
     assert ti.Orthogonal(blocks=2) != ti.Orthogonal(blocks=4)
+    assert ti.Zeros() != ti.Ones()
+    assert ti.Uniform(a=-1) != ti.Normal()
+    # a bool is not an int setting (Glass(zero_mean=1) is refused at construction: zero_mean must be a bool)
+    assert ti.Constant(True) != ti.Constant(1)
+    assert ti.Glass(in_dims=[1, 2]) == ti.Glass(in_dims=(1, 2))
+
+
+def test_bad_settings_name_the_valid_ones():
+    with pytest.raises(TypeError, match="mode.*nonlinearity"):
+        ti.KaimingNormal(mod="fan_out")
+    with pytest.raises(TypeError, match="Constant.*val"):
+        ti.Constant()
+    with pytest.raises(TypeError, match="nonlinearity=GELU.*no JSON form"):
+        ti.KaimingNormal(nonlinearity=nn.GELU()).to_config()
+    with pytest.raises(ValueError, match="unknown initializer class 'Foo'"):
+        ti.Initializer.from_config({"class": "Foo", "config": {}})
+    with pytest.raises(ValueError, match="'class' key"):
+        ti.Initializer.from_config({"config": {}})
