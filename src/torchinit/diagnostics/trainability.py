@@ -1,6 +1,6 @@
 r"""Does the init decide whether a network trains? Train fresh copies under each scheme on a real dataset.
 
-The engine behind ``torchinit train`` (issue 14). :func:`train` builds one model per
+The engine behind ``torchinit train``. :func:`train` builds one model per
 (scheme, seed), initializes it with the scheme (the names of ``torchinit compare``; a
 ``name:gain=g`` form overrides a scheme's gain), trains it with Adam on a fixed split of a
 real dataset, and reports per seed: the test accuracy, the final training loss, the number
@@ -43,7 +43,8 @@ from torchinit.diagnostics.models import ResidualMLP
 from torchinit.diagnostics.plots import figure
 from torchinit.schemes.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
 
-__all__ = ["DATASETS", "MODELS", "train", "check", "parse_init", "load_data", "build_model", "summarize", "plot_training"]
+__all__ = ["DATASETS", "MODELS", "train", "check", "parse_init", "load_data", "build_model", "summarize",
+           "plot_training"]
 
 DATASETS = ("digits",)
 MODELS = ("mlp-tanh", "mlp-relu", "resmlp", "cnn")
@@ -231,9 +232,7 @@ def train(
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     depth, seeds, steps = positive_int("depth", depth), positive_int("seeds", seeds), positive_int("steps", steps)
     batch, width = positive_int("batch", batch), positive_int("width", width)
-    if not (is_real(lr) and math.isfinite(lr) and 0 < lr <= MAX_LR):
-        raise ValueError(f"lr must be a positive number up to {MAX_LR:g}; got {lr!r}")
-    lr = float(lr)
+    lr = _checked_lr(lr)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None; got {type(progress).__name__}")
     schemes = check(model, depth, inits, width)
@@ -242,17 +241,10 @@ def train(
                               "lr": lr, "batch": batch, "seeds": seeds, "schemes": {}}
     runs = [(label, seed) for label in schemes for seed in range(seeds)]
     show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(runs), desc=f"torchinit train {model} depth {depth}", unit="run", file=sys.stderr)
-        except ImportError:
-            bar = None
+    bar = _progress_bar(len(runs), f"torchinit train {model} depth {depth}") if show else None
     try:
         for label, seed in runs:
-            one = _run(schemes[label], model, depth, width, seed, steps, float(lr), batch, tensors)
+            one = _run(schemes[label], model, depth, width, seed, steps, lr, batch, tensors)
             entry = result["schemes"].setdefault(label, {"description": schemes[label].description, "test_acc": [],
                                                          "final_loss": [], "steps_to_half": [], "loss_curve": []})
             for key in ("test_acc", "final_loss", "steps_to_half", "loss_curve"):
@@ -263,6 +255,23 @@ def train(
         if bar is not None:
             bar.close()
     return result
+
+
+def _checked_lr(lr: float) -> float:
+    """``lr`` as a float, once it is known to be a positive real number up to :data:`MAX_LR`."""
+    if not (is_real(lr) and math.isfinite(lr) and 0 < lr <= MAX_LR):
+        raise ValueError(f"lr must be a positive number up to {MAX_LR:g}; got {lr!r}")
+    return float(lr)
+
+
+def _progress_bar(total: int, description: str) -> Any:
+    """A tqdm bar on stderr, or None when tqdm is not installed."""
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=description, unit="run", file=sys.stderr)
+    except ImportError:
+        return None
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -304,7 +313,7 @@ def plot_training(result: dict[str, Any], path: str) -> None:
     left.legend(fontsize=8)
     for i, label in enumerate(labels):
         accs = [a for a in result["schemes"][label]["test_acc"] if a is not None]  # diverged seeds have none
-        right.bar(i, sum(accs) / len(accs) if accs else 0.0, color="C%d" % i, alpha=0.6)
+        right.bar(i, sum(accs) / len(accs) if accs else 0.0, color=f"C{i}", alpha=0.6)
         right.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
     right.axhline(0.1, color="gray", linestyle=":", label="chance")
     right.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
