@@ -8,11 +8,10 @@ import torch
 from torch import nn
 
 import torchinit as ti
+from conftest import gen, new_thread_count, std_tolerance
+from torchinit.recording.log import storage_key
 from torchinit.rng import fastfill as ff
 from torchinit.rng import keyed
-from torchinit.recording.log import storage_key
-
-from conftest import gen, new_thread_count, std_tolerance
 
 N = ff.THRESHOLD + 3 * keyed.CHUNK // 2 + 7  # several chunks, the last one partial
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -209,7 +208,9 @@ def test_replay_fill_fills_recorded_random_overwrites():
 
     keys = {storage_key(p) for p in m.parameters()}
     replay = rec.replay(keys, torch.device("cpu"), fill=hook)
-    assert used == [("normal_", (n,), True), ("normal_", (n,), True), ("uniform_", (n,), True), ("normal_", (8,), False)]
+    assert used == [
+        ("normal_", (n,), True), ("normal_", (n,), True), ("uniform_", (n,), True), ("normal_", (8,), False)
+    ]
     w, v, u = (replay.tensor(getattr(m, k)) for k in "wvu")
     assert abs(float(w.std()) - 2.0) < 0.02 and abs(float(v.std()) - 1.0) < 0.01
     assert float(u.min()) >= -2 and float(u.max()) < 2 and float(u.max()) > 1.9

@@ -1,4 +1,4 @@
-"""Ctrl-C during long calls (issue 12, item 3): it ends promptly, reaches the caller, and leaves the tensor unchanged.
+"""Ctrl-C during long calls: it ends promptly, reaches the caller, and leaves the tensor unchanged.
 
 A real SIGINT is sent to a child process looping over large threaded fills (the truncated
 normal's threaded path, keyed fills through materialize's fastfill): every run must end with
@@ -8,6 +8,7 @@ untouched or completely written, never half.
 """
 
 import _thread
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,9 +20,8 @@ import pytest
 import torch
 
 import torchinit as ti
-from torchinit.schemes import truncnorm
-
 from conftest import new_thread_count
+from torchinit.schemes import truncnorm
 
 CHILD = textwrap.dedent("""
     import signal, sys, torch, torchinit as ti
@@ -70,22 +70,24 @@ def _interrupted_call(call, t, after):
 def test_an_interrupt_leaves_a_large_trunc_normal_untouched_or_complete(after):
     n = truncnorm.PARALLEL_THRESHOLD * 8
     t = torch.zeros(n)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # landed just before the call began
         _interrupted_call(lambda x: ti.trunc_normal_(x, std=0.02, a=-0.04, b=0.04), t, after)
-    except KeyboardInterrupt:  # landed just before the call began
-        pass
     zeros = int((t == 0).sum())
     if zeros == n:
         return  # interrupted before or inside the call: unchanged
     assert zeros < 10 and float(t.abs().max()) <= 0.04  # or after it: complete (a value may be exactly 0, rarely)
 
 
+def _thread_settings():
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return torch.get_num_threads(), new_thread_count(), torch.get_num_interop_threads(), omp
+
+
 def test_thread_settings_never_change():
-    before = (torch.get_num_threads(), new_thread_count(), torch.get_num_interop_threads(), os.environ.get("OMP_NUM_THREADS"))
+    before = _thread_settings()
     big = torch.empty(truncnorm.PARALLEL_THRESHOLD * 2)
     ti.trunc_normal_(big, std=0.02, a=-0.04, b=0.04)
     ti.trunc_normal_std_(big, 0.02)
     ti.kaiming_normal_(big.view(-1, 512))
     ti.variance_scaling_(big.view(-1, 512))
-    after = (torch.get_num_threads(), new_thread_count(), torch.get_num_interop_threads(), os.environ.get("OMP_NUM_THREADS"))
-    assert after == before
+    assert _thread_settings() == before

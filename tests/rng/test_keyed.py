@@ -10,10 +10,9 @@ import struct
 import pytest
 import torch
 
+from conftest import std_tolerance
 from torchinit.rng import keyed
 from torchinit.rng.keyed import Stream
-
-from conftest import std_tolerance
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "keyed_rng.md"

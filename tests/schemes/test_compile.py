@@ -1,4 +1,4 @@
-"""``torch.compile(fullgraph=True)`` on the variance family (issue 12, item 4): what compiles, and why not.
+"""``torch.compile(fullgraph=True)`` on the variance family: what compiles, and why not.
 
 torch.nn.init's ``xavier_*``/``kaiming_*`` compile with ``fullgraph=True``, and so do torchinit's
 xavier, kaiming, lecun and ``variance_scaling_`` with the normal and uniform distributions: they

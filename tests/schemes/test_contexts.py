@@ -1,8 +1,8 @@
 """Every public initializer works inside torch's contexts: a meta device context, inference_mode, no_grad.
 
-Issue 12: trunc_normal_ crashed inside ``with torch.device("meta")`` (its scratch tensors were
+trunc_normal_ once crashed inside ``with torch.device("meta")`` (its scratch tensors were
 created on the context's device) and under ``inference_mode`` above 2**18 elements (a helper
-thread was outside the mode).
+thread was outside the mode); these tests keep both fixed.
 """
 
 import math

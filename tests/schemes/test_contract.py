@@ -34,7 +34,8 @@ IDS = ["uniform", "normal", "trunc", "trunc_std", "xu", "xn", "ku", "kn", "lu", 
 BAD_CALLS = [  # (call, exception, words the message must contain)
     (lambda t: ti.kaiming_normal_(t, mode="fan_inn"), ValueError, ["mode", "'fan_in'", "'fan_out'", "'fan_avg'"]),
     (lambda t: ti.kaiming_uniform_(t, nonlinearity="gleu"), ValueError, ["nonlinearity", "'relu'", "'gelu'"]),
-    (lambda t: ti.variance_scaling_(t, distribution="cauchy"), ValueError, ["distribution", "'truncated_normal'", "'uniform'"]),
+    (lambda t: ti.variance_scaling_(t, distribution="cauchy"), ValueError,
+     ["distribution", "'truncated_normal'", "'uniform'"]),
     (lambda t: ti.variance_scaling_(t, mode="avg"), ValueError, ["mode", "'fan_geo_avg'"]),
     (lambda t: ti.variance_scaling_(t, scale=-1.0), ValueError, ["scale", ">= 0"]),
     (lambda t: ti.kaiming_normal_(t[0]), ValueError, ["at least 2 dims", "in_dims"]),
@@ -95,7 +96,7 @@ def test_zero_element_fills_and_one_dim():
     assert ti.kaiming_normal_(torch.empty(0)).numel() == 0
 
 
-@pytest.mark.parametrize("init", RANDOM_INITS + [ti.zeros_, ti.eye_], ids=IDS + ["zeros", "eye"])
+@pytest.mark.parametrize("init", [*RANDOM_INITS, ti.zeros_, ti.eye_], ids=[*IDS, "zeros", "eye"])
 def test_meta_tensors_returned_unchanged(init):
     t = torch.empty(6, 8, device="meta")
     out = init(t)
@@ -141,7 +142,7 @@ def test_numpy_matches_torch_values():
 
 
 def test_non_tensor_rejected():
-    with pytest.raises(TypeError, match="tensor must be a torch.Tensor or a NumPy array"):
+    with pytest.raises(TypeError, match=r"tensor must be a torch.Tensor or a NumPy array"):
         ti.normal_([1.0, 2.0])
     with pytest.raises(ValueError, match="read-only"):
         arr = np.zeros(3)

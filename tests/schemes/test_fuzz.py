@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fuzz_profiles import MIN_DEFAULT_CALLS, PROFILE, TOTAL_CALLS, fuzz_settings
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -69,7 +70,6 @@ from torch import nn
 import torchinit
 from torchinit.schemes.gains import ACTIVATIONS, TORCH_NONLINEARITIES
 from torchinit.schemes.variance import DISTRIBUTIONS, MODES
-from fuzz_profiles import MIN_DEFAULT_CALLS, PROFILE, TOTAL_CALLS, fuzz_settings
 
 pytestmark = pytest.mark.slow  # 11,025 fuzz calls: about 30 s
 
@@ -199,7 +199,7 @@ def real_param(*typical: Any) -> Param:
             st.sampled_from(typical), st.floats(-10.0, 10.0), st.sampled_from(other_number_forms(typical))
         ),
         hostile=st.one_of(st.sampled_from(EXTREME_REALS), st.sampled_from(EXTREME_REALS), st.floats(),
-                          st.sampled_from(EXTREME_OTHER_NUMBERS), st.sampled_from(WRONG_TYPES)),  # fmt: skip
+                          st.sampled_from(EXTREME_OTHER_NUMBERS), st.sampled_from(WRONG_TYPES)),
     )
 
 
@@ -224,7 +224,7 @@ def name_param(valid: tuple[str, ...], junk: list[Any]) -> Param:
 dims_param = Param(
     typical=st.sampled_from([None, None, ..., ..., 0, 1, -1, (0,), (1,), (1, 2), [0, 1]]),
     hostile=st.sampled_from([(), [], 5, -6, 2**70, (0, 0), (0, -4), "0", 1.5, True, (0, "1"), (0, None), (0, ...),
-                             np.int64(1), tensor_scalar(1), {0: 1}, range(2)]),  # fmt: skip
+                             np.int64(1), tensor_scalar(1), {0: 1}, range(2)]),
 )
 bool_param = Param(
     typical=st.sampled_from([True, False]),
@@ -358,12 +358,12 @@ class TargetSpec:
         if kind == "transposed" and nd >= 2:
             return shape[::-1], ("base.T" if self.is_numpy else f"base.permute{tuple(reversed(range(nd)))}")
         if kind == "sliced" and nd >= 1:  # a step and a storage offset
-            return shape[:-1] + (2 * shape[-1],), "base[..., 1::2]"
+            return (*shape[:-1], 2 * shape[-1]), "base[..., 1::2]"
         if kind == "reversed" and nd >= 1:
             return shape, "base[::-1]"
         if kind == "expanded" and nd >= 1:
             i = shape.index(max(shape))
-            return shape[:i] + (1,) + shape[i + 1 :], f"base.expand{shape}"
+            return (*shape[:i], 1, *shape[i + 1:]), f"base.expand{shape}"
         return shape, "base"
 
     @property
@@ -390,7 +390,7 @@ class TargetSpec:
         if self.kind == "inference":
             lines = ["with torch.inference_mode():"] + ["    " + line for line in lines]
         if self.kind == "list":
-            return lines + ["t = base.tolist()"]
+            return [*lines, "t = base.tolist()"]
         if self.kind.startswith("parameter"):
             grad = self.dtype.is_floating_point or self.dtype.is_complex
             lines.append(f"base = nn.Parameter(base, requires_grad={grad})")
@@ -398,7 +398,7 @@ class TargetSpec:
             lines.append("base = base.numpy()")
             if self.kind == "numpy_readonly":
                 lines.append("base.setflags(write=False)")
-        return lines + [f"t = {view}"]
+        return [*lines, f"t = {view}"]
 
 
 @st.composite
@@ -509,7 +509,7 @@ class Case:
         call = self.call_code()
         if self.spec.kind == "parameter_no_grad":
             call = "with torch.no_grad():\n    " + call
-        return "\n".join(self.spec.code() + [call])
+        return "\n".join([*self.spec.code(), call])
 
     def invoke(self, t: Any) -> Any:
         """Make the call (constructing the initializer object first, for objects)."""

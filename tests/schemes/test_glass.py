@@ -1,6 +1,7 @@
-"""Glass init (issue 3): parity with glassinit 0.0.6, exactness, seeding, robustness, modules, isometric variant."""
+"""Glass init: parity with glassinit 0.0.6, exactness, seeding, robustness, modules, isometric variant."""
 
 import inspect
+import itertools
 import math
 from fractions import Fraction
 
@@ -11,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchinit as ti
-from torchinit.schemes.layout import resolve_dims
-from torchinit.schemes.glass import isometric_entries, sparse_entries, tent_entries
 from conftest import gen
+from torchinit.schemes.glass import isometric_entries, sparse_entries, tent_entries
+from torchinit.schemes.layout import resolve_dims
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -338,7 +339,7 @@ def _conv_args(m):
 
 
 def test_module_errors():
-    with pytest.raises(TypeError, match="Embedding.*Linear"):
+    with pytest.raises(TypeError, match=r"Embedding.*Linear"):
         ti.glass_(nn.Embedding(4, 3))
     with pytest.raises(ValueError, match="in_dims"):
         ti.glass_(nn.Linear(4, 3), in_dims=1)
@@ -384,7 +385,7 @@ def test_isometric_composes():
         assert torch.equal(up, down.T)
     widths = [64, 128, 256, 512, 256, 64]
     product = torch.eye(64, dtype=torch.float64)
-    for a, b in zip(widths, widths[1:]):
+    for a, b in itertools.pairwise(widths):
         product = ti.glass_(torch.empty(b, a, dtype=torch.float64), zero_mean=False, isometric=True) @ product
     eye = torch.eye(64, dtype=torch.float64)
     assert torch.equal(product != 0, eye != 0)  # exactly diagonal: the supports nest

@@ -83,7 +83,10 @@ def _jsonable(settings):
     return not any(isinstance(v, nn.Module) for v in settings.values())
 
 
-@pytest.mark.parametrize("cls,settings,shape", [c for c in CASES if c[0].uses_layout], ids=lambda x: getattr(x, "__name__", None))
+LAYOUT_CASES = [c for c in CASES if c[0].uses_layout]
+
+
+@pytest.mark.parametrize("cls,settings,shape", LAYOUT_CASES, ids=lambda x: getattr(x, "__name__", None))
 def test_call_on_a_layer_is_the_function_on_it(cls, settings, shape):
     settings = {k: v for k, v in settings.items() if k not in ("in_dims", "out_dims")}  # a layer has its own layout
     make = lambda: nn.Conv2d(4, 6, 3, groups=2) if not settings.get("blocks") else nn.Linear(6, 8)  # noqa: E731
@@ -241,7 +244,9 @@ def test_settings_that_do_not_fit_the_target_fail_when_applied_without_writing(i
 
 
 @pytest.mark.parametrize("cls,settings,shape", CASES, ids=IDS)
-@pytest.mark.parametrize("target", ["weight", [1.0, 2.0], None, 3.0, nn.ReLU()], ids=["str", "list", "None", "float", "ReLU"])
+@pytest.mark.parametrize(
+    "target", ["weight", [1.0, 2.0], None, 3.0, nn.ReLU()], ids=["str", "list", "None", "float", "ReLU"]
+)
 def test_wrong_type_target_is_a_type_error(cls, settings, shape, target):
     if isinstance(target, nn.Module):  # a layer with tensor dims is refused first (a ValueError): leave them out
         settings = {k: v for k, v in settings.items() if k not in ("in_dims", "out_dims")}
@@ -345,7 +350,8 @@ def test_repr_equality_and_config_round_trip(cls, settings, shape):
 def test_repr_shows_non_defaults_only():
     assert repr(ti.KaimingNormal()) == "KaimingNormal()"
     assert repr(ti.KaimingNormal(mode="fan_out")) == "KaimingNormal(mode='fan_out')"
-    assert repr(ti.KaimingNormal(mode="fan_out", nonlinearity="relu")) == "KaimingNormal(mode='fan_out', nonlinearity='relu')"
+    relu_fan_out = ti.KaimingNormal(mode="fan_out", nonlinearity="relu")
+    assert repr(relu_fan_out) == "KaimingNormal(mode='fan_out', nonlinearity='relu')"
     assert repr(ti.Constant(0.5)) == "Constant(val=0.5)"
     assert repr(ti.Sparse(0.9, std=0.01)) == "Sparse(sparsity=0.9)"
     assert repr(ti.Glass(in_dims=(1, 2))) == "Glass(in_dims=(1, 2))"
@@ -354,7 +360,8 @@ def test_repr_shows_non_defaults_only():
 
 def test_equality_by_settings():
     assert ti.Normal(std=0.02) == ti.Normal(0.0, 0.02)
-    assert ti.VarianceScaling(2.0, "fan_out", "normal") == ti.VarianceScaling(scale=2, mode="fan_out", distribution="normal")
+    by_name = ti.VarianceScaling(scale=2, mode="fan_out", distribution="normal")
+    assert ti.VarianceScaling(2.0, "fan_out", "normal") == by_name
     assert ti.Orthogonal(gain=1) == ti.Orthogonal(gain=1.0)
     assert ti.Normal(std=0.02) != ti.Normal(std=0.03)
     assert ti.Orthogonal(blocks=2) != ti.Orthogonal(blocks=4)
@@ -366,11 +373,11 @@ def test_equality_by_settings():
 
 
 def test_bad_settings_name_the_valid_ones():
-    with pytest.raises(TypeError, match="mode.*nonlinearity"):
+    with pytest.raises(TypeError, match=r"mode.*nonlinearity"):
         ti.KaimingNormal(mod="fan_out")
-    with pytest.raises(TypeError, match="Constant.*val"):
+    with pytest.raises(TypeError, match=r"Constant.*val"):
         ti.Constant()
-    with pytest.raises(TypeError, match="nonlinearity=GELU.*no JSON form"):
+    with pytest.raises(TypeError, match=r"nonlinearity=GELU.*no JSON form"):
         ti.KaimingNormal(nonlinearity=nn.GELU()).to_config()
     with pytest.raises(ValueError, match="unknown initializer class 'Foo'"):
         ti.Initializer.from_config({"class": "Foo", "config": {}})

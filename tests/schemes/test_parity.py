@@ -9,7 +9,10 @@ import torch.nn.init as tnn
 import torchinit as ti
 from conftest import gen
 
-SHAPES = [(3, 5), (5, 3), (64, 64), (1, 7), (7, 1), (16, 8, 3), (32, 16, 3, 3), (8, 4, 3, 3, 3), (6, 4, 2, 1, 3), (128, 64, 1, 1)]
+SHAPES = [
+    (3, 5), (5, 3), (64, 64), (1, 7), (7, 1), (16, 8, 3), (32, 16, 3, 3), (8, 4, 3, 3, 3), (6, 4, 2, 1, 3),
+    (128, 64, 1, 1),
+]  # fmt: skip
 
 RANDOM = [
     ("uniform_", {}),

@@ -1,4 +1,4 @@
-"""Validation before any write (issue 12, item 1): shared-memory views, generators, overflow, out-of-domain values.
+"""Validation before any write: shared-memory views, generators, overflow, out-of-domain values.
 
 Every case asserts the error type, that the message names the argument, and that the tensor
 (and, for views, its base) is bit-for-bit unchanged.
@@ -113,7 +113,8 @@ def test_the_same_arguments_are_fine_in_a_wider_dtype():
 def test_truncated_std_factor_for_tiny_k(k):
     # the truncated normal tends to the uniform on [-k, k] (std k/sqrt(3)) with relative error ~k^2/10
     assert ti.truncated_std_factor(k) == pytest.approx(k / math.sqrt(3), rel=max(k * k / 5, 1e-14))
-    w = ti.trunc_normal_std_(torch.empty(200_000, dtype=torch.float64), std=0.02, k=k, generator=torch.Generator().manual_seed(0))
+    w = ti.trunc_normal_std_(torch.empty(200_000, dtype=torch.float64), std=0.02, k=k,
+                             generator=torch.Generator().manual_seed(0))
     assert bool(torch.isfinite(w).all())
     assert float(w.std()) == pytest.approx(0.02, rel=0.01)
 
@@ -124,7 +125,7 @@ def test_zero_std_fills_the_mean_rounded_into_the_bounds():
     assert t.tolist() == [1.0078125] * 5
 
 
-# ---- the failure classes the fuzz found (tests/schemes/test_fuzz.py), one regression each ------------------------------
+# ---- the failure classes the fuzz found (tests/schemes/test_fuzz.py), one regression each -------------------------
 
 
 def test_an_inference_tensor_outside_inference_mode_is_refused_before_writing():
@@ -153,7 +154,8 @@ def test_a_huge_leaky_relu_slope(a):
 
 def test_numpy_k_is_converted_before_use():
     np = pytest.importorskip("numpy")
-    w = ti.trunc_normal_std_(torch.empty(10_000, dtype=torch.float64), std=0.5, k=np.float32(1.5), generator=torch.Generator().manual_seed(0))
+    w = ti.trunc_normal_std_(torch.empty(10_000, dtype=torch.float64), std=0.5, k=np.float32(1.5),
+                             generator=torch.Generator().manual_seed(0))
     bound = 1.5 * 0.5 / ti.truncated_std_factor(1.5)
     assert float(w.abs().max()) <= bound
 

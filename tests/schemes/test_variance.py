@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import torchinit as ti
+from conftest import gen, ks_critical, std_tolerance
 from torchinit.schemes import variance
 from torchinit.schemes.layout import Fans
 from torchinit.schemes.variance import scaled_std
-from conftest import gen, ks_critical, std_tolerance
 
 SHAPE = (512, 256, 3)  # fan_in 768, fan_out 1536
 FIN, FOUT = 768, 1536
@@ -48,18 +48,17 @@ def test_truncated_normal_distribution():
     assert float(torch.maximum(i / n - cdf, cdf - (i - 1) / n).max()) < ks_critical(n)
 
 
-@pytest.mark.parametrize("fn,core", [
-    (lambda t, g: ti.xavier_uniform_(t, generator=g), lambda t, g: ti.variance_scaling_(t, 1.0, "fan_avg", "uniform", generator=g)),
-    (lambda t, g: ti.xavier_normal_(t, generator=g), lambda t, g: ti.variance_scaling_(t, 1.0, "fan_avg", "normal", generator=g)),
-    (lambda t, g: ti.kaiming_normal_(t, nonlinearity="relu", generator=g), lambda t, g: ti.variance_scaling_(t, 2.0, "fan_in", "normal", generator=g)),
-    (lambda t, g: ti.kaiming_uniform_(t, nonlinearity="relu", mode="fan_out", generator=g), lambda t, g: ti.variance_scaling_(t, 2.0, "fan_out", "uniform", generator=g)),
-    (lambda t, g: ti.lecun_uniform_(t, generator=g), lambda t, g: ti.variance_scaling_(t, 1.0, "fan_in", "uniform", generator=g)),
-    (lambda t, g: ti.lecun_normal_(t, generator=g), lambda t, g: ti.variance_scaling_(t, 1.0, "fan_in", "normal", generator=g)),
+@pytest.mark.parametrize("fn,settings,core", [  # core: variance_scaling_'s (scale, mode, distribution)
+    (ti.xavier_uniform_, {}, (1.0, "fan_avg", "uniform")),
+    (ti.xavier_normal_, {}, (1.0, "fan_avg", "normal")),
+    (ti.kaiming_normal_, {"nonlinearity": "relu"}, (2.0, "fan_in", "normal")),
+    (ti.kaiming_uniform_, {"nonlinearity": "relu", "mode": "fan_out"}, (2.0, "fan_out", "uniform")),
+    (ti.lecun_uniform_, {}, (1.0, "fan_in", "uniform")),
+    (ti.lecun_normal_, {}, (1.0, "fan_in", "normal")),
 ])
-def test_named_schemes_are_the_core(fn, core):
-    a, b = torch.empty(64, 32, 3), torch.empty(64, 32, 3)
-    fn(a, gen(5))
-    core(b, gen(5))
+def test_named_schemes_are_the_core(fn, settings, core):
+    a = fn(torch.empty(64, 32, 3), generator=gen(5), **settings)
+    b = ti.variance_scaling_(torch.empty(64, 32, 3), *core, generator=gen(5))
     assert torch.equal(a, b)
 
 

@@ -13,6 +13,7 @@ Every public initializer follows the same contract, implemented here once:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 from collections.abc import Iterable
@@ -138,10 +139,8 @@ def overlapping(t: Tensor) -> bool:
         return False
     verdict = 2  # 0: no, 1: yes, 2: too hard to tell (then the stride rule below decides)
     if not _compiling():  # torch.compile cannot trace a torch function that returns an int
-        try:
+        with contextlib.suppress(AttributeError, RuntimeError):  # older or exotic tensors
             verdict = torch._debug_has_internal_overlap(t)
-        except (AttributeError, RuntimeError):  # pragma: no cover - older or exotic tensors
-            pass
     if verdict != 2:
         return verdict == 1
     reach = 0  # dims by increasing stride: each must step past everything the smaller ones span

@@ -121,8 +121,8 @@ def replay_fill(tensor: Tensor, op: Any, generator: torch.Generator | None = Non
     ``(TensorRef, mean, std)`` / ``(TensorRef, from, to)``, trailing defaults possibly
     omitted, scalars possibly given by name. ``generator`` is the one replay would pass
     (a stream of ``materialize_(generator=...)``); None uses the recorded one (usually
-    None: the global RNG). ``index`` (the op's place in the recording) is not used. Returns False for any other operation and whenever
-    :func:`fill_` does.
+    None: the global RNG). ``index`` (the op's place in the recording) is not used. Returns False
+    for any other operation and whenever :func:`fill_` does.
 
     Example:
         >>> from types import SimpleNamespace

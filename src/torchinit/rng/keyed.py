@@ -42,12 +42,14 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import hashlib
+import importlib
 import itertools
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -87,7 +89,8 @@ _SIN_C = [float.fromhex(h) for h in (
     "0x1.71de3a556c734p-19", "-0x1.ae64567f544e4p-26", "0x1.6124613a86d09p-33")]  # (-1)^k/(2k+1)!
 _COS_C = [float.fromhex(h) for h in (
     "0x1.0000000000000p+0", "-0x1.0000000000000p-1", "0x1.5555555555555p-5", "-0x1.6c16c16c16c17p-10",
-    "0x1.a01a01a01a01ap-16", "-0x1.27e4fb7789f5cp-22", "0x1.1eed8eff8d898p-29", "-0x1.93974a8c07c9dp-37")]  # (-1)^k/(2k)!
+    "0x1.a01a01a01a01ap-16", "-0x1.27e4fb7789f5cp-22", "0x1.1eed8eff8d898p-29",
+    "-0x1.93974a8c07c9dp-37")]  # (-1)^k/(2k)!
 _LN2 = float.fromhex("0x1.62e42fefa39efp-1")
 _SQRT2 = float.fromhex("0x1.6a09e667f3bcdp+0")
 _HALF_PI = float.fromhex("0x1.921fb54442d18p+0")
@@ -318,7 +321,7 @@ def _load_kernel() -> ctypes.CDLL | None:
     if os.environ.get("TORCHINIT_NO_KERNEL"):  # to test and time the torch-operations path
         return None
     try:
-        from torchinit.rng import _philox
+        _philox = importlib.import_module("torchinit.rng._philox")  # an extension module: no stub for mypy
     except ImportError:  # not built (no C compiler at install)
         return None
     try:
@@ -379,7 +382,8 @@ def kernel_trunc_poly(stream: Stream, first: int, out: Tensor, y_lo: float, y_hi
     if len(coeffs) > 32:
         raise ValueError(f"coeffs: at most 32 coefficients; got {len(coeffs)}")
     c = (ctypes.c_double * len(coeffs))(*coeffs)
-    KERNEL.ti_trunc_poly_f32(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, out.numel(),
+    kernel = cast(ctypes.CDLL, KERNEL)  # built: the caller checked
+    kernel.ti_trunc_poly_f32(stream.k0, stream.k1, stream.sub & _MASK32, stream.sub >> 32, first, out.numel(),
                              y_lo, y_hi, mean, a0, a1, c, len(coeffs) - 1, lo, hi, out.data_ptr())
 
 
@@ -509,7 +513,7 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
     return tensor
 
 
-def _finite(name: str, value: object) -> float:
+def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value)  # NumPy scalars, 0-d tensors
@@ -523,7 +527,8 @@ def _finite(name: str, value: object) -> float:
 
 def normal_(tensor: Tensor, stream: Stream, mean: float = 0.0, std: float = 1.0, *, offset: int = 0,
             workers: int | None = None) -> Tensor:
-    r"""Fill ``tensor`` with :math:`\mathcal{N}(\text{mean}, \text{std}^2)` from ``stream``: element ``i`` gets value ``offset + i``.
+    r"""Fill ``tensor`` with :math:`\mathcal{N}(\text{mean}, \text{std}^2)` from ``stream``: element ``i`` gets value
+    ``offset + i``.
 
     ``i`` is the row-major index, whatever the strides. Deterministic in
     ``(stream, offset, index, dtype, mean, std)``; never in the device, the thread count

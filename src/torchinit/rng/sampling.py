@@ -31,13 +31,16 @@ import copy
 import functools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import check_generator
 from torchinit.rng import keyed
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 __all__ = [
     "Sampler", "GeneratorSampler", "KeyedSampler", "Region", "make_sampler", "shardable", "is_dtensor",
@@ -123,6 +126,7 @@ def local_region(t: Tensor) -> Region | None:
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+    t = _as_dtensor(t)
     if any(type(p) not in (Shard, Replicate) for p in t.placements):
         return None
     shape, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
@@ -136,7 +140,13 @@ def local_part(t: Tensor, full: Tensor) -> Tensor:
     splitting rules for ``t``'s placements; no communication."""
     from torch.distributed.tensor import distribute_tensor
 
-    return distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None).to_local()
+    dtensor = _as_dtensor(t)
+    return distribute_tensor(full, dtensor.device_mesh, dtensor.placements, src_data_rank=None).to_local()
+
+
+def _as_dtensor(t: Tensor) -> DTensor:
+    """``t``, which the caller knows to be a DTensor, typed as one (DTensor's attributes are not Tensor's)."""
+    return cast("DTensor", t)
 
 
 # ---- samplers -------------------------------------------------------------------------------------------
@@ -235,9 +245,11 @@ class KeyedSampler(Sampler):
             return t, self
         region = local_region(t)
         if region is None:
-            raise ValueError(f"the local shard of a DTensor with placements {t.placements} is not a box of the "
-                             "whole tensor; compute the whole tensor and keep the local part (torchinit.rng.sampling.shardable)")
-        return t.to_local(), KeyedSampler(self.stream, region)
+            raise ValueError(
+                f"the local shard of a DTensor with placements {_as_dtensor(t).placements} is not a box of the "
+                "whole tensor; compute the whole tensor and keep the local part (torchinit.rng.sampling.shardable)"
+            )
+        return _as_dtensor(t).to_local(), KeyedSampler(self.stream, region)
 
     def _fill(self, fill: Callable[..., Tensor], buf: Tensor, a: float, b: float, start: int) -> Tensor:
         if buf.is_complex():  # the real and imaginary parts of element i are values 2i and 2i + 1

@@ -162,7 +162,7 @@ def _check_float_fill(part: Any, val: Any, dtype: torch.dtype, name: str) -> Non
 
 def _check_integer_fill(part: Any, val: Any, dtype: torch.dtype, name: str) -> None:
     info = torch.iinfo(dtype)
-    integral = isinstance(part, numbers.Integral) or math.isfinite(part) and float(part).is_integer()
+    integral = isinstance(part, numbers.Integral) or (math.isfinite(part) and float(part).is_integer())
     if not (integral and info.min <= part <= info.max):
         raise ValueError(f"{name} must be an integer in [{info.min}, {info.max}] for a {dtype} tensor; got {val!r}")
 
@@ -266,8 +266,8 @@ def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
     d = torch.arange(min(per_group, t.shape[1]), device=t.device)
     rows = (torch.arange(groups, device=t.device)[:, None] * per_group + d[None, :]).reshape(-1)
     cols = d.repeat(groups)
-    centre: tuple[Any, ...] = tuple(s // 2 for s in t.shape[2:])
+    diagonal_at_centre: tuple[Any, ...] = (rows, cols, *(s // 2 for s in t.shape[2:]))
     with torch.no_grad():
         t.zero_()
-        t[(rows, cols) + centre] = value
+        t[diagonal_at_centre] = value
     return tensor

@@ -54,7 +54,7 @@ def scheme(
     dtensor_wrapper: bool = True,
     keywords: str = "",
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare ``func`` a public in-place scheme: ``recorded_call(shardable(local)(func))``, registered in :data:`SCHEMES`.
+    """Declare ``func`` a public in-place scheme: ``recorded_call(shardable(local)(func))``, in :data:`SCHEMES`.
 
     ``local``: :func:`~torchinit.rng.sampling.shardable`'s test of element-wise values (None: computed
     whole). ``dtensor_wrapper=False`` leaves ``shardable`` out, for fills that torch's DTensor ops
@@ -82,7 +82,7 @@ def _check_unique(func: Callable[..., Any]) -> None:
 
 
 def with_paragraph(doc: str, paragraph: str) -> str:
-    """``doc`` with ``paragraph`` (unindented) as the paragraph before its ``Example:`` section (at the end without one).
+    """``doc`` with ``paragraph`` (unindented) before its ``Example:`` section, or at the end without one.
 
     Example:
         >>> print(with_paragraph("Summary.\\n\\n    Example:\\n        1 + 1\\n", "Shared."))

@@ -18,11 +18,12 @@ reaches a relative error far below 1e-4 (see ``docs/gain.md``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import weakref
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torchinit._util.checks import finite, is_real
 
 __all__ = ["calculate_gain", "variance_gain", "ACTIVATIONS", "TORCH_NONLINEARITIES"]
 
-Nonlinearity = Union[str, nn.Module, Callable[[Tensor], Tensor]]
+Nonlinearity = str | nn.Module | Callable[[Tensor], Tensor]
 
 #: Names with torch's own gain values (kept bit-exact for drop-in parity).
 TORCH_NONLINEARITIES = (
@@ -109,7 +110,7 @@ def calculate_gain(nonlinearity: Nonlinearity, param: int | float | str | None =
         if nonlinearity in TORCH_NONLINEARITIES:
             return _torch_gain(nonlinearity, param)
         if nonlinearity in ACTIVATIONS:
-            fn, keyword = ACTIVATIONS[nonlinearity]
+            _, keyword = ACTIVATIONS[nonlinearity]
             if param is not None and keyword is None:
                 raise ValueError(f"param: {nonlinearity!r} takes no parameter; got {param!r}")
             return _named_gain(nonlinearity, param)
@@ -142,13 +143,13 @@ def _torch_gain(name: str, param: Any) -> float:
     return 1.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _named_gain(name: str, param: Any) -> float:
     fn, _ = ACTIVATIONS[name]
     return variance_gain(lambda x: fn(x, param))
 
 
-_callable_cache: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+_callable_cache: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 _module_cache: dict[tuple[type, str], float] = {}
 
 
@@ -166,10 +167,8 @@ def _callable_gain(f: Callable[[Tensor], Tensor]) -> float:
     except (KeyError, TypeError):
         pass
     gain = variance_gain(f)
-    try:
+    with contextlib.suppress(TypeError):  # not weak-referenceable (e.g. a builtin): no cache
         _callable_cache[f] = gain
-    except TypeError:  # not weak-referenceable (e.g. a builtin): no cache
-        pass
     return gain
 
 

@@ -44,7 +44,7 @@ the identity. See ``docs/glass.md`` for when to use which.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -120,7 +120,7 @@ def glass_(
         if in_dims is not ... or out_dims != 0:
             raise ValueError("in_dims/out_dims apply to tensors; a module's dims come from its own layout")
         layout = glass_layout(module)
-        return _glass(module.weight, layout, gain, zero_mean, sparse, isometric, sampler,
+        return _glass(cast(Tensor, module.weight), layout, gain, zero_mean, sparse, isometric, sampler,
                       centre_tap=isometric and _has_kernel_in(module, layout))
     t = float_tensor(tensor_or_module, complex_ok=False)
     layout = _tensor_layout(t.dim(), in_dims, out_dims)
@@ -148,7 +148,9 @@ def glass_layout(module: nn.Module) -> Layout:
     try:
         layout = module_layout(module)
     except TypeError:
-        raise TypeError(f"glass_ of {type(module).__name__} is not defined; supported modules: {_GLASS_MODULES}") from None
+        raise TypeError(
+            f"glass_ of {type(module).__name__} is not defined; supported modules: {_GLASS_MODULES}"
+        ) from None
     kernel = tuple(range(2, module.weight.dim())) if isinstance(module, nn.modules.conv._ConvNd) else ()
     if isinstance(module, nn.modules.conv._ConvNd) and module.transposed and module.stride == module.kernel_size:
         return Layout(layout.in_dims, layout.out_dims + kernel, layout.groups)
@@ -165,7 +167,9 @@ def _tensor_layout(ndim: int, in_dims: Dims, out_dims: Dims) -> Layout:
     ins, outs = resolve_dims(ndim, in_dims, out_dims)
     for side, dims in (("in_dims", ins), ("out_dims", outs)):
         if not dims:
-            raise ValueError(f"{side} is empty for a tensor of {ndim} dim(s); glass_ needs at least one dim on each side")
+            raise ValueError(
+                f"{side} is empty for a tensor of {ndim} dim(s); glass_ needs at least one dim on each side"
+            )
     rest = sorted(set(range(ndim)) - set(ins) - set(outs))
     if rest:
         raise ValueError(f"dims {rest} are in neither in_dims nor out_dims; name every dim, or use ... on one side")
@@ -303,7 +307,7 @@ def _tensor_index(
 
 
 def glassInit_(weight: Tensor, inDim: Dims = ..., outDim: Dims = 0, gain: float | None = None,
-               zeroMean: bool = True, sparse: bool = False) -> Tensor:  # noqa: N802, N803
+               zeroMean: bool = True, sparse: bool = False) -> Tensor:
     """The reference's in-place API (``glassInit.glassInit_`` of ``glassinit`` 0.0.6): :func:`glass_`.
 
     ``glass_(weight, inDim, outDim, gain, zeroMean, sparse)``: the same values as the
@@ -323,7 +327,7 @@ def glassInit_(weight: Tensor, inDim: Dims = ..., outDim: Dims = 0, gain: float 
 
 
 def glassInit(weight: Tensor, inDim: Dims = ..., outDim: Dims = 0, gain: float | None = None,
-              zeroMean: bool = True, sparse: bool = False) -> Tensor:  # noqa: N802, N803
+              zeroMean: bool = True, sparse: bool = False) -> Tensor:
     """The reference's out-of-place API: a new tensor shaped like ``weight``, filled by :func:`glass_`.
 
     ``glass_(torch.empty_like(weight), inDim, outDim, gain, zeroMean, sparse)``; ``weight``

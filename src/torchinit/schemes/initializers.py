@@ -141,9 +141,9 @@ class Initializer:
                     return
             accepted = [err for probe, err in errors if _takes_probe(type(self), probe)]
         if accepted:
-            err = accepted[0]
-            kind = TypeError if isinstance(err, TypeError) else ValueError
-            raise kind(f"{type(self).__name__}: {err}") from None
+            first = accepted[0]
+            kind = TypeError if isinstance(first, TypeError) else ValueError
+            raise kind(f"{type(self).__name__}: {first}") from None
 
     @classmethod
     def _signature(cls) -> inspect.Signature:
@@ -180,7 +180,8 @@ class Initializer:
         self, tensor: Any, *, generator: torch.Generator | None = None, seed: int | None = None, name: str = ""
     ) -> Tensor:
         """``init(tensor, generator=g)`` is ``init.init(tensor, generator=g)`` (``seed``, ``name`` likewise)."""
-        keyed = {"seed": seed, "name": name} if seed is not None or name else {}  # a subclass's init may not take them
+        # only when given: a subclass's init may not take them
+        keyed: dict[str, Any] = {"seed": seed, "name": name} if seed is not None or name else {}
         return self.init(tensor, generator=generator, **keyed)
 
     def __repr__(self) -> str:
@@ -191,7 +192,7 @@ class Initializer:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return all(_same(v, other._settings[n]) for n, v in self._settings.items())  # type: ignore[attr-defined]
+        return all(_same(v, other._settings[n]) for n, v in self._settings.items())
 
     __hash__ = None  # type: ignore[assignment]  # settings may be unhashable (an nn.Module nonlinearity)
 
@@ -348,11 +349,17 @@ Dirac = _scheme(basic.dirac_, ": ``Dirac(groups=2)``")
 Identity = _scheme(basic.identity_, ": ``Identity(gain=0.5)``")
 XavierUniform = _scheme(variance.xavier_uniform_, ": ``XavierUniform(gain=1.0, blocks=3)``", uses_layout=True)
 XavierNormal = _scheme(variance.xavier_normal_, uses_layout=True)
-KaimingUniform = _scheme(variance.kaiming_uniform_, ": ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default", uses_layout=True)
-KaimingNormal = _scheme(variance.kaiming_normal_, ': ``KaimingNormal(mode="fan_out", nonlinearity="relu")``', uses_layout=True)
+KaimingUniform = _scheme(
+    variance.kaiming_uniform_, ": ``KaimingUniform(a=5 ** 0.5)`` is torch's Linear default", uses_layout=True
+)
+KaimingNormal = _scheme(
+    variance.kaiming_normal_, ': ``KaimingNormal(mode="fan_out", nonlinearity="relu")``', uses_layout=True
+)
 LecunUniform = _scheme(variance.lecun_uniform_, uses_layout=True)
 LecunNormal = _scheme(variance.lecun_normal_, uses_layout=True)
-VarianceScaling = _scheme(variance.variance_scaling_, ': ``VarianceScaling(2.0, "fan_out", "normal")``', uses_layout=True)
+VarianceScaling = _scheme(
+    variance.variance_scaling_, ': ``VarianceScaling(2.0, "fan_out", "normal")``', uses_layout=True
+)
 Orthogonal = _scheme(structured.orthogonal_, ": ``Orthogonal(gain=2 ** 0.5, blocks=4)``")
 DeltaOrthogonal = _scheme(structured.delta_orthogonal_)
 Sparse = _scheme(structured.sparse_, ": ``Sparse(0.9, std=0.01)``")

@@ -31,7 +31,8 @@ Embedding              (num, dim)                   (num, dim)
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Union
+from types import EllipsisType
+from typing import Any, NamedTuple, cast
 
 from torch import Tensor, nn
 
@@ -40,7 +41,7 @@ from torchinit._util.checks import as_tensor, is_integral, is_numpy_array, posit
 __all__ = ["Fans", "fans", "Dims", "Layout", "module_layout", "resolve_dims"]
 
 #: An axis spec: one dim, several dims, or ``...`` for "every dim not named on the other side".
-Dims = Union[int, tuple[int, ...], list[int], type(Ellipsis), None]
+Dims = int | tuple[int, ...] | list[int] | EllipsisType | None
 
 _FAN_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, transformers' Conv1D"
 
@@ -188,7 +189,7 @@ def _no_batch_overlap(batch_dims: tuple[int, ...], side: tuple[int, ...], name: 
 
 def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:
     """``dims`` (an int or a tuple/list of ints) as non-negative dims, in the order given."""
-    items = (dims,) if is_integral(dims) else dims
+    items: Any = (dims,) if is_integral(dims) else dims  # Python or NumPy ints, checked one by one below
     if not isinstance(items, (tuple, list)):
         raise TypeError(f"{name} must be an int, a tuple of ints or ... (Ellipsis); got {dims!r}")
     out: list[int] = []
@@ -224,7 +225,8 @@ def is_transposed_linear(module: nn.Module) -> bool:
     Recognized by name and shape so that transformers stays an optional dependency.
     """
     weight = getattr(module, "weight", None)
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, Tensor) and weight.dim() == 2
+    named = type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    return named and isinstance(weight, Tensor) and weight.dim() == 2
 
 
 def module_layout(module: nn.Module) -> Layout:
@@ -263,7 +265,8 @@ def block_shape(shape: tuple[int, ...], parts: int, name: str = "blocks") -> tup
 def module_fans(module: nn.Module, blocks: int = 1) -> Fans:
     """Fans of a supported layer from its own layout, groups and transposition included."""
     layout = module_layout(module)
-    shape = block_shape(block_shape(tuple(module.weight.shape), blocks, "blocks"), layout.groups, "groups")
+    weight = cast(Tensor, module.weight)  # a supported layer's weight: module_layout checked the layer
+    shape = block_shape(block_shape(tuple(weight.shape), blocks, "blocks"), layout.groups, "groups")
     return tensor_fans(shape, layout.in_dims, layout.out_dims)
 
 

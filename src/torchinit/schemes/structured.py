@@ -105,8 +105,8 @@ def orthogonal_(
 
     ``seed`` (keyword-only, with ``name``) draws the Gaussian matrix from the keyed stream of
     ``(seed, name)`` instead of ``generator``; not both. It is then computed in float64
-    (complex128) and rounded, so that the BLAS thread count does not change float32 results. A DTensor is computed whole on
-    every rank, which keeps its part (the QR needs every entry).
+    (complex128) and rounded, so that the BLAS thread count does not change float32 results.
+    A DTensor is computed whole on every rank, which keeps its part (the QR needs every entry).
 
     Example:
         >>> w = orthogonal_(torch.empty(3, 5), gain=2.0)
@@ -168,18 +168,21 @@ def delta_orthogonal_(
     q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype, sampler), t.device, sampler)[0]
     with torch.no_grad():
         t.zero_()
-        t[(slice(None), slice(None)) + _centre(t)] = q * gain
+        t[_centre_tap(t)] = q * gain
     return tensor
 
 
-def _centre(t: Tensor) -> tuple[int, ...]:
-    """The centre tap of a conv weight's kernel: ``k // 2`` in each spatial dim."""
-    return tuple(k // 2 for k in t.shape[2:])
+def _centre_tap(t: Tensor) -> tuple[slice | int, ...]:
+    """The index of a conv weight's (out, in) channel map at its kernel's centre tap (``k // 2`` in each spatial dim);
+    the whole weight for a 2-D one."""
+    return (slice(None), slice(None), *(k // 2 for k in t.shape[2:]))
 
 
 @scheme()
 def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
-    r"""ZerO initialization (Zhao et al., "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones", TMLR 2022).
+    r"""ZerO initialization (Zhao et al., TMLR 2022).
+
+    The paper: "ZerO Initialization: Initializing Neural Networks with only Zeros and Ones".
 
     For a weight with ``out`` outputs and ``in`` inputs (a 2-D ``(out, in)`` matrix, or a
     conv weight's channel map at the kernel's centre tap, zeros elsewhere):
@@ -215,7 +218,7 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     m = math.ceil(math.log2(out))
     with torch.no_grad():
         t.zero_()
-        centre = t[(slice(None), slice(None)) + _centre(t)]  # a view: the whole 2-D weight, or the centre tap
+        centre = t[_centre_tap(t)]  # a view: the whole 2-D weight, or the centre tap
         _sylvester_corner_(centre)
         centre.mul_(gain * 2.0 ** (-(m - 1) / 2))
     return tensor

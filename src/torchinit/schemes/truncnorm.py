@@ -267,7 +267,8 @@ def trunc_normal_std_(
         (0.02, True)
         >>> z = trunc_normal_std_(torch.empty(768, 768, dtype=torch.complex64), std=0.02,
         ...                       generator=torch.Generator().manual_seed(0))
-        >>> round(z.abs().pow(2).mean().sqrt().item(), 4), bool(z.abs().max() <= 2 * 0.02 / complex_truncated_std_factor(2))
+        >>> bound = 2 * 0.02 / complex_truncated_std_factor(2)
+        >>> round(z.abs().pow(2).mean().sqrt().item(), 4), bool(z.abs().max() <= bound)
         (0.02, True)
     """
     t = float_tensor(tensor, complex_ok=True)
@@ -308,7 +309,10 @@ def truncated_std_(tensor: Tensor, std: float, k: float, mean: float, sampler: S
 
 
 def _truncated_rayleigh(k: float):
-    """``u ~ U[0, 1)`` -> ``|z| / (k sigma_u)`` for ``z ~ CN(0, sigma_u^2)`` conditioned on ``|z| <= k sigma_u``, in place."""
+    """``u ~ U[0, 1)`` -> ``|z| / (k sigma_u)`` for ``z ~ CN(0, sigma_u^2)`` conditioned on ``|z| <= k sigma_u``.
+
+    The map works in place on ``u``.
+    """
     mass = -math.expm1(-k * k)  # P(|z|^2 <= k^2), |z|^2 ~ Exp(1)
 
     def radius_(u: Tensor) -> Tensor:
@@ -322,7 +326,7 @@ def _truncated_rayleigh(k: float):
 def sample_circular_(
     out: Tensor, radius_: Any, bound: float, mean: float, sampler: Sampler
 ) -> Tensor:
-    """Fill the complex tensor ``out`` with ``mean (1 + i) + bound * radius_(u) * exp(i theta)``, ``theta ~ U[0, 2 pi)``.
+    """Fill the complex ``out`` with ``mean (1 + i) + bound * radius_(u) * exp(i theta)``, ``theta ~ U[0, 2 pi)``.
 
     ``radius_`` maps uniforms ``u ~ U[0, 1)`` in place to moduli in ``[0, 1]`` (as fractions
     of ``bound``); the moduli are clamped to ``bound / (1 + eps)`` of the dtype's real part,
@@ -430,7 +434,7 @@ def sample_truncated_(
 
 
 def _fill_keyed_poly(flat: Tensor, fill: _PolySampler, chunk: int, lo: float, hi: float, sampler: Sampler) -> None:
-    """The polynomial sampler on the keyed stream: chunks in threads on the CPU, by :func:`torchinit.rng.keyed.trunc_poly_`.
+    """The polynomial sampler on the keyed stream (:func:`torchinit.rng.keyed.trunc_poly_`), in threads on the CPU.
 
     Element ``i`` is the stream's value ``i`` (its global index, for a shard):
     the kernel draws the uniforms and evaluates the same fitted polynomial in float64, so
