@@ -28,8 +28,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -37,7 +37,7 @@ import torchinit as ti
 from torchinit.rng import keyed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_init import load, peak_kib, reset_peak, source_state, status_kib  # noqa: E402
+from model_init import load, peak_kib, reset_peak, source_state, status_kib
 
 N = 1 << 24
 REPEATS = 11

@@ -98,7 +98,8 @@ def llama(layers: int, hidden: int = 2048, ff: int = 5632, vocab: int = 32000, h
         from transformers import LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=ff, vocab_size=vocab,
-                             num_attention_heads=heads, num_key_value_heads=heads, tie_word_embeddings=False)  # fmt: skip
+                             num_attention_heads=heads, num_key_value_heads=heads,
+                             tie_word_embeddings=False)  # fmt: skip
         return LlamaForCausalLM, config
 
     return make
@@ -340,9 +341,8 @@ def profile(model_name: str, part: str) -> None:
     stats = pstats.Stats(prof)  # the calling thread only: fill_'s helper threads show as the caller's waits
     torch_ops = waits = python = 0.0
     for (file, _, func), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
-        if file == "~" and ("torch._ops" in func or "torch._C" in func):
-            torch_ops += tottime
-        elif func == "_kernel_fill":  # the keyed C kernel, called through ctypes: profiled as this function
+        # _kernel_fill: the keyed C kernel, called through ctypes, is profiled as this function
+        if (file == "~" and ("torch._ops" in func or "torch._C" in func)) or func == "_kernel_fill":
             torch_ops += tottime
         elif file == "~" and "_thread.lock" in func:
             waits += tottime
@@ -373,8 +373,9 @@ def fill_bench() -> None:
         t = torch.empty(shape, dtype=dtype).zero_()
         for kind, params in (("normal_", (0.0, 0.02)), ("uniform_", (-0.1, 0.1))):
             calls = {
-                "torch": lambda: getattr(t, kind)(*params, generator=gen),
-                "fill_": lambda: fastfill.fill_(t, kind, *params, generator=gen),
+                # called within this iteration only: the defaults just bind this iteration's t, kind, params
+                "torch": lambda t=t, kind=kind, params=params: getattr(t, kind)(*params, generator=gen),
+                "fill_": lambda t=t, kind=kind, params=params: fastfill.fill_(t, kind, *params, generator=gen),
             }
             samples: dict[str, list[float]] = {k: [] for k in calls}
             for i in range(-1, FILL_REPEATS):  # -1: warm-up
@@ -396,7 +397,7 @@ def fill_bench() -> None:
 
 VOCAB, WIDTH, LAYERS, FF = 32000, 1024, 8, 4096
 STD = 0.02
-SIGMA_U = STD / ti.truncated_std_factor(2.0)  # the untruncated std whose ±2σ truncation has std 0.02
+SIGMA_U = STD / ti.truncated_std_factor(2.0)  # the untruncated std whose +-2 sigma truncation has std 0.02
 SPEEDUP_TARGET, MEMORY_TARGET = 2.5, 1.3  # the goal: >= 2.5x faster than eager + apply, peak <= 1.3x the parameters
 
 
@@ -518,10 +519,7 @@ def model_section(name: str, results: dict[str, list[dict[str, Any]]], ways: lis
         constructed = statistics.median(r["construct"] for r in rs)
         peak = statistics.median(r["peak_kib"] for r in rs) * 1024
         std = "—" if way == "floor" else f"{statistics.median(r['std'] for r in rs):.4f}"
-        if way == "floor":
-            buffers = "—"
-        else:
-            buffers = "yes" if all(r["buffers"] == eager_buffers for r in rs) else "**NO**"
+        buffers = "—" if way == "floor" else ("yes" if all(r["buffers"] == eager_buffers for r in rs) else "**NO**")
         warmup = "—" if way == "floor" else f"{statistics.median(r['warmup'] for r in rs):.2f}"
         rows.append(f"| {label} | {med} | {spread} | {'—' if way == 'floor' else f'{constructed:.2f}'} | "
                     f"{statistics.median(r['seconds'] for r in rs) / acc:.2f}× | {peak / 2**20:.0f} | "
@@ -630,7 +628,9 @@ def issue5_section(results: dict[str, list[dict[str, Any]]]) -> list[str]:
     med = {w: (statistics.median(r["seconds"] for r in rs), statistics.median(r["peak_kib"] for r in rs) / 1024)
            for w, rs in results.items()}  # fmt: skip
     ours_s, ours_mib = med["deferred + materialize_"]
-    rows = [f"| {w} | {s:.2f} | {s / ours_s:.2f}× | {mib:.0f} | {mib / param_mib:.2f}× |" for w, (s, mib) in med.items()]
+    rows = [
+        f"| {w} | {s:.2f} | {s / ours_s:.2f}× | {mib:.0f} | {mib / param_mib:.2f}× |" for w, (s, mib) in med.items()
+    ]
     speedup = med["eager + torch.nn.init apply"][0] / ours_s
     return [
         "## A transformer-shaped model with a GPT-style Policy",
@@ -696,7 +696,8 @@ def main() -> None:
     sections += issue5_section(issue5)
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     import transformers
 

@@ -216,7 +216,7 @@ GROUPS = [
             slow(twin("orthogonal_", (4096, 4096), "normal_")),
             slow(twin("orthogonal_", (32000, 512), "normal_")),
             Case("orthogonal_(blocks=4)", (4096, 1024), lambda t, g: ti.orthogonal_(t, generator=g, blocks=4),
-                 lambda t, g: tinit.orthogonal_(t, generator=g)),  # fmt: skip
+                 lambda t, g: tinit.orthogonal_(t, generator=g)),
             Case("identity_", SQ, lambda t, g: ti.identity_(t), lambda t, g: tinit.eye_(t), "zero_"),
             twin("sparse_", (1024, 1024), "normal_", 0.1),
         ],
@@ -235,7 +235,7 @@ GROUPS = [
             trunc("trunc_normal_(std=0.02, a=-0.04, b=0.04)", std=0.02, a=-0.04, b=0.04),
             Case("trunc_normal_std_(std=0.02)", N32M, lambda t, g: ti.trunc_normal_std_(t, std=0.02, generator=g),
                  lambda t, g: tinit.trunc_normal_(t, std=SIGMA_U, a=-2 * SIGMA_U, b=2 * SIGMA_U, generator=g),
-                 theirs_repeats=SLOW_REPEATS),  # fmt: skip
+                 theirs_repeats=SLOW_REPEATS),
             trunc("trunc_normal_(std=0.02, a=-0.04, b=0.04)", torch.bfloat16, std=0.02, a=-0.04, b=0.04),
         ],
         TRUNC_COLUMNS,
@@ -252,7 +252,7 @@ GROUPS = [
             *(
                 Case(f'variance_scaling_(distribution="{d}")', SQ,
                      lambda t, g, d=d: ti.variance_scaling_(t, 1.0, "fan_in", d, generator=g),
-                     ref="uniform_" if d == "uniform" else "normal_")  # fmt: skip
+                     ref="uniform_" if d == "uniform" else "normal_")
                 for d in ("truncated_normal", "normal", "uniform")
             ),
         ],
@@ -358,7 +358,8 @@ def probe(index: int, impl: str) -> None:
     tensor = torch.empty(case.shape, dtype=case.dtype).fill_(1)  # allocate and touch every page
     before = maxrss_mib()
     if os.path.exists("/proc/self/statm"):  # the baseline must be the current RSS, or a peak could hide below it
-        rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         if before - rss > 1.0:
             raise RuntimeError(f"ru_maxrss {before:.1f} MiB exceeds the current RSS {rss:.1f} MiB before the call")
     fill(tensor, gen.manual_seed(SEED))
@@ -390,7 +391,8 @@ def run_case(index: int) -> Row:
 def machine_info() -> list[tuple[str, str]]:
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        with open("/proc/cpuinfo") as cpuinfo:
+            names = [ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     return [
         ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")),

@@ -9,7 +9,8 @@ Per rank it reports the time (median of ``--repeat`` runs, each on a fresh model
 peak resident memory the call added (VmHWM, reset before the call, minus the resident size
 before), the parameter bytes the rank holds, the memset floor (allocating and zeroing those
 bytes), and the same for the torch way: ``to_empty`` then ``normal_``/``zero_``/``fill_`` on
-the DTensors (DTensor's random ops, whose values change with the world size). ``--check`` also compares ``fingerprint(model)`` between the world sizes.
+the DTensors (DTensor's random ops, whose values change with the world size). ``--check`` also
+compares ``fingerprint(model)`` between the world sizes.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ a=sqrt(5)), and eye_ (dirac_ for convolutions).
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Callable
@@ -90,7 +91,7 @@ class ZeroBranchChain(nn.Module):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.shortcuts, self.fc1, self.fc2 = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for i, (a, b) in enumerate(zip(CHAIN, CHAIN[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(CHAIN)):
             shortcut = nn.Linear(a, b, bias=False, dtype=torch.float64)
             MATRIX_INITS[name](shortcut.weight.data, torch.Generator().manual_seed(SEED + i))
             self.shortcuts.append(shortcut)

@@ -13,11 +13,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-import torchinit as ti  # noqa: E402
-from torchinit.schemes.gains import ACTIVATIONS  # noqa: E402
+import torchinit as ti
+from torchinit.schemes.gains import ACTIVATIONS
 
 OUT = Path(__file__).parent / "img"
 
@@ -32,7 +32,8 @@ def trunc_normal_figure() -> None:
     u = torch.empty(n).uniform_(-mass, mass, generator=g)
     naive = (torch.erfinv(u) * math.sqrt(2) * std).clamp_(a, b).bfloat16().float()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, x, title in ((axes[0], ours, "torchinit.trunc_normal_"), (axes[1], naive, "inverse CDF + clamp, then bf16")):
+    panels = ((axes[0], ours, "torchinit.trunc_normal_"), (axes[1], naive, "inverse CDF + clamp, then bf16"))
+    for ax, x, title in panels:
         values, counts = torch.unique(x, return_counts=True)
         ax.vlines(values.numpy(), 0, counts.numpy(), lw=0.6)
         outside = int(((x < a) | (x > b)).sum())
@@ -47,7 +48,8 @@ def trunc_normal_figure() -> None:
 
 
 def gains_figure() -> None:
-    names = ["relu", "leaky_relu", "tanh", "sigmoid", "selu"] + [n for n in ACTIVATIONS if n not in ("identity", "swish")]
+    names = ["relu", "leaky_relu", "tanh", "sigmoid", "selu"]
+    names += [n for n in ACTIVATIONS if n not in ("identity", "swish")]
     torch_fn = {"relu": torch.relu, "leaky_relu": lambda x: torch.nn.functional.leaky_relu(x, 0.01),
                 "tanh": torch.tanh, "sigmoid": torch.sigmoid, "selu": torch.selu}
     computed = [ti.variance_gain(torch_fn[n]) if n in torch_fn else ti.calculate_gain(n) for n in names]

@@ -65,7 +65,8 @@ def write_page(results: dict) -> None:
         pattern = re.compile(rf"(<!-- run: {re.escape(name)} -->\n).*?(<!-- end run -->)", re.S)
         if not pattern.search(page):
             raise SystemExit(f"{PAGE}: no markers for run {name!r}")
-        page = pattern.sub(lambda m: m.group(1) + block(name, result) + m.group(2), page)
+        # called within this iteration only: the defaults just bind this iteration's name and result
+        page = pattern.sub(lambda m, name=name, result=result: m.group(1) + block(name, result) + m.group(2), page)
     PAGE.write_text(page)
 
 

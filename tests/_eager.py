@@ -47,7 +47,9 @@ def differences(build: Callable[[], nn.Module], materialized: nn.Module, sigmas:
         if m is None:
             continue
         if m.is_meta or m.shape != a.shape or m.dtype != a.dtype:
-            problems.append(f"{name}: meta={m.is_meta} shape {tuple(m.shape)} dtype {m.dtype}, eager {tuple(a.shape)} {a.dtype}")
+            problems.append(
+                f"{name}: meta={m.is_meta} shape {tuple(m.shape)} dtype {m.dtype}, eager {tuple(a.shape)} {a.dtype}"
+            )
             continue
         b, c = second[name], third[name]
         if a.is_complex():  # real and imaginary parts compared as entries of their own
@@ -72,7 +74,9 @@ def differences(build: Callable[[], nn.Module], materialized: nn.Module, sigmas:
         sd = float(ref.std()) if ref.numel() > 1 else 0.0
         mean_tol = sigmas * sd * math.sqrt(1 / n + 1 / ref.numel())
         if abs(float(x.mean()) - float(ref.mean())) > mean_tol + 1e-12:
-            problems.append(f"{name}: mean {float(x.mean()):.4g}, eager {float(ref.mean()):.4g} (tolerance {mean_tol:.2g})")
+            problems.append(
+                f"{name}: mean {float(x.mean()):.4g}, eager {float(ref.mean()):.4g} (tolerance {mean_tol:.2g})"
+            )
             continue
         if n >= 8:
             kurt = float(((ref - ref.mean()) ** 4).mean() / max(sd**4, 1e-300)) if sd > 0 else 3.0

@@ -53,7 +53,10 @@ TORCHVISION_PROBLEM = _import_torchvision_tolerantly()
 
 def need(module: str) -> Any:
     """Import ``module`` (transformers, timm, torchvision.models, ...) or skip the test with the reason."""
-    if module.split(".")[0] in ("timm", "torchvision") and TORCHVISION_PROBLEM is not None:
-        if module.split(".")[0] == "torchvision" or "not installed" not in TORCHVISION_PROBLEM:
-            pytest.skip(TORCHVISION_PROBLEM)
+    top = module.split(".")[0]
+    # timm works without torchvision, but not beside one that is installed and fails to import
+    if top in ("timm", "torchvision") and TORCHVISION_PROBLEM is not None and (
+        top == "torchvision" or "not installed" not in TORCHVISION_PROBLEM
+    ):
+        pytest.skip(TORCHVISION_PROBLEM)
     return pytest.importorskip(module)

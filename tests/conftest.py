@@ -4,7 +4,7 @@ import pytest
 import torch
 
 # Before any test imports transformers or timm: they import torchvision, which needs a tolerant import here.
-import _thirdparty  # noqa: F401, E402
+import _thirdparty  # noqa: F401
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

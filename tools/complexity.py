@@ -41,7 +41,7 @@ def problems(found: dict[str, int]) -> list[str]:
         allowed = PENDING.get(name, LIMIT)
         if value > allowed:
             out.append(f"{name}: complexity {value} > {allowed}")
-    for name, value in sorted(PENDING.items()):
+    for name in sorted(PENDING):
         if found.get(name, 0) <= LIMIT:
             out.append(f"{name}: now within {LIMIT} (or gone): remove it from PENDING")
     return out
