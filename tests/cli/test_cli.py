@@ -153,12 +153,13 @@ def test_bad_input_exit_2_one_line_no_traceback(tmp_path, argv, culprit):
 
 def test_no_subcommand_and_version(capsys):
     code, out, err = run_main(capsys)
-    assert code == 2 and err == "torchinit: error: a command is required: compare, probe or train (see torchinit --help)\n"
+    assert code == 2
+    assert err == "torchinit: error: a command is required: compare, probe or train (see torchinit --help)\n"
     code, out, _ = run_main(capsys, "--version")
     assert code == 0 and out.strip() == f"torchinit {torchinit.__version__}"
 
 
 def test_missing_matplotlib_is_a_message_not_an_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    code, out, err = run_main(capsys, "compare", "--init", "default", "--out", str(tmp_path / "x.png"), *FAST)
+    code, _, err = run_main(capsys, "compare", "--init", "default", "--out", str(tmp_path / "x.png"), *FAST)
     assert code == 0 and "pip install 'torchinit[plot]'" in err and not (tmp_path / "x.png").exists()

@@ -1,13 +1,13 @@
-"""lsuv_ (issue 6, item 2): every layer within tol, execution order, inplace ReLU, residuals, shared modules."""
+"""lsuv_: every layer within tol, execution order, inplace ReLU, residuals, shared modules."""
 
 
 import pytest
 import torch
 from torch import nn
 
-from torchinit.diagnostics.models import ResidualMLP, SmallCNN
-from torchinit.diagnostics.lsuv import lsuv_
 from conftest import gen
+from torchinit.diagnostics.lsuv import lsuv_
+from torchinit.diagnostics.models import ResidualMLP, SmallCNN
 
 
 def output_stds(model: nn.Module, data: torch.Tensor) -> dict[str, float]:
@@ -81,20 +81,22 @@ def test_execution_order_not_registration_order():
 
 
 def test_modes_restored_biases_untouched_no_hooks_left():
-    model = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.5), nn.Linear(16, 16))
+    first, last = nn.Linear(16, 16), nn.Linear(16, 16)
+    model = nn.Sequential(first, nn.Dropout(0.5), last)
     model.train()
-    model[2].eval()
-    biases = [model[0].bias.detach().clone(), model[2].bias.detach().clone()]
+    last.eval()
+    biases = [first.bias.detach().clone(), last.bias.detach().clone()]
     lsuv_(model, torch.randn(256, 16, generator=gen()), generator=gen())
-    assert model.training and model[1].training and not model[2].training
-    assert torch.equal(model[0].bias, biases[0]) and torch.equal(model[2].bias, biases[1])
+    assert model.training and model[1].training and not last.training
+    assert torch.equal(first.bias, biases[0]) and torch.equal(last.bias, biases[1])
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_warns_naming_the_layer_that_does_not_converge():
-    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    second = nn.Linear(16, 16)
+    model = nn.Sequential(nn.Linear(16, 16), second)
     with torch.no_grad():
-        model[1].bias.copy_(torch.linspace(-30, 30, 16))  # a bias that alone has std ~ 18: out of reach
+        second.bias.copy_(torch.linspace(-30, 30, 16))  # a bias that alone has std ~ 18: out of reach
     with pytest.warns(UserWarning, match=r"did not reach std 1.0 .*: 1$"):
         report = lsuv_(model, torch.randn(256, 16, generator=gen()), generator=gen(), max_iter=4)
     assert report.not_converged == ["1"] and report.rows[1].iterations == 4
@@ -122,8 +124,11 @@ def test_progress_bar(capsys):
 
 def test_bad_arguments():
     model = nn.Linear(4, 4)
-    for kw, word in [({"target_std": 0.0}, "target_std"), ({"tol": -1.0}, "tol"), ({"max_iter": 0}, "max_iter")]:
-        with pytest.raises(ValueError, match=word):
-            lsuv_(model, torch.randn(8, 4), **kw)
-    with pytest.raises(TypeError, match="nn.Module"):
-        lsuv_(torch.zeros(3), torch.randn(8, 4))
+    with pytest.raises(ValueError, match="target_std"):
+        lsuv_(model, torch.randn(8, 4), target_std=0.0)
+    with pytest.raises(ValueError, match="tol"):
+        lsuv_(model, torch.randn(8, 4), tol=-1.0)
+    with pytest.raises(ValueError, match="max_iter"):
+        lsuv_(model, torch.randn(8, 4), max_iter=0)
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        lsuv_(torch.zeros(3), torch.randn(8, 4))  # type: ignore[arg-type]

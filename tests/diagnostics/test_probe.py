@@ -1,4 +1,5 @@
-"""probe() and jacobian_spectrum() (issue 6, items 1 and 4)."""
+"""probe() and jacobian_spectrum(): per-layer statistics against plain hooks, execution order, tuple outputs,
+the model left as found, plots and errors, and the Jacobian's singular values."""
 
 import math
 import sys
@@ -8,20 +9,35 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.diagnostics.probing import jacobian_spectrum, probe
 from conftest import gen
+from torchinit.diagnostics.probing import jacobian_spectrum, probe
 
 
 def manual_stats(model: nn.Module, x: torch.Tensor, layers: list[nn.Module]):
     """Reference statistics with plain hooks and retain_grad on a model without in-place ops."""
     outs = []
-    handles = [m.register_forward_hook(lambda m, i, o: (o.retain_grad(), outs.append(o))[1]) for m in layers]
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        output.retain_grad()
+        outs.append(output)
+
+    handles = [m.register_forward_hook(keep) for m in layers]
     y = model(x.clone().requires_grad_(True))
     y.pow(2).mean().backward()
     for h in handles:
         h.remove()
     model.zero_grad(set_to_none=True)
-    return [(float(o.detach().mean()), float(o.detach().std()), float(o.grad.std())) for o in outs]
+    stats = []
+    for o in outs:
+        assert o.grad is not None
+        stats.append((float(o.detach().mean()), float(o.detach().std()), float(o.grad.std())))
+    return stats
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
 
 
 def mlp(inplace: bool) -> nn.Sequential:
@@ -42,7 +58,7 @@ def test_stats_equal_manual_hooks_with_inplace_relu():
         assert row["act_std"] == pytest.approx(std, rel=1e-5)
         assert row["grad_std"] == pytest.approx(grad, rel=1e-5)
     assert report.rows[0]["fan_in"] == 16 and report.rows[0]["fan_out"] == 32
-    assert report.rows[0]["weight_std"] == pytest.approx(float(model[0].weight.detach().std()), rel=1e-6)
+    assert report.rows[0]["weight_std"] == pytest.approx(float(weight_of(model[0]).detach().std()), rel=1e-6)
     assert report.output_std == pytest.approx(float(model(x).detach().std()), rel=1e-5)
 
 
@@ -91,13 +107,13 @@ def test_model_left_exactly_as_found():
                           nn.Linear(4 * 6 * 6, 2))
     model.train()
     model[4].eval()  # mixed modes stay mixed
-    model[0].weight.grad = torch.ones_like(model[0].weight)  # an existing .grad is kept as it was
+    model[0].weight.grad = torch.ones_like(weight_of(model[0]))  # an existing .grad is kept as it was
     before = {k: v.clone() for k, v in model.state_dict().items()}
     probe(model, torch.randn(8, 3, 8, 8, generator=gen()))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm running stats included
     assert model.training and model[1].training and not model[4].training
-    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+    assert torch.equal(model[0].weight.grad, torch.ones_like(weight_of(model[0])))
     assert model[4].weight.grad is None
     assert all(not m._forward_hooks for m in model.modules())
 
@@ -113,8 +129,8 @@ def test_report_plot(tmp_path, monkeypatch):
 
 
 def test_probe_errors():
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
-        probe(torch.zeros(2), torch.zeros(2))
+    with pytest.raises(TypeError, match=r"model must be an nn\.Module"):
+        probe(torch.zeros(2), torch.zeros(2))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="scalar"):
         probe(nn.Linear(3, 3), torch.randn(2, 3), loss=lambda out: out)
 
@@ -125,6 +141,6 @@ def test_jacobian_spectrum():
     sv = jacobian_spectrum(layer, torch.randn(1, 16, generator=gen()))
     assert torch.allclose(sv, torch.ones(16, dtype=torch.float64), atol=1e-6)
     two = nn.Sequential(nn.Linear(8, 12, bias=False), nn.Linear(12, 5, bias=False))
-    want = torch.linalg.svdvals((two[1].weight @ two[0].weight).double().detach())
+    want = torch.linalg.svdvals((weight_of(two[1]) @ weight_of(two[0])).double().detach())
     got = jacobian_spectrum(two, torch.randn(1, 8, generator=gen()))
     assert torch.allclose(got, want, rtol=1e-5) and two[0].weight.grad is None

@@ -43,6 +43,7 @@ Run ``torchinit compare --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -226,7 +227,7 @@ def estimate_bytes(build: Callable[[], nn.Module], batch: int, shape: tuple[int,
             with torch.no_grad():
                 out = first_tensor(model(torch.empty(batch, *shape)))
             outputs, out_numel = sum(sizes), (out.numel() // batch if out is not None else numel)
-    except (Exception, SystemExit):  # noqa: BLE001  (not meta-friendly: the fallbacks above; the run reports errors)
+    except (Exception, SystemExit):  # not meta-friendly: the fallbacks above; the run itself reports errors
         pass
     inputs = 4 * batch * numel
     jacobian = 4 * out_numel * numel if spectrum else 0
@@ -293,21 +294,23 @@ def _scheme_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, what: str) -> int:
+    """``text`` as an int; else a usage error: it "must be ``what``"."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return value
 
 
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}") from None
+    value = _integer(text, "a non-negative integer")
     if not 0 <= value < 2**63 - 1:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2**63 - 1; got {text!r}")
     return value
@@ -510,7 +513,8 @@ def _json_default(value: object) -> object:
 def _text(args: argparse.Namespace, results: Sequence[SchemeResult], shape: tuple[int, ...]) -> str:
     model = args.model + (f" ({MODELS[args.model][2]})" if args.model in MODELS else "")
     out = [f"model: {model}",
-           f"input: x ~ N(0, 1), shape {tuple(shape)}, seed {args.seed}; models and schemes seeded with {args.seed + 1}",
+           f"input: x ~ N(0, 1), shape {tuple(shape)}, seed {args.seed}; "
+           f"models and schemes seeded with {args.seed + 1}",
            "pass:  one forward, loss = mean(output**2), one backward", ""]  # fmt: skip
     for r in results:
         n = len(r.report.rows)
@@ -529,10 +533,8 @@ def _report(err: BaseException, args: argparse.Namespace | None) -> int:
     if isinstance(err, UsageError):
         status, what = 2, f"error: {err}"
     elif isinstance(err, BrokenPipeError):  # stdout closed early (| head): nothing more goes there
-        try:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # not a real file (captured output)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass  # not a real file (captured output)
         status, what = 1, "stdout was closed before all the output was written"
     elif isinstance(err, KeyboardInterrupt):
         status, what = 130, "interrupted"

@@ -34,5 +34,6 @@ def colors(name: str = "tab20") -> list[Any]:
     """The colors of a listed colormap (``tab20`` reordered: its ten strong colors first, then the light ones)."""
     import matplotlib
 
-    listed = list(matplotlib.colormaps[name].colors)
+    colormap: Any = matplotlib.colormaps[name]  # a ListedColormap, whose .colors its stubs do not know
+    listed = list(colormap.colors)
     return listed[::2] + listed[1::2] if name == "tab20" else listed

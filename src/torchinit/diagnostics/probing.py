@@ -61,12 +61,12 @@ class _Tap(torch.autograd.Function):
     """Identity on the way forward (a copy, so later in-place ops are safe); records the gradient's std."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, sink: list[float]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, sink: list[float]) -> Tensor:
         ctx.sink = sink
         return x.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         ctx.sink.append(_std(grad))
         return grad, None
 
