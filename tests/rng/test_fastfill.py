@@ -190,15 +190,16 @@ def test_replay_fill_fills_recorded_random_overwrites():
     n = ff.THRESHOLD
     with ti.deferred() as rec:
         m = nn.Module()
-        for name in ("w", "v", "u", "small"):
-            m.register_parameter(name, nn.Parameter(torch.empty(n if name != "small" else 8)))
+        params = {name: nn.Parameter(torch.empty(n if name != "small" else 8)) for name in ("w", "v", "u", "small")}
+        for name, p in params.items():
+            m.register_parameter(name, p)
         with torch.no_grad():
-            m.w.normal_(std=2.0)  # recorded as (ref, 0.0, 2.0)
-            m.v.normal_()  # recorded as (ref,): torch's defaults
-            m.u.uniform_(to=3.0)
-            nn.init.uniform_(m.u, -2, 2)  # the live write
-            m.small.normal_()
-    used = []
+            params["w"].normal_(std=2.0)  # recorded as (ref, 0.0, 2.0)
+            params["v"].normal_()  # recorded as (ref,): torch's defaults
+            params["u"].uniform_(to=3.0)
+            nn.init.uniform_(params["u"], -2, 2)  # the live write
+            params["small"].normal_()
+    used: list[tuple[str, tuple[int, ...], bool]] = []
 
     def hook(tensor, op, generator=None, index=-1):  # replay passes the generator it would use (None here), the index
         assert generator is None

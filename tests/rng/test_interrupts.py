@@ -42,7 +42,7 @@ CHILD = textwrap.dedent("""
 def test_sigint_during_threaded_fills_ends_the_process_promptly(delay):
     proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         threading.Event().wait(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)  # a hang fails here

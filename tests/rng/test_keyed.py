@@ -130,7 +130,9 @@ def test_values_follow_the_specification():
 def test_documented_test_vector():
     """docs/keyed_rng.md lists the key and the first normals of (seed 0, name "weight"); they are the spec's."""
     text = DOCS.read_text()
-    k0, k1 = (int(h, 16) for h in re.search(r"key words: `(0x[0-9a-f]+)`, `(0x[0-9a-f]+)`", text).groups())
+    key_words = re.search(r"key words: `(0x[0-9a-f]+)`, `(0x[0-9a-f]+)`", text)
+    assert key_words is not None
+    k0, k1 = (int(h, 16) for h in key_words.groups())
     assert (k0, k1) == spec_key(0, "weight")
     section = text[text.index("## 4. Test vector"):text.index("## 5.")]
     documented = [float.fromhex(h) for h in re.findall(r"`(-?0x1\.[0-9a-f]+p[+-]\d+)`", section)]
@@ -240,7 +242,7 @@ def test_uniform_never_reaches_high_after_rounding():
     (lambda t: keyed.normal_(t, Stream.of(0), 0.0, -1.0), ValueError),
     (lambda t: keyed.normal_(t, Stream.of(0), math.inf, 1.0), ValueError),
     (lambda t: keyed.uniform_(t, Stream.of(0), 1.0, 0.0), ValueError),
-    (lambda t: keyed.uniform_(t, Stream.of(0), "a", 1.0), TypeError),
+    (lambda t: keyed.uniform_(t, Stream.of(0), "a", 1.0), TypeError),  # type: ignore[arg-type]  # on purpose
     (lambda t: keyed.normal_(t, Stream.of(0), offset=-1), ValueError),
     (lambda t: keyed.normal_(t.int(), Stream.of(0)), TypeError),
     (lambda t: keyed.normal_(t.requires_grad_(), Stream.of(0)), ValueError),

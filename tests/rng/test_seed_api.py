@@ -169,6 +169,7 @@ def test_keyed_truncated_polynomial_reference_equals_kernel():
     from torchinit.schemes.truncnorm import _poly_fit
 
     plan = _poly_fit(-2.0, 2.0, 1.0)
+    assert plan is not None
     args = (plan.y_lo, plan.y_hi, 0.25, plan.k0, plan.k1, plan.coeffs, -1.5, 2.0)
     for first in (0, 3, 1 << 34):
         kernel = keyed.trunc_poly_(torch.empty(5000), stream, first, *args)

@@ -187,7 +187,7 @@ def test_scheme_wraps_recorded_call_over_shardable(name):
 def test_fan_keywords_paragraph_stands_before_the_example_once():
     for name in ("variance_scaling_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
                  "lecun_uniform_", "lecun_normal_"):
-        doc = inspect.getdoc(SCHEMES[name])
+        doc = inspect.getdoc(SCHEMES[name]) or ""
         assert doc.count(inspect.cleandoc(FAN_KEYWORDS)) == 1, name
         assert doc.index("Keyword-only: ``in_dims``") < doc.index("Example:"), name
 

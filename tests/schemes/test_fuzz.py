@@ -171,7 +171,7 @@ EXTREME_OTHER_NUMBERS = [
     Lit(lambda: torch.tensor(1e30, dtype=torch.float64), "torch.tensor(1e30, dtype=torch.float64)"),
 ]  # fmt: skip
 #: Not a number at all, or not a real one, or not one value.
-WRONG_TYPES = [
+WRONG_TYPES: list[Any] = [
     "1.0", "", None, [1.0], (0.5,), {}, 1 + 1j, b"1", True, Lit(lambda: object, "object"),
     Lit(lambda: torch.tensor([1.0, 2.0]), "torch.tensor([1.0, 2.0])"),
     Lit(lambda: torch.tensor(True), "torch.tensor(True)"),
@@ -449,10 +449,10 @@ class Built:
             covered[eval(view, {"base": np.arange(numel).reshape(base_shape)}).reshape(-1)] = True
             now, before = (np.frombuffer(a.tobytes(), np.uint8).reshape(numel, -1) for a in (self.base, self.before))
             return not np.array_equal(now[~covered], before[~covered])
-        covered = torch.zeros(numel, dtype=torch.bool)
-        covered[eval(view, {"base": torch.arange(numel).reshape(base_shape)}).reshape(-1)] = True
-        now, before = (_bytes(a).reshape(numel, -1) for a in (self.base, self.before))
-        return not torch.equal(now[~covered], before[~covered])
+        covered_t = torch.zeros(numel, dtype=torch.bool)
+        covered_t[eval(view, {"base": torch.arange(numel).reshape(base_shape)}).reshape(-1)] = True
+        now_t, before_t = (_bytes(a).reshape(numel, -1) for a in (self.base, self.before))
+        return not torch.equal(now_t[~covered_t], before_t[~covered_t])
 
     def values(self) -> torch.Tensor | None:
         """The target's values after a successful call, as a tensor (None: meta or a list)."""
@@ -660,7 +660,7 @@ def _trunc_std_range(values: torch.Tensor, args: dict) -> str | None:
     # Real tensors: mean +- k std / c(k). Complex ones truncate the modulus at k std / c_C(k), with
     # c_C(k) > c(k): checking each part against the real bound is looser, never wrong.
     std, k, mean = (_as_float(args[n]) for n in ("std", "k", "mean"))
-    if None in (std, k, mean):
+    if std is None or k is None or mean is None:
         return None
     half = k * std / torchinit.truncated_std_factor(k)
     return _within(values, mean - half, mean + half, slack=True)
@@ -728,6 +728,7 @@ def pattern_of(message: str) -> str:
 
 def record(case: Case, built: Built, outcome: str, exception: str, message: str) -> None:
     pattern = message if outcome.startswith("success") else pattern_of(message)
+    key: tuple[str, ...]
     if outcome == "success left non-finite values":
         key = (case.target, outcome, message)
     elif outcome.startswith("success"):
