@@ -1,12 +1,12 @@
 """Every public function documents its formula, defaults and a runnable example."""
 
 import doctest
-import re
 import importlib
-import json
 import importlib.util
 import inspect
+import json
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -100,7 +100,7 @@ def test_readme_speed_numbers_come_from_the_benchmark_results():
     prose = "\n".join(line for line in speed.splitlines() if not line.startswith("|"))
     measured = [float(x) for x in re.findall(NUMBER, results)]
     for text in re.findall(r"(\d+(?:\.\d+)?)(?: ms|×)", prose):
-        if text != "2":  # "drifts by up to 2×" is about the machine, not a result
+        if text != "2":  # the README's "drifts by up to 2×" is about the machine, not a result  # noqa: RUF003
             assert _matches(text, measured), text
     assert "make bench" in readme and "make demo" in readme and "make test" in readme
 

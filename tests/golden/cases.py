@@ -256,7 +256,8 @@ def _function_cases() -> Iterator[Case]:
         yield from fill.cases()
     for shape in (LINEAR, CONV):
         for dtype in REAL:
-            yield Case(f"fn/glassInit/{_DTYPE_NAMES[dtype]}/{_shape_label(shape)}/global", _glass_init_case(shape, dtype))
+            name = f"fn/glassInit/{_DTYPE_NAMES[dtype]}/{_shape_label(shape)}/global"
+            yield Case(name, _glass_init_case(shape, dtype))
 
 
 # ---- initializers on modules (the layer's own layout) ----------------------------------------------------------
@@ -625,7 +626,8 @@ POLICIES: dict[str, Callable[[], ti.Policy | None]] = {
     "resnet()": ti.presets.resnet,
     "resnet(zero_init_residual=False)": lambda: ti.presets.resnet(zero_init_residual=False),
     "resnet()+glass_shortcuts()": lambda: ti.presets.resnet() + ti.presets.glass_shortcuts(),
-    "resnet()+glass_shortcuts(isometric=True)": lambda: ti.presets.resnet() + ti.presets.glass_shortcuts(isometric=True),
+    "resnet()+glass_shortcuts(isometric=True)":
+        lambda: ti.presets.resnet() + ti.presets.glass_shortcuts(isometric=True),
     "glass_shortcuts()": ti.presets.glass_shortcuts,
     "vit_jax()": ti.presets.vit_jax,
     "fixup(3)": lambda: ti.presets.fixup(3),

@@ -21,8 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-import _thirdparty  # noqa: F401  (torchvision's tolerant import, before timm and transformers import it)
-import cases
+import cases  # noqa: E402  (found through the sys.path entries above)
+
+import _thirdparty  # noqa: E402, F401  (torchvision's tolerant import, before timm and transformers import it)
 
 DEFAULT_OUTPUT = HERE / "digests.json"
 
@@ -36,7 +37,8 @@ def render(values: dict[str, cases.Value], environment: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"where to write (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"where to write (default {DEFAULT_OUTPUT})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     args = parser.parse_args(argv)
     if args.output.exists() and not args.force:

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from _thirdparty import need
 
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
 from sharded_example import Model  # noqa: E402  (the documented example's model: one definition)
 
 
-def TinyLM() -> nn.Module:  # noqa: N802
+def TinyLM() -> nn.Module:  # named like the class it stands for
     """The example's model with uneven sizes on purpose: 13 and 7 do not split evenly over 2 or 4 ranks."""
     return Model(vocab=13, width=10, hidden=7, depth=2)
 

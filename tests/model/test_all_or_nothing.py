@@ -16,7 +16,6 @@ from torchinit.model import materialize as materialize_module
 from torchinit.model import replay as replay_module
 from torchinit.model.presets import torch_default
 
-
 # ---- the fingerprint ---------------------------------------------------------------------------------------
 
 
@@ -45,7 +44,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         if was[1] is None:
             assert now[1] is None, name
             continue
-        kind, t, value, dtype, device, shape, requires_grad, storage, attributes = was
+        _kind, t, value, dtype, device, shape, requires_grad, storage, attributes = was
         assert now[1] is t, f"{name}: another tensor object is registered"
         assert (now[3], now[4], now[5], now[6]) == (dtype, device, shape, requires_grad), name
         if value is not None:

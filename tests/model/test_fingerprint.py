@@ -1,4 +1,4 @@
-"""torchinit.model.digest: a digest of every parameter's full value (issue 13)."""
+"""torchinit.model.digest: a digest of every parameter's full value."""
 
 import hashlib
 
@@ -41,7 +41,7 @@ def test_names_dtypes_and_shapes_count():
 def test_the_digest_is_the_documented_one():
     m = nn.Module()
     m.w = nn.Parameter(torch.tensor([1.0, -2.0]))
-    header = "w\0torch.float32\0(2,)\0".encode()
+    header = b"w\0torch.float32\0(2,)\0"
     want = hashlib.sha256(len(header).to_bytes(8, "little") + header + torch.tensor([1.0, -2.0]).numpy().tobytes())
     assert ti.fingerprint(m) == want.hexdigest()
 

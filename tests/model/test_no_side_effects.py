@@ -62,7 +62,8 @@ def test_warning_filters_added_by_another_thread_are_never_lost():
         finally:
             done.set()
             worker.join()
-        kept = {f[1].pattern for f in warnings.filters if f[1] is not None and f[1].pattern.startswith("torchinit-test")}
+        kept = {f[1].pattern for f in warnings.filters
+                if f[1] is not None and f[1].pattern.startswith("torchinit-test")}
     assert len(kept) == 300
 
 
@@ -132,9 +133,8 @@ def test_a_failure_while_installing_deferreds_patches_restores_everything(monkey
 
     original = deferred_module.recorded_call
     monkeypatch.setattr(deferred_module, "recorded_call", failing)
-    with pytest.raises(KeyboardInterrupt):
-        with ti.deferred():
-            pass
+    with pytest.raises(KeyboardInterrupt), ti.deferred():
+        pass
     assert len(calls) == 3
     assert nn.Module.register_parameter is register
     assert {n: getattr(nn.init, n) for n in PATCHED_ATTRIBUTES} == inits

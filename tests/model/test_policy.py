@@ -1,4 +1,4 @@
-"""Policies (issue 5, item 2): selectors, override order, ties, layouts, reports, strictness, determinism."""
+"""Policies: selectors, override order, ties, layouts, reports, strictness, determinism."""
 
 import math
 import subprocess
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.rng.seeds import stream_seed
 from conftest import gen
+from torchinit.rng.seeds import stream_seed
 
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +79,8 @@ def test_owning_module_layout_gives_true_fans():
     convt = nn.ConvTranspose2d(16, 64, 3)
     grouped = nn.Conv2d(64, 128, 3, groups=8)
     model = nn.Sequential(convt, grouped)
-    ti.Policy([(nn.modules.conv._ConvNd, {"weight": ti.KaimingUniform(nonlinearity="relu")})]).apply_(model, generator=gen())
+    policy = ti.Policy([(nn.modules.conv._ConvNd, {"weight": ti.KaimingUniform(nonlinearity="relu")})])
+    policy.apply_(model, generator=gen())
     for layer, fan_in in ((convt, 16 * 9), (grouped, 8 * 9)):
         bound = math.sqrt(2) * math.sqrt(3 / fan_in)
         top = float(layer.weight.detach().abs().max())
@@ -170,7 +171,7 @@ def test_bad_rules_are_clear_errors():
         ti.Policy([("*", ti.Zeros()), (3, ti.Zeros())])
     with pytest.raises(TypeError, match=r"rules\[0\].*nn.Module subclass"):
         ti.Policy([(int, {"weight": ti.Zeros()})])
-    with pytest.raises(TypeError, match="model must be an nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be an nn.Module"):
         ti.Policy([]).apply_(torch.zeros(3))
 
 

@@ -1,4 +1,4 @@
-"""Presets (issue 5, item 3) on real models: transformers' GPT-2, a nanoGPT-style model, a ResNet, a ViT, Fixup."""
+"""Presets on real models: transformers' GPT-2, a nanoGPT-style model, a ResNet, a ViT, Fixup."""
 
 import math
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.model import presets
 from conftest import gen, std_tolerance
+from torchinit.model import presets
 
 
 def std_of(p: torch.Tensor) -> float:

@@ -332,7 +332,7 @@ def test_meta_built_model(spec, how):
     model = build_meta(spec, how)
     before = snapshot(model)
     if spec.meta == UNKNOWN:
-        with pytest.raises(ValueError, match="strict: the values of .* cannot be known") as err:
+        with pytest.raises(ValueError, match=r"strict: the values of .* cannot be known") as err:
             ti.materialize_(model, strict=True)
         listed = re.search(r"uninitialized\): (.*); add rules", str(err.value))
         assert listed, str(err.value)

@@ -1,4 +1,4 @@
-"""``seed=`` on whole models: Policy.apply_, materialize_, presets and the model's own init (issue 13, item 3).
+"""``seed=`` on whole models: Policy.apply_, materialize_, presets and the model's own init.
 
 A parameter's values depend only on (seed, qualified name, shape, initializer): never on the
 call order, the other parameters, or whether the model was eager, deferred or built on meta.
@@ -6,19 +6,20 @@ call order, the other parameters, or whether the model was eager, deferred or bu
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.rng import keyed
-
 from _thirdparty import need
+from torchinit.rng import keyed
 
 
 def mlp(widths=(8, 16, 4)):
     layers = []
-    for a, b in zip(widths, widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.Tanh()]
     return nn.Sequential(*layers)
 
@@ -108,7 +109,8 @@ def test_own_init_with_seed_is_keyed_and_the_same_everywhere():
         assert torch.equal(p, deferred.get_parameter(name)), name
         assert torch.equal(p, meta.get_parameter(name)), name
     bound = 1 / 8**0.5  # Linear's reset: kaiming_uniform_(a=sqrt(5)) = U(+-1/sqrt(fan_in)), keyed by name
-    assert torch.equal(eager[0].weight, keyed.uniform_(torch.empty(16, 8), keyed.Stream.of(11, "0.weight"), -bound, bound))
+    drawn = keyed.uniform_(torch.empty(16, 8), keyed.Stream.of(11, "0.weight"), -bound, bound)
+    assert torch.equal(eager[0].weight, drawn)
     assert torch.equal(eager[2].weight[1:], keyed.normal_(torch.empty(10, 16), keyed.Stream.of(11, "2.weight"))[1:])
     assert bool((eager[2].weight[0] == 0).all())  # padding_idx
     another = build()
@@ -268,7 +270,8 @@ def test_keyed_orthogonal_is_computed_wide():
 
 @pytest.mark.parametrize("make", ["parametrizations.weight_norm", "weight_norm", "parametrizations.spectral_norm"])
 def test_torch_reset_with_seed_on_reparametrized_modules(make):
-    """The reset runs on plain stand-ins and reaches the reparametrization's tensors: keyed, the global RNG untouched."""
+    """The reset runs on plain stand-ins and reaches the reparametrization's tensors: keyed, the global RNG
+    untouched."""
     import warnings
 
     from torch.nn.utils import parametrizations

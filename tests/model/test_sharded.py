@@ -1,4 +1,4 @@
-"""Sharded init on 1, 2 and 4 gloo ranks: the same bits as one process (issue 13, items 4 and 5).
+"""Sharded init on 1, 2 and 4 gloo ranks: the same bits as one process.
 
 Each world size runs ``_sharded_worker.py`` in that many processes (free port, hard
 timeout, every process ended in ``finally``). The workers initialize DTensors under every
@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import _sharded_worker as worker
 import pytest
 import torch
 
-import _sharded_worker as worker
 import torchinit as ti
 
 WORKER = Path(__file__).with_name("_sharded_worker.py")
@@ -36,8 +36,8 @@ def _distributed_problem() -> str | None:
     if not dist.is_gloo_available():
         return "torch.distributed has no gloo backend in this torch build"
     try:
-        from torch.distributed.tensor import distribute_tensor  # noqa: F401
         from torch.distributed.fsdp import fully_shard  # noqa: F401
+        from torch.distributed.tensor import distribute_tensor  # noqa: F401
     except ImportError as err:
         return f"DTensor/FSDP2 are not available: {err}"
     return None
@@ -175,7 +175,8 @@ def test_an_interrupted_materialize_leaves_the_sharded_model_on_meta(ranks, worl
 
 
 def test_placements_that_were_used(ranks):
-    """The scenarios cover what the issue lists: FSDP2 Shard(0) (uneven), TP Colwise/Rowwise, 2-D TP + FSDP2."""
+    """The scenarios cover the placements sharded init must support: FSDP2 Shard(0) (uneven), TP Colwise/Rowwise,
+    2-D TP + FSDP2."""
     types = {v for world in WORLD_SIZES for scenario in ("fsdp", "tp", "tp_fsdp")
              for k, v in ranks[world][scenario].items() if k.startswith("type|")}
     text = " ".join(sorted(types))
@@ -188,8 +189,8 @@ def test_the_documented_example_runs_under_torchrun_and_prints_the_documented_fi
     """``torchrun --nproc-per-node 2 docs/sharded_example.py`` prints the digest docs/sharded.md shows, three times."""
     example = Path(__file__).resolve().parents[2] / "docs" / "sharded_example.py"
     documented = (example.parent / "sharded.md").read_text()
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(ti.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    source = str(Path(ti.__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            str(example)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

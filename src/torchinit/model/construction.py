@@ -24,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = [
-    "reset_method", "is_torch_module", "constructor_init", "own_init", "base_class", "weight_norm_hooks", "COMPOSITES",
+    "reset_method", "is_torch_module", "constructor_init", "own_init", "base_class", "weight_norm_hooks",
+    "parametrizations_of", "COMPOSITES",
 ]  # fmt: skip
 
 #: Composite torch modules whose constructors initialize their children in an order (or a way) of their own.
@@ -53,6 +54,11 @@ def base_class(module: nn.Module) -> type:
 def is_torch_module(module: nn.Module) -> bool:
     """Whether the module's class is one of torch.nn's own."""
     return base_class(module).__module__.startswith("torch.nn.")
+
+
+def parametrizations_of(module: nn.Module) -> nn.ModuleDict | None:
+    """The ``parametrizations`` of a module that ``torch.nn.utils.parametrize`` reparametrized; None for any other."""
+    return getattr(module, "parametrizations", None) if parametrize.is_parametrized(module) else None
 
 
 def weight_norm_hooks(module: nn.Module) -> list:
@@ -106,13 +112,14 @@ def own_init(module: nn.Module, *, only_torch: bool = True) -> None:
 def _reset_reparametrized(module: nn.Module) -> None:
     """Run the module's reset on plain tensors, then give the reparametrization their values."""
     norms = {h.name: h for h in weight_norm_hooks(module)}
-    names = list(module.parametrizations.keys()) if parametrize.is_parametrized(module) else []
+    parametrizations = parametrizations_of(module)
+    names = list(parametrizations.keys()) if parametrizations is not None else []
     names += list(norms)
-    stand_in = object.__new__(base_class(module))
+    stand_in: nn.Module = object.__new__(base_class(module))
     stand_in.__dict__ = dict(module.__dict__)
     stand_in._parameters = dict(module._parameters)
     stand_in._forward_pre_hooks = type(module._forward_pre_hooks)()
-    plain: dict[str, Tensor] = {}
+    plain: dict[str, nn.Parameter] = {}
     for name in names:
         current = getattr(module, name).detach()  # the tensor the reparametrization computes now
         plain[name] = nn.Parameter(torch.empty_like(current))
@@ -120,7 +127,9 @@ def _reset_reparametrized(module: nn.Module) -> None:
     stand_in.__dict__.pop("parametrizations", None)
     for name in names:
         stand_in.__dict__.pop(name, None)  # weight_norm keeps the computed weight as a plain attribute
-    reset_method(stand_in)()  # type: ignore[misc]
+    reset = reset_method(stand_in)
+    assert reset is not None  # own_init found it on the module, and the stand-in is of the module's own class
+    reset()
     for name in names:
         value = plain[name].detach()
         if name in norms:  # torch.nn.utils.weight_norm: g = ||v|| over all dims but dim, v = the weight

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
+from torchinit._util.tensors import is_uninitialized
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import meta_like
 from torchinit.recording.inits import PATCHED_ATTRIBUTES
@@ -114,7 +115,8 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
     """
     installed: list[tuple[Any, str, Any, Any]] = []
     try:
-        handle = register_module_parameter_registration_hook(_defer_registration)
+        # torch annotates the hook as returning None; it documents (and uses) a returned parameter
+        handle = register_module_parameter_registration_hook(cast("Callable[..., None]", _defer_registration))
         installed.append((None, "", handle, None))
         for holder, key, original in _meta_skipping_inits():
             patched = recorded_call(original)
@@ -139,7 +141,7 @@ def _uninstall(installed: list[tuple[Any, str, Any, Any]]) -> None:
 def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
     """The registration hook: in a thread inside ``deferred()``, the parameter becomes meta and is claimed."""
     stack = _thread_stack()
-    if not stack or isinstance(param, nn.parameter.UninitializedTensorMixin):
+    if not stack or is_uninitialized(param):
         return None
     recording, mode = stack[-1]
     if not param.is_meta:
@@ -183,7 +185,7 @@ def _meta_skipping_inits() -> list[tuple[Any, str, Any]]:
     (``transformers.initialization.TORCH_INIT_FUNCTIONS``)."""
     import sys
 
-    found = [(nn.init, name, getattr(nn.init, name)) for name in PATCHED_ATTRIBUTES]
+    found: list[tuple[Any, str, Any]] = [(nn.init, name, getattr(nn.init, name)) for name in PATCHED_ATTRIBUTES]
     table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
     if isinstance(table, dict):
         originals = {id(fn) for _, _, fn in found[1:]}

@@ -1,4 +1,4 @@
-"""A digest of a model's initial weights, to compare two runs at a glance (issue 13).
+"""A digest of a model's initial weights, to compare two runs at a glance.
 
 ``fingerprint(model)`` hashes every parameter's full value, with its qualified name, dtype
 and shape, so two models get the same fingerprint exactly when every parameter is bit for
@@ -41,16 +41,19 @@ def fingerprint(model: nn.Module, *, buffers: bool = False) -> str:
         raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")
     if not isinstance(buffers, bool):
         raise TypeError(f"buffers must be a bool; got {buffers!r}")
-    named = list(model.named_parameters(remove_duplicate=False))
+    named: list[tuple[str, Tensor]] = list(model.named_parameters(remove_duplicate=False))
     if buffers:
         named += [(f"buffer:{n}", b) for n, b in model.named_buffers(remove_duplicate=False)]
     meta = [n for n, t in named if t.is_meta]
     if meta:
-        raise ValueError(f"model: {len(meta)} tensor(s) on the meta device have no values to fingerprint, e.g. {meta[0]!r}")
+        raise ValueError(
+            f"model: {len(meta)} tensor(s) on the meta device have no values to fingerprint, e.g. {meta[0]!r}"
+        )
     digest = hashlib.sha256()
     for name, tensor in named:
         value = _full(tensor.detach()).cpu().contiguous()
         header = f"{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode()
         digest.update(len(header).to_bytes(8, "little") + header)
-        digest.update(ctypes.string_at(value.data_ptr(), value.numel() * value.element_size()) if value.numel() else b"")
+        size = value.numel() * value.element_size()
+        digest.update(ctypes.string_at(value.data_ptr(), size) if size else b"")
     return digest.hexdigest()

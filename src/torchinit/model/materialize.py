@@ -1,4 +1,4 @@
-"""Deferred construction and eager-equivalent materialization .
+"""Deferred construction and eager-equivalent materialization.
 
 ::
 
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
@@ -181,7 +182,7 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
             if unrecorded:
                 retie(model)
         for p in plans:
-            p.param = new.get(id(p.param), p.param)  # type: ignore[assignment]
+            p.param = new.get(id(p.param), p.param)
         return slot_report(plans, slots)
 
 
@@ -211,7 +212,7 @@ def _device(device: Any, generator: torch.Generator | None) -> torch.device:
         torch.empty(0, device=device)
         if generator is not None:
             torch.Generator(device=device)
-    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, AssertionError, NotImplementedError...
+    except Exception as err:  # torch raises RuntimeError, AssertionError, NotImplementedError...
         raise ValueError(f"device {str(device)!r} cannot be used here: {str(err).splitlines()[0]}") from None
     return device
 
@@ -223,31 +224,30 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
     tensors; module-level ones (``presets.torch_default``) a deep stand-in of their unit.
     Module-level units run first, so the per-parameter rules, which override them, win.
     """
-    staged = {id(s.tensor): s.real for s in slots}
+    staged = {id(s.tensor): s.staged for s in slots}
     plans = [s.plan for s in slots if s.plan is not None and s.plan.initializer is not None]
     done: set[tuple[int, int]] = set()
     for p in plans:
-        if p.unit is not None and (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
-            done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+        if p.unit is not None and p.first_of_unit(done):
             _run_unit_staged(p, plans, staged, **stream_kwargs(base_seed, p.unit[0], device, keyed))
     for s in slots:
-        p = s.plan
-        if p is not None and p.initializer is not None:
-            if p.unit is None:
-                target = p.target()
-                target = module_stand_in(target, lambda t: staged.get(id(t), t)) if isinstance(target, nn.Module) else s.real
-                p.initializer.init(target, **stream_kwargs(base_seed, p.name, device, keyed))
-            s.source = p.source
+        plan = s.plan
+        if plan is not None and plan.initializer is not None:
+            if plan.unit is None:
+                owner = plan.target()
+                target = (module_stand_in(owner, lambda t: staged.get(id(t), t)) if isinstance(owner, nn.Module)
+                          else s.staged)
+                plan.initializer.init(target, **stream_kwargs(base_seed, plan.name, device, keyed))
+            s.source = plan.source
 
 
-def _run_unit_staged(p: Planned, plans: list[Planned], staged: dict[int, Tensor | None], **randomness: Any) -> None:
+def _run_unit_staged(p: Planned, plans: list[Planned], staged: dict[int, Tensor], **randomness: Any) -> None:
     """Run ``p``'s module-level initializer on a stand-in of its unit holding the staged tensors; the staged values
     of parameters in the unit that other rules cover are kept as they were."""
     assert p.unit is not None and p.initializer is not None
     unit = p.unit[1]
     mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
-    keep = [(t, t.clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine
-            for t in [staged[id(o)]] if t is not None]  # fmt: skip
+    keep = [(staged[id(o)], staged[id(o)].clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine]
     p.initializer.init(module_tree_stand_in(unit, staged), **randomness)
     for t, saved in keep:
         t.copy_(saved)
@@ -261,15 +261,13 @@ def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | No
     """
     new: dict[int, Tensor] = {}
     for s in slots:
-        assert s.real is not None
-        new[id(s.tensor)] = parameter_like(s.tensor, s.real) if s.is_parameter else s.real
+        new[id(s.tensor)] = parameter_like(s.tensor, s.staged) if s.is_parameter else s.staged
     if device is None:
         return new
     for module in model.modules():
-        for store, is_parameter in ((module._parameters, True), (module._buffers, False)):
+        for store, is_parameter in zip(tensor_stores(module), (True, False)):
             for t in store.values():
-                if t is None or id(t) in new or t.is_meta or t.device == device \
-                        or isinstance(t, nn.parameter.UninitializedTensorMixin):  # fmt: skip
+                if t is None or id(t) in new or t.is_meta or t.device == device or is_uninitialized(t):
                     continue
                 new[id(t)] = parameter_like(t, t.detach().to(device)) if is_parameter else t.to(device)
     return new
@@ -291,7 +289,7 @@ def _commit(model: nn.Module, new: dict[int, Tensor], computed: list[tuple[nn.Mo
     """
     for module in model.modules():
         changed = False
-        for store in (module._parameters, module._buffers):
+        for store in tensor_stores(module):
             for attr, t in store.items():
                 if t is not None and id(t) in new:
                     store[attr] = new[id(t)]

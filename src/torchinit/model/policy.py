@@ -36,11 +36,12 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.tensors import is_uninitialized
 from torchinit._util.text import text_table
 from torchinit._util.warn import quiet, warn
 from torchinit.model.snapshot import Snapshot
@@ -54,7 +55,7 @@ __all__ = [
     "Policy", "Rule", "InitReport", "ReportRow", "named_parameter_owners",
 ]  # fmt: skip
 
-Selector = Union[type, str, Callable[[str, Tensor, nn.Module], bool]]
+Selector = type | str | Callable[[str, Tensor, nn.Module], bool]
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class ModuleInitializer(Initializer):
 
 
 #: What a rule does to one parameter: the initializer, and the (name, module) unit of a module-level rule.
-Assignment = tuple[Initializer, Union[tuple[str, nn.Module], None]]
+Assignment = tuple[Initializer, tuple[str, nn.Module] | None]
 
 
 def _normalize(index: int, rule: Any) -> Rule:
@@ -217,6 +218,23 @@ class Planned:
                 return o.module
         return self.param
 
+    def run(self, **randomness: Any) -> None:
+        """Run the initializer on :meth:`target` (a per-parameter rule; a unit runs with :func:`run_unit`)."""
+        assert self.initializer is not None
+        self.initializer.init(self.target(), **randomness)
+
+    def first_of_unit(self, done: set[tuple[int, int]]) -> bool:
+        """Whether this plan runs its module-level unit: a unit runs once per rule, for the first parameter the
+        rule covers in it; ``done`` holds the (rule, unit) pairs already run, this one added."""
+        if self.unit is None:
+            return False
+        assert self.rule is not None  # only a rule gives a plan its unit
+        key = (self.rule.index, id(self.unit[1]))
+        if key in done:
+            return False
+        done.add(key)
+        return True
+
 
 def _has_layout(module: nn.Module) -> bool:
     try:
@@ -228,7 +246,7 @@ def _has_layout(module: nn.Module) -> bool:
 
 @dataclass
 class ReportRow:
-    """One parameter in a report. ``std`` is computed when it is read (issue 11: never while initializing)."""
+    """One parameter in a report. ``std`` is computed when it is read, never while initializing."""
 
     name: str
     shape: tuple[int, ...]
@@ -280,11 +298,11 @@ class InitReport:
 
 def parameter_shape(t: Tensor) -> tuple[int, ...]:
     """The shape, or () for a lazy module's parameter, which has none until its first forward."""
-    return () if isinstance(t, nn.parameter.UninitializedTensorMixin) else tuple(t.shape)
+    return () if is_uninitialized(t) else tuple(t.shape)
 
 
 def _std(t: Tensor) -> float | None:
-    if isinstance(t, nn.parameter.UninitializedTensorMixin) or is_dtensor(t):
+    if is_uninitialized(t) or is_dtensor(t):
         return None  # a DTensor's std is a collective: printing the report on one rank must not hang
     if t.is_meta or t.numel() < 2 or not (t.is_floating_point() or t.is_complex()):
         return None
@@ -311,7 +329,7 @@ class Policy:
         True
     """
 
-    def __init__(self, rules: Iterable[tuple[Selector, Any]], *, optional: bool = False) -> None:
+    def __init__(self, rules: Iterable[tuple[Selector, Any] | Rule], *, optional: bool = False) -> None:
         if isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
             raise TypeError(f"rules must be a list of (selector, spec) pairs; got {rules!r}")
         if not isinstance(optional, bool):
@@ -407,9 +425,8 @@ class Policy:
             for p in covered:
                 device = p.param.device
                 if p.unit is None:
-                    p.initializer.init(p.target(), **stream_kwargs(base_seed, p.name, device, keyed))  # type: ignore[union-attr]
-                elif (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
-                    done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+                    p.run(**stream_kwargs(base_seed, p.name, device, keyed))
+                elif p.first_of_unit(done):
                     run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], device, keyed))
             return report_of(plans)
 
@@ -514,9 +531,9 @@ def check_on_meta(p: Planned) -> None:
     if p.unit is not None:
         return  # module-level schemes take no settings that could be wrong
     target = p.target()
+    ghost: nn.Module | Tensor
     if isinstance(target, nn.Module):
-        ghost = module_stand_in(target, lambda t: t if isinstance(t, nn.parameter.UninitializedTensorMixin)
-                         else torch.empty_like(t, device="meta"))  # fmt: skip
+        ghost = module_stand_in(target, lambda t: t if is_uninitialized(t) else torch.empty_like(t, device="meta"))
     else:
         ghost = torch.empty_like(target, device="meta")
     try:
@@ -528,7 +545,7 @@ def check_on_meta(p: Planned) -> None:
 
 def report_of(plans: list[Planned]) -> InitReport:
     return InitReport([
-        ReportRow(p.name, parameter_shape(p.param), p.source, p.detail or (repr(p.initializer) if p.initializer else "—"),
-                  p.param, [o.name for o in p.owners[1:]])
+        ReportRow(p.name, parameter_shape(p.param), p.source,
+                  p.detail or (repr(p.initializer) if p.initializer else "—"), p.param, [o.name for o in p.owners[1:]])
         for p in plans
     ])  # fmt: skip

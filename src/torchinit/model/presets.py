@@ -14,13 +14,21 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import cast
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from torchinit._util.checks import positive_int
-from torchinit.model.construction import COMPOSITES, constructor_init, is_torch_module, reset_method
+from torchinit._util.tensors import is_uninitialized
+from torchinit.model.construction import (
+    COMPOSITES,
+    constructor_init,
+    is_torch_module,
+    parametrizations_of,
+    reset_method,
+)
 from torchinit.model.policy import ModuleInitializer, Policy, Rule
 from torchinit.model.replay import replay_program_
 from torchinit.rng.sampling import is_dtensor, make_sampler
@@ -128,20 +136,21 @@ class TorchReset(ModuleInitializer):
     :func:`torchinit.model.construction.constructor_init`.
     """
 
-    function = staticmethod(torch_reset_)  # type: ignore[assignment]
+    function = staticmethod(torch_reset_)
 
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         for name, module in path:
             if isinstance(module, COMPOSITES):
                 return name, module
-        for (name, module), (_, child) in zip(path, path[1:]):
-            if parametrize.is_parametrized(module) and child is module.parametrizations:
+        for (name, module), (_, child) in pairwise(path):
+            parametrizations = parametrizations_of(module)
+            if parametrizations is not None and child is parametrizations:
                 return (name, module) if is_torch_module(module) else None  # reparametrized: the module is the unit
         name, owner = path[-1]
         param = owner._parameters.get(attr)
         if not is_torch_module(owner) or reset_method(owner) is None or param is None:
             return None
-        if isinstance(param, nn.parameter.UninitializedTensorMixin):
+        if is_uninitialized(param):
             return None  # a lazy module's parameter has no values until its first forward
         return name, owner
 
@@ -155,7 +164,7 @@ class TorchWeight(Initializer):
     """
 
     @staticmethod
-    def function(tensor: Tensor, *, generator=None, seed=None, name="") -> Tensor:  # type: ignore[override]
+    def function(tensor: Tensor, *, generator=None, seed=None, name="") -> Tensor:
         return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator, seed=seed, name=name)
 
 
@@ -168,10 +177,10 @@ class TorchBias(Initializer):
     wants_owner = True
 
     @staticmethod
-    def function(layer: nn.Module, *, generator=None, seed=None, name="") -> Tensor:  # type: ignore[override]
+    def function(layer: nn.Module, *, generator=None, seed=None, name="") -> Tensor:
         if not isinstance(layer, nn.Module):
             raise TypeError("TorchBias initializes a layer's bias from its weight's fans; it needs the layer")
-        fan_in = tensor_fans(tuple(layer.weight.shape)).fan_in
+        fan_in = tensor_fans(tuple(cast(Tensor, layer.weight).shape)).fan_in
         if fan_in == 0:
             return zeros_(layer.bias)
         bound = 1 / math.sqrt(fan_in)

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
+from torchinit._util.tensors import tensor_stores
 from torchinit._util.warn import warn
 from torchinit.model.construction import (
     is_torch_module,
     own_init,
+    parametrizations_of,
     reset_method,
 )
 from torchinit.model.deferred import Rehearsal
@@ -64,15 +65,15 @@ def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording
     swapped: dict[int, Tensor] = {}
     first_seen: set[int] = set()
     for module in model.modules():
-        for store in (module._parameters, module._buffers):
+        for store in tensor_stores(module):
             for k, v in store.items():
                 if v is None:
                     continue
                 if id(v) in targets:
                     owners.add(id(module))
                     if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see reenact)
-                        store[k] = meta_like(v)
-                        recording.add_leaf(store[k], UNDEFINED)
+                        untied = store[k] = meta_like(v)
+                        recording.add_leaf(untied, UNDEFINED)
                         continue
                     first_seen.add(storage_key(v))
                     recording.add_leaf(v, UNDEFINED)
@@ -89,8 +90,9 @@ def _owners_from_above(model: nn.Module, targets: set[int]) -> set[int]:
     parametrizations hold; a Transformer owns nothing but re-initializes every matrix below it."""
     owners = set()
     for module in model.modules():
-        below = module.parametrizations if parametrize.is_parametrized(module) else \
-            module if isinstance(module, nn.Transformer) else None  # fmt: skip
+        below: nn.Module | None = parametrizations_of(module)
+        if below is None and isinstance(module, nn.Transformer):
+            below = module
         if below is not None and any(id(t) in targets for t in below.parameters()):
             owners.add(id(module))
     return owners
@@ -104,7 +106,7 @@ def _run_own_inits(model: nn.Module, owners: set[int]) -> list[str]:
         if method is not None and id(module) in owners:
             try:
                 own_init(module, only_torch=False)
-            except Exception as err:  # noqa: BLE001 - reported by name; the values stay unknown
+            except Exception as err:  # reported by name; the values stay unknown
                 failures.append(f"{name or type(model).__name__}.{method.__name__}(): {err}")
     return failures
 
@@ -123,7 +125,7 @@ def _run_model_init(model: nn.Module) -> list[str]:
         return []
     try:
         model_init()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # reported as a sentence, like the other failures
         return [f"{type(model).__name__}.{getattr(model_init, '__name__', 'init')}(): {err}"]
     return []
 
@@ -134,7 +136,7 @@ def retie(model: nn.Module) -> None:
     if callable(tie) and getattr(model, "all_tied_weights_keys", None):
         try:
             tie()
-        except Exception as err:  # noqa: BLE001 - the values are complete either way
+        except Exception as err:  # the values are complete either way
             warn(f"materialize_: {type(model).__name__}.tie_weights() failed: {err}", UserWarning)
 
 
@@ -161,7 +163,8 @@ def _model_init(model: nn.Module) -> Any:
             continue
         try:
             required = [p for p in inspect.signature(method).parameters.values()
-                        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                        if p.default is inspect.Parameter.empty
+                        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         except (TypeError, ValueError):
             continue
         if not required:

@@ -8,11 +8,13 @@ the twin. :func:`replay_program_` re-runs a module's own init program this way (
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
@@ -52,7 +54,7 @@ def replay_recording(rec: Recording, keys: set[int], device: torch.device, names
     ``keyed``: ``base_seed`` is the user's seed and the keyed stream is drawn (:class:`_KeyedReplay`);
     otherwise a torch generator per name seeded from ``base_seed`` (None: the global RNG).
     """
-    streams: dict[str, torch.Generator] = {}
+    streams: dict[str, torch.Generator | None] = {}
 
     def target(op: Op) -> int | None:
         return op.writes[0].key if op.writes else op.outputs[0].key if op.outputs else None
@@ -65,7 +67,8 @@ def replay_recording(rec: Recording, keys: set[int], device: torch.device, names
             unnamed[j] = len(unnamed)
 
     def name_of(i: int, op: Op) -> str:
-        return names.get(target(op)) or f"#{unnamed.get(i, i)}:{op.name}"
+        key = target(op)
+        return (names.get(key) if key is not None else None) or f"#{unnamed.get(i, i)}:{op.name}"
 
     def generator_for(i: int, op: Op) -> torch.Generator | None:
         if base_seed is None:
@@ -75,8 +78,10 @@ def replay_recording(rec: Recording, keys: set[int], device: torch.device, names
             streams[name] = stream_generator(base_seed, name, device)
         return streams[name]
 
-    fill = _KeyedReplay(base_seed, name_of).fill if keyed else replay_fill  # type: ignore[arg-type]
-    return rec.replay(keys, device, generator_for=generator_for, fill=fill)
+    if not keyed:
+        return rec.replay(keys, device, generator_for=generator_for, fill=replay_fill)
+    assert base_seed is not None  # keyed: the user's seed
+    return rec.replay(keys, device, generator_for=generator_for, fill=_KeyedReplay(base_seed, name_of).fill)
 
 
 class _KeyedReplay:
@@ -89,7 +94,7 @@ class _KeyedReplay:
     distributions). Anything else returns False: the replay then uses the op's generator.
     """
 
-    def __init__(self, seed: int, name_of: Any) -> None:
+    def __init__(self, seed: int, name_of: Callable[[int, Op], str]) -> None:
         self.seed, self.name_of = seed, name_of
         self.counts: dict[str, int] = {}
 
@@ -157,11 +162,16 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:
-            if is_dtensor(t):  # each rank keeps its part
-                t.to_local().copy_(local_part(t, value))
-            else:
-                t.copy_(value)
+            write_full_value(t, value)
     return module
+
+
+def write_full_value(t: Tensor, value: Tensor) -> None:
+    """Copy ``value``, the whole tensor, into ``t``; a DTensor keeps its rank's part (no communication)."""
+    if is_dtensor(t):
+        t.to_local().copy_(local_part(t, value))  # type: ignore[attr-defined]
+    else:
+        t.copy_(value)
 
 
 def _swap_in_program_stand_ins(module: nn.Module, recording: Recording,
@@ -172,9 +182,9 @@ def _swap_in_program_stand_ins(module: nn.Module, recording: Recording,
     metas: dict[int, tuple[Tensor, Tensor]] = {}
     names: dict[int, str] = {}
     for module_name, sub in module.named_modules(remove_duplicate=False):
-        for store in (sub._parameters, sub._buffers):
+        for store in tensor_stores(sub):
             for attr, t in list(store.items()):
-                if t is None or isinstance(t, nn.parameter.UninitializedTensorMixin) or t.is_meta:
+                if t is None or is_uninitialized(t) or t.is_meta:
                     continue
                 if id(t) not in metas:
                     sharded = is_dtensor(t)  # a stand-in of its full shape; its values are not read

@@ -15,7 +15,7 @@ from torchinit.model.policy import (
     run_unit,
 )
 from torchinit.model.reenact import reenact
-from torchinit.model.replay import replay_recording
+from torchinit.model.replay import replay_recording, write_full_value
 from torchinit.model.slots import Slot, find_unknown, slot_report, wanted_by_recording
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import parameter_like
@@ -23,7 +23,7 @@ from torchinit.recording.log import (
     recording_of,
     storage_key,
 )
-from torchinit.rng.sampling import is_dtensor, local_part
+from torchinit.rng.sampling import is_dtensor
 from torchinit.rng.seeds import derive_seed, stream_kwargs
 
 
@@ -109,16 +109,13 @@ def _allocate(model: nn.Module, slots: list[Slot], allocator: _ShardAllocator) -
 def _write_replayed(t: Tensor, src: Slot, device: torch.device, names: dict[int, str], base_seed: int | None,
                     keyed: bool) -> None:
     """Replay the value of ``src`` into a full-size temporary and write it to ``t`` (a DTensor keeps its part)."""
-    value = replay_recording(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor)  # type: ignore[arg-type]
-    if is_dtensor(t):
-        t.to_local().copy_(local_part(t, value))  # type: ignore[attr-defined]
-    else:
-        t.copy_(value)
+    assert src.recording is not None  # recorded under deferred(), or re-enacted
+    write_full_value(t, replay_recording(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor))
 
 
 def _mesh_device(slots: list[Slot]) -> torch.device:
     """Where a sharded model's memory goes by default: its meshes' device type (the current device for CUDA)."""
-    kind = next(s.tensor.device_mesh.device_type for s in slots if is_dtensor(s.tensor))
+    kind = next(s.tensor.device_mesh.device_type for s in slots if is_dtensor(s.tensor))  # type: ignore[attr-defined]
     if kind == "cuda" and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(kind)
@@ -135,10 +132,7 @@ def _allocate_plain(slots: list[Slot], device: torch.device) -> None:
         if is_dtensor(s.tensor) or not s.tensor.is_meta:
             continue
         new = torch.empty_strided(s.tensor.shape, s.tensor.stride(), dtype=s.tensor.dtype, device=device)
-        if s.is_parameter:
-            new = parameter_like(s.tensor, new)
-        for _, module, attr in s.places:
-            (module._parameters if s.is_parameter else module._buffers)[attr] = new
+        s.register(parameter_like(s.tensor, new) if s.is_parameter else new)
 
 
 def _keep_attributes(param: Tensor, saved: dict[str, Any]) -> None:
@@ -186,8 +180,7 @@ def _reenact_on_full_shapes(model: nn.Module, slots: list[Slot],
                 if isinstance(s.tensor, nn.Parameter):
                     ghost = nn.Parameter(ghost, requires_grad=s.tensor.requires_grad)
                 ghosts[id(s.tensor)] = ghost
-                for _, module, attr in s.places:
-                    (module._parameters if s.is_parameter else module._buffers)[attr] = ghost
+                s.register(ghost)
         ghost_slots = [Slot(ghosts[id(s.tensor)], s.places, s.is_parameter, s.plan) for s in unrecorded]
         recording = reenact(model, ghost_slots)
     finally:
@@ -203,9 +196,8 @@ def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int 
     mine = [p for p in plans if p.initializer is not None and p.name in names]
     done: set[tuple[int, int]] = set()
     for p in mine:
-        if p.unit is not None and (p.rule.index, id(p.unit[1])) not in done:  # type: ignore[union-attr]
-            done.add((p.rule.index, id(p.unit[1])))  # type: ignore[union-attr]
+        if p.unit is not None and p.first_of_unit(done):
             run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], p.param.device, keyed))
     for p in mine:
         if p.unit is None:
-            p.initializer.init(p.target(), **stream_kwargs(base_seed, p.name, p.param.device, keyed))  # type: ignore
+            p.run(**stream_kwargs(base_seed, p.name, p.param.device, keyed))

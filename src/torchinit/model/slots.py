@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.tensors import tensor_stores
 from torchinit._util.warn import warn
 from torchinit.model.policy import (
     InitReport,
@@ -44,6 +45,18 @@ class Slot:
     @property
     def key(self) -> int:
         return storage_key(self.tensor)
+
+    @property
+    def staged(self) -> Tensor:
+        """The new tensor :func:`stage` made for this slot."""
+        assert self.real is not None, f"{self.name} is not staged"
+        return self.real
+
+    def register(self, tensor: Tensor) -> None:
+        """Register ``tensor`` in every place the slot has, in place of its tensor (ties stay tied)."""
+        for _, module, attr in self.places:
+            parameters, buffers = tensor_stores(module)
+            (parameters if self.is_parameter else buffers)[attr] = tensor
 
 
 def meta_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
@@ -108,14 +121,15 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
 def stage(slots: list[Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None,
            *, keyed: bool = False) -> None:
     """Replay each recording into new tensors; nothing in the model changes yet."""
-    names = {}
+    names: dict[int, str] = {}
     for s in slots:
         names.setdefault(s.key, s.name)
     replays: dict[Recording, Replay] = {}
     for rec, keys in wanted.items():
         replays[rec] = replay_recording(rec, keys, device, names, base_seed, keyed)
     for s in slots:
-        replay = replays[s.recording]  # type: ignore[index]
+        assert s.recording is not None  # wanted_by_recording made sure of it
+        replay = replays[s.recording]
         if s.key in replay.storages:
             s.real = replay.tensor(s.tensor)
         else:  # a rule-covered parameter whose history nobody needs

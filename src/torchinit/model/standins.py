@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,10 @@ from torch import Tensor, nn
 __all__ = ["meta_like", "full_meta_like", "parameter_like", "module_stand_in", "module_tree_stand_in"]
 
 
+@overload
+def meta_like(t: nn.Parameter) -> nn.Parameter: ...
+@overload
+def meta_like(t: Tensor) -> Tensor: ...
 def meta_like(t: Tensor) -> Tensor:
     """A meta tensor with ``t``'s shape, strides and dtype; a parameter like ``t`` if ``t`` is one."""
     meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
@@ -30,16 +35,19 @@ def meta_like(t: Tensor) -> Tensor:
 
 
 def full_meta_like(t: Tensor) -> Tensor:
-    """A contiguous meta tensor of ``t``'s (global, for a DTensor) shape and dtype; a parameter like ``t`` if it is one."""
+    """A contiguous meta tensor of ``t``'s (global, for a DTensor) shape and dtype; a parameter like ``t`` if it is
+    one."""
     meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
     return parameter_like(t, meta) if isinstance(t, nn.Parameter) else meta
 
 
 def parameter_like(old: Tensor, data: Tensor) -> nn.Parameter:
     """A parameter holding ``data`` with ``old``'s class (where it can), ``requires_grad`` and Python attributes."""
+    # callers pass a parameter; a class that refuses these arguments (a plain tensor's) falls back below
+    parameter_class = cast("type[nn.Parameter]", type(old))
     try:
-        new = type(old)(data, requires_grad=old.requires_grad)
-    except Exception:  # noqa: BLE001 - a Parameter subclass with another constructor
+        new = parameter_class(data, requires_grad=old.requires_grad)
+    except Exception:  # a Parameter subclass with another constructor
         new = nn.Parameter(data, requires_grad=old.requires_grad)
     new.__dict__.update(getattr(old, "__dict__", {}))
     return new
@@ -62,12 +70,13 @@ def module_stand_in(module: nn.Module, swap: Callable[[Tensor], Tensor]) -> nn.M
         return new
 
     ghost = copy.copy(module)
-    ghost._parameters = {k: swapped(v) for k, v in module._parameters.items()}
+    # a swapped parameter stays a parameter (``swapped`` wraps it), as torch's annotation of _parameters says
+    ghost._parameters = cast("dict[str, nn.Parameter | None]", {k: swapped(v) for k, v in module._parameters.items()})
     ghost._buffers = {k: swapped(v) for k, v in module._buffers.items()}
     return ghost
 
 
-def module_tree_stand_in(unit: nn.Module, staged: dict[int, Tensor | None]) -> nn.Module:
+def module_tree_stand_in(unit: nn.Module, staged: dict[int, Tensor]) -> nn.Module:
     """A deep copy of ``unit`` whose parameters are the ``staged`` tensors (by the original's id): writes to the copy
     land in them."""
     ghost = copy.deepcopy(unit)  # meta parameters copy for free; real ones are copies, so they stay untouched
