@@ -1,5 +1,6 @@
 """docs/architecture.md stays the map: every layer and every module of each layer is on it, in the contract's order."""
 
+import inspect
 import pkgutil
 import re
 from pathlib import Path
@@ -36,3 +37,15 @@ def test_every_module_of_every_layer_is_named_on_the_page():
 def test_every_sub_package_is_a_declared_layer():
     packages = sorted(m.name for m in pkgutil.iter_modules(torchinit.__path__) if m.ispkg)
     assert packages == sorted(LAYERS)
+
+
+def test_no_module_is_named_like_a_public_function_or_class():
+    """``import torchinit.x`` must never hand back a function: no module of any layer is named like a public
+    function or class (``probe``, ``fans``, ``fingerprint``, ``deferred``). The public modules ``presets`` and
+    ``trainability`` are modules whose implementation has the same name in its layer."""
+    for m in pkgutil.walk_packages(torchinit.__path__, "torchinit."):
+        short = m.name.rsplit(".", 1)[-1]
+        attribute = getattr(torchinit, short, None)
+        if attribute is not None:
+            kind = type(attribute).__name__
+            assert inspect.ismodule(attribute), f"{m.name} is named like torchinit.{short}, a {kind}"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from torchinit.model import deferred as deferred_module
+from torchinit.model import deferral as deferred_module
 from torchinit.recording.inits import PATCHED_ATTRIBUTES
 from torchinit.schemes.initializers import Initializer
 

@@ -489,7 +489,7 @@ def test_constructor_values_from_torch_tensor_after_a_linear(scale):
     assert_as_eager(build)
 
 
-# Regression (was a bug): deferred()'s parameter registration (model/deferred.py) created a new meta Parameter for
+# Regression (was a bug): deferred()'s parameter registration (model/deferral.py) created a new meta Parameter for
 # every registration of a real Parameter, so one real Parameter registered in two places became two independent
 # meta parameters: the tie was lost (eagerly a.weight is b.weight).
 def test_real_parameter_shared_in_construction_stays_tied():
@@ -630,7 +630,7 @@ def test_orthogonal_parametrization(shape):
     assert_as_eager(lambda: parametrizations.orthogonal(nn.Linear(*shape)))
 
 
-# LIMIT (documented in docs/materialize.md): deferred() (model/deferred.py) replaces the torch.nn.init functions of
+# LIMIT (documented in docs/materialize.md): deferred() (model/deferral.py) replaces the torch.nn.init functions of
 # recording/inits.py (orthogonal_, dirac_, sparse_, ...) only as attributes of torch.nn.init (and in transformers'
 # table); a reference taken earlier (``from torch.nn.init import orthogonal_``, a default argument
 # ``init=nn.init.orthogonal_``) reaches the original, which returns at once on meta: the call is silently dropped

@@ -27,7 +27,7 @@ from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferred import deferred
+from torchinit.model.deferral import deferred
 from torchinit.model.policy import (
     InitReport,
     Planned,

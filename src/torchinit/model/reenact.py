@@ -17,7 +17,7 @@ from torchinit.model.construction import (
     parametrizations_of,
     reset_method,
 )
-from torchinit.model.deferred import Rehearsal
+from torchinit.model.deferral import Rehearsal
 from torchinit.model.slots import Slot
 from torchinit.model.standins import meta_like
 from torchinit.recording.log import (
@@ -32,7 +32,7 @@ def reenact(model: nn.Module, unrecorded: list[Slot]) -> Recording:
 
     Every real parameter and buffer is swapped for a meta stand-in holding its value, so
     the init code can run on the whole model without touching a real tensor; the
-    model is restored afterwards (a :class:`~torchinit.model.deferred.Rehearsal`: registrations,
+    model is restored afterwards (a :class:`~torchinit.model.deferral.Rehearsal`: registrations,
     attributes, transformers' ``_is_hf_initialized`` marks, which are cleared for the duration).
     A tied parameter (one tensor, or one storage, in several places) keeps its first
     registration (the input embedding, before the output head) and the later ones get

@@ -18,7 +18,7 @@ from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferred import Rehearsal
+from torchinit.model.deferral import Rehearsal
 from torchinit.model.standins import full_meta_like, meta_like
 from torchinit.recording.inits import keyed_twin_name
 from torchinit.recording.log import (
