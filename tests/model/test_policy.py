@@ -194,3 +194,35 @@ def test_multihead_attention_and_lstm_blocks():
     assert 0.99 * bound < float(mha.in_proj_weight.detach().abs().max()) <= bound
     for gate in lstm.weight_hh_l0.detach().chunk(4):
         assert float((gate @ gate.T - torch.eye(16)).abs().max()) < 1e-5
+
+
+def test_a_required_module_level_rule_plans_without_attribute_keys():
+    """A class rule whose spec is a module-level initializer names no attribute: planning it never looks for one."""
+    from torchinit.presets import TorchReset
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    torch.manual_seed(0)
+    eager = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    torch.manual_seed(0)
+    report = ti.Policy([(nn.Linear, TorchReset())]).apply_(model)
+    assert [row.rule for row in report] == ["#0 Linear"] * 4
+    for want, got in zip(eager.parameters(), model.parameters()):
+        assert torch.equal(want, got)
+
+
+def test_an_owner_initializer_gets_the_owning_layer():
+    from torchinit.model.policy import OwnerInitializer
+
+    seen = []
+
+    class Recorded(OwnerInitializer):
+        @staticmethod
+        def function(layer, *, generator=None, seed=None, name=""):
+            seen.append(layer)
+            return layer.bias
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    ti.Policy([(nn.Linear, {"bias": Recorded()})]).apply_(model)
+    dry_run, real = seen  # checked on a meta stand-in of the layer first, then given the layer itself
+    assert isinstance(dry_run, nn.Linear) and dry_run.bias.is_meta and dry_run is not model[0]
+    assert real is model[0]

@@ -119,11 +119,14 @@ class ModuleInitializer(Initializer):
     those rules' values.
     """
 
-    module_level = True
-
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
         raise NotImplementedError
+
+
+class OwnerInitializer(Initializer):
+    """An initializer of one parameter that is given the module owning it, not the tensor
+    (``presets.TorchBias``: torch's bias bound depends on the owning layer's weight)."""
 
 
 #: What a rule does to one parameter: the initializer, and the (name, module) unit of a module-level rule.
@@ -211,8 +214,8 @@ class Planned:
         assert self.initializer is not None
         if self.unit is not None:
             return self.unit[1]
-        if self.initializer.wants_owner:
-            return self.owner.module
+        if isinstance(self.initializer, OwnerInitializer) or getattr(self.initializer, "wants_owner", False):
+            return self.owner.module  # (``wants_owner = True``: how an Initializer subclass asked before)
         for o in self.owners:
             if self.initializer.uses_layout and o.attr == "weight" and _has_layout(o.module):
                 return o.module
@@ -488,8 +491,8 @@ def _unmatched(rules: list[Rule], matched: set[int], seen: dict[int, set[str]]) 
         is_class = isinstance(r.selector, type)
         if r.index not in matched and not (is_class and seen[r.index]):
             problems.append(f"rule {r.describe()} matches no parameter")
-        elif is_class:
-            missing = [k for k in r.spec if k not in seen[r.index]]  # type: ignore[union-attr]
+        elif is_class and isinstance(r.spec, dict):  # a module-level rule names no attribute
+            missing = [k for k in r.spec if k not in seen[r.index]]
             if missing:
                 have = ", ".join(sorted(seen[r.index])) or "none"
                 problems.append(f"rule {r.describe()}: no {r.selector.__name__} has a parameter named "  # type: ignore[union-attr]

@@ -29,7 +29,7 @@ from torchinit.model.construction import (
     parametrizations_of,
     reset_method,
 )
-from torchinit.model.policy import ModuleInitializer, Policy, Rule
+from torchinit.model.policy import ModuleInitializer, OwnerInitializer, Policy, Rule
 from torchinit.model.replay import replay_program_
 from torchinit.rng.sampling import is_dtensor, make_sampler
 from torchinit.rng.seeds import seeded_global_rng
@@ -168,13 +168,12 @@ class TorchWeight(Initializer):
         return kaiming_uniform_(tensor, a=math.sqrt(5), generator=generator, seed=seed, name=name)
 
 
-class TorchBias(Initializer):
+class TorchBias(OwnerInitializer):
     """torch's Linear/Conv bias default: U(±1/sqrt(fan_in)), fan_in of the owning layer's weight tensor.
 
-    It needs the owning layer, which :class:`~torchinit.Policy` passes (``wants_owner``).
+    It needs the owning layer, which :class:`~torchinit.Policy` passes (an ``OwnerInitializer``).
     """
 
-    wants_owner = True
 
     @staticmethod
     def function(layer: nn.Module, *, generator=None, seed=None, name="") -> Tensor:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from torchinit._util.warn import quiet
 from torchinit.recording.log import thread_recordings
@@ -55,8 +55,9 @@ class Initializer:
     is True for schemes that read a layer's layout (the fan-based family and
     glass): :class:`~torchinit.Policy` then hands them the owning module, so
     ConvTranspose, grouped convs and transposed (in, out) weights get their true fans.
-    ``wants_owner`` schemes get the owning module for any parameter (torch's bias
-    default, whose bound depends on the weight).
+    Initializers of whole modules, or of a parameter given its owning module, are
+    :class:`~torchinit.model.policy.ModuleInitializer` and
+    :class:`~torchinit.model.policy.OwnerInitializer` (the presets' ``TorchReset`` and ``TorchBias``).
 
     Example:
         >>> init = KaimingNormal(mode="fan_out", nonlinearity="relu")
@@ -73,17 +74,9 @@ class Initializer:
 
     function: ClassVar[Callable[..., Any]]
     uses_layout: ClassVar[bool] = False
-    wants_owner: ClassVar[bool] = False
-    #: A module-level scheme initializes a whole module (its "unit") at once, in an order of its own; see
-    #: :class:`~torchinit.model.presets.TorchReset`. It defines ``unit`` and ``covers``.
-    module_level: ClassVar[bool] = False
     #: Validate the settings at construction by running ``function`` on meta tensors (see ``_check_settings``).
     #: A scheme whose function takes no tensor can turn it off; schemes without settings are never probed.
     probe_settings: ClassVar[bool] = True
-
-    def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
-        """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
-        raise NotImplementedError
 
     #: Every class ``from_config`` can build, by its config name (:meth:`config_name`).
     _registry: ClassVar[dict[str, type[Initializer]]] = {}
