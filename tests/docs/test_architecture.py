@@ -49,3 +49,18 @@ def test_no_module_is_named_like_a_public_function_or_class():
         if attribute is not None:
             kind = type(attribute).__name__
             assert inspect.ismodule(attribute), f"{m.name} is named like torchinit.{short}, a {kind}"
+
+
+def test_the_complexity_check_flags_a_function_over_the_limit(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("complexity", ROOT / "tools" / "complexity.py")
+    complexity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(complexity)
+    branches = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(16))
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text(f"def simple(x):\n    return x\n\n\ndef branchy(x):\n{branches}    return -1\n")
+    found = complexity.measure(tmp_path)
+    assert found == {"pkg.m:simple": 1, "pkg.m:branchy": 17}
+    assert complexity.problems(found) == ["pkg.m:branchy: complexity 17 > 15"]
+    assert complexity.problems(complexity.measure()) == []  # and src/ is within the limit
