@@ -59,7 +59,8 @@ def test_the_complexity_check_flags_a_function_over_the_limit(tmp_path):
     spec.loader.exec_module(complexity)
     branches = "".join(f"    if x == {i}:\n        return {i}\n" for i in range(16))
     (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "m.py").write_text(f"def simple(x):\n    return x\n\n\ndef branchy(x):\n{branches}    return -1\n")
+    source = f"def simple(x):\n    return x\n\n\ndef branchy(x):\n{branches}    return -1\n"
+    (tmp_path / "pkg" / "m.py").write_text(source)
     found = complexity.measure(tmp_path)
     assert found == {"pkg.m:simple": 1, "pkg.m:branchy": 17}
     assert complexity.problems(found) == ["pkg.m:branchy: complexity 17 > 15"]
