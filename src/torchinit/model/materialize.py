@@ -85,15 +85,11 @@ def materialize_(
        recomputes) is unknown: with ``strict=True`` a ValueError names it; otherwise a
        warning names it and it is set to zero. It is never silently zero.
 
-    The call is all-or-nothing: every check (the arguments, unknown values, each
-    policy initializer's arguments) runs before any memory is allocated, values are
-    computed into new tensors, and the model's registrations are replaced only once
-    all of them are ready (assignments only). If anything raises (``KeyboardInterrupt``
-    included), the model is put back as it was: registrations, ties, ``requires_grad``,
-    Python attributes, and the state of ``generator`` (a :class:`~torchinit.model.snapshot.Snapshot`
-    of registrations: no tensor is copied). Tied parameters stay tied, Python attributes
-    on parameters are kept, already-real parameters and buffers are left as they are
-    (moved to ``device`` when it is given: a copy there, made before anything is replaced).
+    The call is all-or-nothing: every check runs before any memory is allocated, values are computed into
+    new tensors, and the registrations are replaced only once all are ready; if anything raises
+    (``KeyboardInterrupt`` included) the model and ``generator`` are put back as they were. Ties stay tied,
+    Python attributes on parameters are kept, already-real tensors are left as they are (moved to ``device``
+    when it is given). The guarantees in full: ``docs/materialize.md``, "All or nothing".
 
     Args:
         model: a model built under :func:`deferred` or on the meta device.

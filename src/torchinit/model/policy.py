@@ -387,15 +387,10 @@ class Policy:
         (the fan-based family, glass) receive the owning layer for its ``weight``,
         so ConvTranspose, grouped convs and transformers' Conv1D get their true fans.
 
-        All or nothing: the arguments and the whole plan are checked first (every
-        initializer is run on a meta copy of its target), and the tensors the call will
-        write are then copied (a :class:`Snapshot`); if anything raises after that (an
-        initializer failing on real values, a ``KeyboardInterrupt``), the model is put
-        back as it was: values, registrations, ties, ``requires_grad``, and the state of
-        ``generator``. Memory: the copy holds every parameter a rule covers (for a
-        module-level rule such as ``torch_default``, every parameter and buffer of its
-        unit) until the call returns, so the peak is about twice the written tensors:
-        twice the model when every parameter is covered.
+        All or nothing: the arguments and the whole plan are checked first (every initializer runs on a
+        meta copy of its target), and the tensors the call writes are copied first; if anything raises
+        after that, the model and ``generator`` are put back as they were. Memory: about twice the written
+        tensors at the peak. In full: ``docs/materialize.md``, "All or nothing".
 
         Args:
             model: the model.
