@@ -98,9 +98,12 @@ def _build() -> nn.Module:
                                    "accelerate-closes-first"])  # fmt: skip
 def test_deferred_nests_with_accelerate_in_either_order(order):
     """deferred() and accelerate's init_empty_weights() open and close in any order: the model is what eager
-    construction gives, and afterwards torch is exactly as before (method, init functions, global hooks)."""
+    construction gives, and afterwards torch is exactly as before (method, init functions, global hooks: the
+    first deferred() installs one inert hook for good)."""
     accelerate = pytest.importorskip("accelerate")
     register, orthogonal = nn.Module.register_parameter, nn.init.orthogonal_
+    with ti.deferred():
+        pass  # the registration hook is installed once, by the first context, and stays
     hooks = dict(torch.nn.modules.module._global_parameter_registration_hooks)
     torch.manual_seed(0)
     eager = _build()
@@ -122,6 +125,8 @@ def test_deferred_nests_with_accelerate_in_either_order(order):
 
 def test_a_failure_while_installing_deferreds_patches_restores_everything(monkeypatch):
     register, inits = nn.Module.register_parameter, {n: getattr(nn.init, n) for n in PATCHED_ATTRIBUTES}
+    with ti.deferred():
+        pass  # the registration hook is installed once, by the first context, and stays
     hooks = dict(torch.nn.modules.module._global_parameter_registration_hooks)
     calls = []
 
@@ -143,3 +148,40 @@ def test_a_failure_while_installing_deferreds_patches_restores_everything(monkey
     with ti.deferred():  # and the next context works
         layer = nn.Linear(2, 2)
     assert layer.weight.is_meta
+
+
+def test_opening_deferred_never_disturbs_threads_that_build_modules():
+    """torch iterates its global registration hooks without a lock: deferred() must not add or remove one while
+    another thread registers parameters (it installs its hook once and leaves it, inert outside a context)."""
+    import sys
+    import time
+
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def other_librarys_hook(module: nn.Module, name: str, param: nn.Parameter) -> None:
+        sum(range(200))  # a hook that takes a moment: torch is iterating the hooks meanwhile
+
+    handle = register_module_parameter_registration_hook(other_librarys_hook)
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 2.0
+    switch = sys.getswitchinterval()
+
+    def build() -> None:
+        try:
+            while time.monotonic() < stop:
+                nn.Linear(2, 2)
+        except BaseException as err:
+            errors.append(err)
+
+    sys.setswitchinterval(1e-5)  # many thread switches: the interleaving that failed is likely, not rare
+    try:
+        builder = threading.Thread(target=build)
+        builder.start()
+        while time.monotonic() < stop:
+            with ti.deferred():
+                pass
+        builder.join()
+    finally:
+        sys.setswitchinterval(switch)
+        handle.remove()
+    assert not errors, errors[0]

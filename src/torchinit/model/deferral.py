@@ -21,7 +21,7 @@ from torch.nn.modules.module import register_module_parameter_registration_hook
 from torchinit._util.tensors import is_uninitialized
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import meta_like
-from torchinit.recording.inits import PATCHED_ATTRIBUTES
+from torchinit.recording.inits import PATCHED_ATTRIBUTES, PATCHED_INITS
 from torchinit.recording.log import (
     UNDEFINED,
     Recording,
@@ -103,6 +103,9 @@ _PATCH: dict[str, Any] = {"depth": 0}
 
 _thread_stack = thread_recordings
 
+#: Whether the parameter-registration hook is installed (once per process, never removed: see _install).
+_HOOK: list[bool] = []
+
 
 def _install() -> list[tuple[Any, str, Any, Any]]:
     """Install the parameter-registration hook and the recorded torch.nn.init functions; all or nothing.
@@ -110,14 +113,17 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
     The hook is torch's global one (``register_module_parameter_registration_hook``), not a replaced
     ``nn.Module.register_parameter``: accelerate's ``init_empty_weights`` replaces that method and puts
     back the one it found, so two replacements would only nest when they close in the reverse order.
-    Returns what :func:`_uninstall` takes: ``(holder, key, original, patched)`` for each patched entry,
-    then the hook's handle.
+    It is installed by the first ``deferred()`` and stays: it returns at once in a thread outside
+    ``deferred()``, and torch iterates its hooks without a lock, so adding or removing one while
+    another thread registers a parameter could fail that thread ("mutated during iteration").
+    Returns what :func:`_uninstall` takes: ``(holder, key, original, patched)`` for each patched entry.
     """
+    if not _HOOK:
+        # torch annotates the hook as returning None; it documents (and uses) a returned parameter
+        register_module_parameter_registration_hook(cast("Callable[..., None]", _defer_registration))
+        _HOOK.append(True)
     installed: list[tuple[Any, str, Any, Any]] = []
     try:
-        # torch annotates the hook as returning None; it documents (and uses) a returned parameter
-        handle = register_module_parameter_registration_hook(cast("Callable[..., None]", _defer_registration))
-        installed.append((None, "", handle, None))
         for holder, key, original in _meta_skipping_inits():
             patched = recorded_call(original)
             _set_entry(holder, key, patched)
@@ -132,9 +138,7 @@ def _uninstall(installed: list[tuple[Any, str, Any, Any]]) -> None:
     """Undo :func:`_install`, newest first. An entry that someone replaced since keeps the replacement (ours,
     wrapped inside it, only records in threads inside ``deferred()``, so it is inert once all have closed)."""
     for holder, key, original, patched in reversed(installed):
-        if holder is None:
-            original.remove()  # the hook's handle
-        elif _get_entry(holder, key) is patched:
+        if _get_entry(holder, key) is patched:
             _set_entry(holder, key, original)
 
 
@@ -187,8 +191,8 @@ def _meta_skipping_inits() -> list[tuple[Any, str, Any]]:
 
     found: list[tuple[Any, str, Any]] = [(nn.init, name, getattr(nn.init, name)) for name in PATCHED_ATTRIBUTES]
     table = getattr(sys.modules.get("transformers.initialization"), "TORCH_INIT_FUNCTIONS", None)
-    if isinstance(table, dict):
-        originals = {id(fn) for _, _, fn in found[1:]}
+    if isinstance(table, dict):  # it holds the public functions, not a helper looked up at call time
+        originals = {id(getattr(nn.init, init.patched)) for init in PATCHED_INITS if not init.patches_helper}
         found += [(table, key, fn) for key, fn in list(table.items()) if id(fn) in originals]
     return found
 
