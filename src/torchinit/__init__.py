@@ -86,6 +86,8 @@ __all__ = [
 ]  # fmt: skip
 
 from torchinit import presets  # noqa: E402  (presets build on everything above)
+from torchinit._legacy import register as _register_old_paths  # noqa: E402
 from torchinit.schemes.deprecated import ALIASES as _ALIASES  # noqa: E402
 
 globals().update(_ALIASES)  # uniform, normal, ..., sparse: torch.nn.init's deprecated names (not in __all__)
+_register_old_paths()  # torchinit 0.1's module paths (torchinit.initializers, ...): old pickles load

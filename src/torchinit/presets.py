@@ -1,4 +1,7 @@
-"""Ready-made policies for well-known models: the public path of :mod:`torchinit.model.presets`."""
+"""Ready-made policies for well-known models: ``torchinit.presets`` is :mod:`torchinit.model.presets` itself."""
 
-from torchinit.model.presets import *  # noqa: F403
-from torchinit.model.presets import __all__  # noqa: F401
+import sys
+
+from torchinit.model import presets as _presets
+
+sys.modules[__name__] = _presets  # the import system hands out the module placed here (all names, monkeypatching)

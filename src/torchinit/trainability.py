@@ -1,4 +1,10 @@
-"""Training experiments (``torchinit train``): the public path of :mod:`torchinit.diagnostics.trainability`."""
+"""Training experiments (``torchinit train``).
 
-from torchinit.diagnostics.trainability import *  # noqa: F403
-from torchinit.diagnostics.trainability import __all__  # noqa: F401
+``torchinit.trainability`` is :mod:`torchinit.diagnostics.trainability` itself.
+"""
+
+import sys
+
+from torchinit.diagnostics import trainability as _trainability
+
+sys.modules[__name__] = _trainability  # the import system hands out the module placed here (all names, monkeypatching)

@@ -65,3 +65,25 @@ def test_the_complexity_check_flags_a_function_over_the_limit(tmp_path):
     assert found == {"pkg.m:simple": 1, "pkg.m:branchy": 17}
     assert complexity.problems(found) == ["pkg.m:branchy: complexity 17 > 15"]
     assert complexity.problems(complexity.measure()) == []  # and src/ is within the limit
+
+
+def test_the_old_flat_module_paths_still_import():
+    """torchinit 0.1's module paths name the modules that hold their contents now (old pickles load); the
+    public modules are the implementation modules themselves (every name, monkeypatching included)."""
+    import importlib
+    import pickle
+
+    from torchinit._legacy import MOVED
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(f"torchinit.{old}") is importlib.import_module(f"torchinit.{new}")
+        assert getattr(torchinit, old) is importlib.import_module(f"torchinit.{new}")
+    # what torchinit 0.1 wrote for KaimingNormal(mode="fan_out"): the class by its old module path (protocol 2
+    # names it in a newline-terminated text opcode, so the path can be swapped in place)
+    new_pickle = pickle.dumps(torchinit.KaimingNormal(mode="fan_out"), protocol=2)
+    old_pickle = new_pickle.replace(b"torchinit.schemes.initializers\n", b"torchinit.initializers\n")
+    assert old_pickle != new_pickle
+    assert pickle.loads(old_pickle) == torchinit.KaimingNormal(mode="fan_out")
+    assert importlib.import_module("torchinit.presets").__name__ == "torchinit.model.presets"
+    assert importlib.import_module("torchinit.trainability").__name__ == "torchinit.diagnostics.trainability"
+    assert callable(torchinit.fans) and callable(torchinit.probe) and callable(torchinit.fingerprint)

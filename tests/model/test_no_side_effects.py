@@ -185,3 +185,26 @@ def test_opening_deferred_never_disturbs_threads_that_build_modules():
         sys.setswitchinterval(switch)
         handle.remove()
     assert not errors, errors[0]
+
+
+def test_configs_of_users_classes_load_by_their_bare_name_when_it_is_unambiguous():
+    """torchinit 0.1 wrote a user's class by its bare name; a script run as __main__ writes '__main__.Name'."""
+
+    class Halves(Initializer):
+        function = staticmethod(ti.zeros_)
+
+    config = Halves().to_config()
+    for name in ("Halves", "__main__.Halves", config["class"]):
+        assert type(Initializer.from_config({"class": name, "config": {}})) is Halves
+    assert type(Initializer.from_config({"class": "Zeros", "config": {}})) is ti.Zeros  # a built-in stays itself
+
+    class Other(Initializer):
+        function = staticmethod(ti.ones_)
+
+    Other.__name__ = "Halves"  # a second user class of the same name: the bare name no longer says which
+    Initializer._registry[f"{__name__}.elsewhere.Halves"] = Other
+    try:
+        with pytest.raises(ValueError, match="ambiguous"):
+            Initializer.from_config({"class": "Halves", "config": {}})
+    finally:
+        del Initializer._registry[f"{__name__}.elsewhere.Halves"]

@@ -226,3 +226,26 @@ def test_an_owner_initializer_gets_the_owning_layer():
     dry_run, real = seen  # checked on a meta stand-in of the layer first, then given the layer itself
     assert isinstance(dry_run, nn.Linear) and dry_run.bias.is_meta and dry_run is not model[0]
     assert real is model[0]
+
+
+def test_an_older_module_level_subclass_is_still_module_level():
+    """Before ModuleInitializer, a subclass said ``module_level = True`` and defined ``unit``: still honoured."""
+    from torchinit.model.policy import Rule
+
+    def sevens_(layer, *, generator=None, seed=None, name=""):
+        for p in layer.parameters(recurse=False):
+            p.data.fill_(7.0)
+        return layer
+
+    class WholeLayer(ti.Initializer):
+        module_level = True
+        probe_settings = False
+        function = staticmethod(sevens_)
+
+        def unit(self, path, attr):
+            return path[-1]
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    ti.Policy([Rule(0, nn.Linear, WholeLayer(), required=False)]).apply_(model)
+    assert all(bool(p.eq(7.0).all()) for p in model.parameters())
+    assert ti.presets.TorchReset().module_level and ti.presets.TorchBias().wants_owner

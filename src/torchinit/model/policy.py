@@ -36,7 +36,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -69,7 +69,7 @@ class Rule:
 
     @property
     def module_level(self) -> bool:
-        return isinstance(self.spec, ModuleInitializer)
+        return _is_module_level(self.spec)
 
     def selector_repr(self) -> str:
         s = self.selector
@@ -101,11 +101,12 @@ class Rule:
         owner's path from the root) when that unit is an instance of the rule's class; any other rule
         matches the parameter itself (:meth:`match`).
         """
-        if isinstance(self.spec, ModuleInitializer):
-            unit = self.spec.unit(paths[id(owner.module)], owner.attr)
+        if self.module_level:
+            spec = cast(ModuleInitializer, self.spec)  # or an older subclass with the same ``unit``
+            unit = spec.unit(paths[id(owner.module)], owner.attr)
             if unit is None or not isinstance(unit[1], self.selector):  # type: ignore[arg-type]
                 return None
-            return self.spec, unit
+            return spec, unit
         init = self.match(owner.name, owner.attr, param, owner.module)
         return None if init is None else (init, None)
 
@@ -119,14 +120,25 @@ class ModuleInitializer(Initializer):
     those rules' values.
     """
 
+    module_level = True  # how an Initializer subclass declared this before ModuleInitializer (still honoured)
+
     def unit(self, path: list[tuple[str, nn.Module]], attr: str) -> tuple[str, nn.Module] | None:
         """For a parameter ``attr`` of the last module of ``path`` (root first): the module to initialize, or None."""
         raise NotImplementedError
 
 
+def _is_module_level(spec: Any) -> bool:
+    """A module-level initializer: a ModuleInitializer, or an older Initializer subclass that says
+    ``module_level = True`` and defines ``unit``."""
+    return isinstance(spec, ModuleInitializer) or (isinstance(spec, Initializer)
+                                                   and getattr(spec, "module_level", False) is True)
+
+
 class OwnerInitializer(Initializer):
     """An initializer of one parameter that is given the module owning it, not the tensor
     (``presets.TorchBias``: torch's bias bound depends on the owning layer's weight)."""
+
+    wants_owner = True  # how an Initializer subclass declared this before OwnerInitializer (still honoured)
 
 
 #: What a rule does to one parameter: the initializer, and the (name, module) unit of a module-level rule.
@@ -142,7 +154,7 @@ def _normalize(index: int, rule: Any) -> Rule:
     if isinstance(selector, type):
         if not issubclass(selector, nn.Module):
             raise TypeError(f"rules[{index}]: a class selector must be an nn.Module subclass; got {selector.__name__}")
-        if isinstance(spec, ModuleInitializer):
+        if _is_module_level(spec):
             return Rule(index, selector, spec)
         if not isinstance(spec, dict) or not spec:
             raise TypeError(

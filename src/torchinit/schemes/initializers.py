@@ -202,14 +202,31 @@ class Initializer:
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> Initializer:
-        """The initializer described by ``config`` (the inverse of :meth:`to_config`)."""
+        """The initializer described by ``config`` (the inverse of :meth:`to_config`).
+
+        A user's class is found by the name ``to_config`` writes, or by its bare class name when exactly
+        one user class has it (configs written by torchinit 0.1, or in a script run as ``__main__``); a
+        bare name of a built-in class always means the built-in one.
+        """
         if not isinstance(config, dict) or "class" not in config:
             raise ValueError(f"config must be a dict with a 'class' key, as to_config() writes; got {config!r}")
-        name = config["class"]
-        if not isinstance(name, str) or name not in Initializer._registry:
-            raise ValueError(f"config: unknown initializer class {name!r}; known: {', '.join(Initializer._registry)}")
+        cls = _registered(config["class"])
         settings = {k: _from_json(k, v) for k, v in dict(config.get("config", {})).items()}
-        return Initializer._registry[name](**settings)
+        return cls(**settings)
+
+
+def _registered(name: Any) -> type[Initializer]:
+    """The class registered as ``name``, else the one user class whose own name is ``name``'s last part."""
+    registry = Initializer._registry
+    if isinstance(name, str) and name in registry:
+        return registry[name]
+    short = name.rsplit(".", 1)[-1] if isinstance(name, str) else None
+    users = [cls for key, cls in registry.items() if "." in key and cls.__name__ == short]
+    if len(users) == 1:
+        return users[0]
+    if users:
+        raise ValueError(f"config: class {name!r} is ambiguous: {', '.join(cls.config_name() for cls in users)}")
+    raise ValueError(f"config: unknown initializer class {name!r}; known: {', '.join(registry)}")
 
 
 #: The dtypes settings are probed with: float64 holds every float32/bf16/fp16 value (tightest bounds checks);
