@@ -224,7 +224,7 @@ SPECS = [
     Spec("nn_transformer", transformer, run_transformer, EAGER),
     Spec("nn_lstm_proj", lstm, run_lstm, EAGER),
     # weight_norm was initialized before it was reparametrized: the re-enactment resets a plain stand-in and
-    # gives the reparametrization its inverse (src/torchinit/construction.py).
+    # gives the reparametrization its inverse (src/torchinit/model/construction.py).
     Spec("weight_norm", WeightNormed, run_seq, EAGER),
     # The deprecated weight_norm: replay once failed on the meta tensor whose shape the stand-in copied
     # (test_reenactment_of_old_weight_norm).

@@ -44,7 +44,8 @@ def _distributed_problem() -> str | None:
 
 
 PROBLEM = _distributed_problem()
-pytestmark = [pytest.mark.distributed, pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess,  # every test runs on ranks started by launch()
+              pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 
 
 def _free_port() -> int:

@@ -56,6 +56,7 @@ def test_sigint_during_threaded_fills_ends_the_process_promptly(delay):
 
 def _interrupted_call(call, t, after):
     timer = threading.Timer(after, _thread.interrupt_main)
+    grad = torch.is_grad_enabled()
     timer.start()
     try:
         call(t)
@@ -64,6 +65,9 @@ def _interrupted_call(call, t, after):
         pass
     finally:
         timer.cancel()
+        # an interrupt that lands inside torch's own no_grad().__exit__ leaves grad mode off for the thread
+        # (torch's context manager, not torchinit's code): put it back so later tests see the usual mode
+        torch.set_grad_enabled(grad)
 
 
 @pytest.mark.parametrize("after", [0.0, 0.002, 0.01, 0.03])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -35,10 +36,14 @@ def _first_outside_package() -> int:
     """The ``stacklevel``, counted from ``warn``'s caller's caller, of the first frame not in torchinit's files."""
     frame = sys._getframe(2)  # warn's caller
     level = 2
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "torchinit":
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
     return level
+
+
+# torchinit's own files, by path: ``python -m torchinit`` runs torchinit/__main__.py under the name "__main__"
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@
  * the module itself (importable as torchinit._philox) is empty.
  *
  * The stream is specified in docs/keyed_rng.md and implemented a second time, with torch tensor
- * operations, in src/torchinit/keyed.py (the reference, used where this library is not built and
+ * operations, in src/torchinit/rng/keyed.py (the reference, used where this library is not built and
  * on other devices). Both give the same bits: the transforms use only IEEE-754 double operations
  * that are correctly rounded (+ - * / sqrt, integer to double conversion), in the same order, and
  * this file is compiled with -ffp-contract=off so that no multiply-add is fused.
@@ -229,7 +229,7 @@ TI_CLONES void ti_uniform_f64(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3
     }
 }
 
-/* The truncated normal's polynomial inverse CDF (torchinit.truncnorm): element i is
+/* The truncated normal's polynomial inverse CDF (torchinit.schemes.truncnorm): element i is
  * x = mean + y H(a0 + a1 log(1 - y^2)), y = y_lo + (y_hi - y_lo) (word_i + 1/2) 2^-32, H(s) = sum_k c_k s^k
  * (Horner from the top), in double; rounded to float32 and clamped to [lo, hi]. */
 TI_CLONES void ti_trunc_poly_f32(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t c3, uint64_t first, uint64_t n,
@@ -264,7 +264,7 @@ TI_CLONES void ti_trunc_poly_f32(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t
 /* An empty Python module, so that the library is an ordinary, importable extension module. */
 static struct PyModuleDef philox_module = {
     PyModuleDef_HEAD_INIT, "_philox",
-    "The keyed stream's C kernel: functions called through ctypes (see torchinit.keyed).", -1, NULL,
+    "The keyed stream's C kernel: functions called through ctypes (see torchinit.rng.keyed).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__philox(void) { return PyModule_Create(&philox_module); }
