@@ -54,6 +54,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from torchinit.rng.seeds import draw_key_bits
+
 __all__ = [
     "CHUNK",
     "KERNEL",
@@ -162,8 +164,7 @@ class Stream:
     @classmethod
     def from_generator(cls, generator: torch.Generator | None = None) -> Stream:
         """A stream keyed by one draw of 64 random bits from ``generator`` (None: the global RNG)."""
-        device = generator.device if generator is not None else "cpu"  # explicit: a device context may be active
-        bits = int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)) & ((1 << 64) - 1)
+        bits = draw_key_bits(generator)
         return cls(bits & _MASK32, bits >> 32)
 
     def substream(self, sub: int) -> Stream:

@@ -16,7 +16,9 @@ depending on what is being initialized:
 ``seed=`` (an int, with ``name=`` on a single tensor) is the fourth source and the only one that is
 the same on any number of ranks: the counter-based keyed stream of ``(seed, name)``, derived with
 SHAKE-128 in :meth:`torchinit.rng.keyed.Stream.of` (``docs/keyed_rng.md``); whole-model calls key it
-with each parameter's qualified name, :func:`stream_kwargs` below.
+with each parameter's qualified name, :func:`stream_kwargs` below. A keyed stream can also be keyed by a
+generator (:func:`draw_key_bits`): large fills and the threaded truncated normal under ``generator=`` draw
+their key that way.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["stream_seed", "draw_seed", "derive_seed", "stream_generator", "stream_kwargs", "seeded_global_rng"]
+__all__ = [
+    "stream_seed", "draw_seed", "draw_key_bits", "derive_seed", "stream_generator", "stream_kwargs", "seeded_global_rng",
+]  # fmt: skip
 
 _SEED_BOUND = 2**63 - 1
 
@@ -57,6 +61,14 @@ def draw_seed(generator: torch.Generator) -> int:
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     draw = torch.empty((), dtype=torch.int64, device=generator.device)
     return int(draw.random_(0, _SEED_BOUND, generator=generator))
+
+
+def draw_key_bits(generator: torch.Generator | None) -> int:
+    """One draw of torch's ``random_()`` on an int64 from ``generator`` (None: the global RNG), as an unsigned
+    64-bit int: the key of a keyed stream drawn from a generator (:meth:`torchinit.rng.keyed.Stream.from_generator`:
+    large fills under ``materialize_(generator=...)``, the truncated normal's threaded sampler)."""
+    device = generator.device if generator is not None else "cpu"  # explicit: a device context may be active
+    return int(torch.empty((), dtype=torch.int64, device=device).random_(generator=generator)) & ((1 << 64) - 1)
 
 
 def derive_seed(generator: torch.Generator | None) -> int | None:
