@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "stream_seed", "draw_seed", "draw_key_bits", "derive_seed", "stream_generator", "stream_kwargs", "seeded_global_rng",
+    "stream_seed", "draw_seed", "draw_key_bits", "derive_seed", "stream_generator", "stream_kwargs",
+    "seeded_global_rng",
 ]  # fmt: skip
 
 _SEED_BOUND = 2**63 - 1
