@@ -33,6 +33,7 @@ from torchinit.model.policy import (
     Planned,
     Policy,
     check_on_meta,
+    run_unit,
 )
 from torchinit.model.reenact import reenact, retie
 from torchinit.model.sharded import materialize_sharded
@@ -225,7 +226,8 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
     done: set[tuple[int, int]] = set()
     for p in plans:
         if p.unit is not None and p.first_of_unit(done):
-            _run_unit_staged(p, plans, staged, **stream_kwargs(base_seed, p.unit[0], device, keyed))
+            run_unit(p, plans, target=module_tree_stand_in(p.unit[1], staged), values=lambda o: staged.get(id(o)),
+                     **stream_kwargs(base_seed, p.unit[0], device, keyed))
     for s in slots:
         plan = s.plan
         if plan is not None and plan.initializer is not None:
@@ -235,18 +237,6 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
                           else s.staged)
                 plan.initializer.init(target, **stream_kwargs(base_seed, plan.name, device, keyed))
             s.source = plan.source
-
-
-def _run_unit_staged(p: Planned, plans: list[Planned], staged: dict[int, Tensor], **randomness: Any) -> None:
-    """Run ``p``'s module-level initializer on a stand-in of its unit holding the staged tensors; the staged values
-    of parameters in the unit that other rules cover are kept as they were."""
-    assert p.unit is not None and p.initializer is not None
-    unit = p.unit[1]
-    mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
-    keep = [(staged[id(o)], staged[id(o)].clone()) for o in unit.parameters() if id(o) in staged and id(o) not in mine]
-    p.initializer.init(module_tree_stand_in(unit, staged), **randomness)
-    for t, saved in keep:
-        t.copy_(saved)
 
 
 def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | None) -> dict[int, Tensor]:

@@ -523,16 +523,22 @@ def _paths(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
     return paths
 
 
-def run_unit(p: Planned, plans: list[Planned], **randomness: Any) -> None:
-    """Run a module-level initializer on ``p``'s unit; parameters in it that other rules cover are kept as they were."""
+def run_unit(p: Planned, plans: list[Planned], *, target: nn.Module | None = None,
+             values: Callable[[Tensor], Tensor | None] | None = None, **randomness: Any) -> None:
+    """Run ``p``'s module-level initializer on its unit, or on ``target`` (a stand-in of the unit); the values
+    of parameters in the unit that other rules cover are kept as they were.
+
+    ``values(param)``: the tensor that holds a parameter's values (the staged tensor a stand-in writes to;
+    None: nothing to keep); by default the parameter itself.
+    """
     assert p.unit is not None and p.initializer is not None
     unit = p.unit[1]
-    inside = {id(t) for t in unit.parameters()}
-    keep = [(q.param, q.param.detach().clone()) for q in plans
-            if id(q.param) in inside and (q.rule is not p.rule or q.unit is None or q.unit[1] is not unit)]  # fmt: skip
-    p.initializer.init(unit, **randomness)
-    for param, saved in keep:
-        param.copy_(saved)
+    mine = {id(q.param) for q in plans if q.rule is p.rule and q.unit is not None and q.unit[1] is unit}
+    held = [values(o) if values is not None else o for o in unit.parameters() if id(o) not in mine]
+    keep = [(t, t.detach().clone()) for t in held if t is not None]
+    p.initializer.init(unit if target is None else target, **randomness)
+    for t, saved in keep:
+        t.copy_(saved)
 
 
 def check_on_meta(p: Planned) -> None:
