@@ -35,13 +35,8 @@ __all__ = ["uniform_", "normal_", "constant_", "ones_", "zeros_", "eye_", "dirac
 
 @scheme(local=real_dtype)
 def uniform_(
-    tensor: Tensor,
-    a: float = 0.0,
-    b: float = 1.0,
-    generator: torch.Generator | None = None,
-    *,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: torch.Generator | None = None, *,
+    seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` from the uniform distribution :math:`\mathcal{U}(a, b)`.
 
@@ -69,13 +64,8 @@ def uniform_(
 
 @scheme(local=real_dtype)
 def normal_(
-    tensor: Tensor,
-    mean: float = 0.0,
-    std: float = 1.0,
-    generator: torch.Generator | None = None,
-    *,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None, *,
+    seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` from the normal distribution :math:`\mathcal{N}(\text{mean}, \text{std}^2)`.
 

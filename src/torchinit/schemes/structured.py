@@ -134,11 +134,7 @@ def orthogonal_(
 
 @scheme()
 def delta_orthogonal_(
-    tensor: Tensor,
-    gain: float = 1.0,
-    *,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
+    tensor: Tensor, gain: float = 1.0, *, generator: torch.Generator | None = None, seed: int | None = None,
     name: str = "",
 ) -> Tensor:
     r"""Fill a 3-, 4- or 5-D conv weight with the delta-orthogonal kernel (Xiao et al., 2018).
@@ -249,13 +245,8 @@ def _sylvester_corner_(dest: Tensor) -> None:
 
 @scheme()
 def sparse_(
-    tensor: Tensor,
-    sparsity: float,
-    std: float = 0.01,
-    generator: torch.Generator | None = None,
-    *,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, sparsity: float, std: float = 0.01, generator: torch.Generator | None = None, *,
+    seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` as a sparse matrix (Martens, 2010).
 

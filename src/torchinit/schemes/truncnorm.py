@@ -225,14 +225,8 @@ def trunc_normal_(
 
 @scheme(local=real_dtype)
 def trunc_normal_std_(
-    tensor: Tensor,
-    std: float = 1.0,
-    k: float = 2.0,
-    mean: float = 0.0,
-    *,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, std: float = 1.0, k: float = 2.0, mean: float = 0.0, *, generator: torch.Generator | None = None,
+    seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` from a normal cut at :math:`\pm k` std, with the result's std equal to ``std``.
 

@@ -150,18 +150,9 @@ def _disk_radius_(u: Tensor) -> Tensor:
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def variance_scaling_(
-    tensor: Tensor,
-    scale: float = 1.0,
-    mode: str = "fan_in",
-    distribution: str = "truncated_normal",
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal", *,
+    in_dims: Dims = None, out_dims: Dims = None, batch_dims: Dims = None, blocks: int = 1,
+    generator: torch.Generator | None = None, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Fill ``tensor`` with variance :math:`\text{scale} / \text{fan}` (the core of every fan-based scheme).
 
@@ -199,16 +190,8 @@ def variance_scaling_(
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def xavier_uniform_(
-    tensor: Tensor,
-    gain: float = 1.0,
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = None, *, in_dims: Dims = None,
+    out_dims: Dims = None, batch_dims: Dims = None, blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Glorot & Bengio (2010), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{6/(n_\text{in}+n_\text{out})})`.
 
@@ -225,16 +208,8 @@ def xavier_uniform_(
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def xavier_normal_(
-    tensor: Tensor,
-    gain: float = 1.0,
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, gain: float = 1.0, generator: torch.Generator | None = None, *, in_dims: Dims = None,
+    out_dims: Dims = None, batch_dims: Dims = None, blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""Glorot & Bengio (2010), normal: :math:`\mathcal{N}(0,\ \text{gain}^2 \cdot 2/(n_\text{in}+n_\text{out}))`.
 
@@ -251,18 +226,9 @@ def xavier_normal_(
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def kaiming_uniform_(
-    tensor: Tensor,
-    a: float = 0,
-    mode: str = "fan_in",
-    nonlinearity: Nonlinearity = "leaky_relu",
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, a: float = 0, mode: str = "fan_in", nonlinearity: Nonlinearity = "leaky_relu",
+    generator: torch.Generator | None = None, *, in_dims: Dims = None, out_dims: Dims = None, batch_dims: Dims = None,
+    blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""He et al. (2015), uniform: :math:`\mathcal{U}(\pm\,\text{gain}\sqrt{3/\text{fan}})`.
 
@@ -282,18 +248,9 @@ def kaiming_uniform_(
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def kaiming_normal_(
-    tensor: Tensor,
-    a: float = 0,
-    mode: str = "fan_in",
-    nonlinearity: Nonlinearity = "leaky_relu",
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, a: float = 0, mode: str = "fan_in", nonlinearity: Nonlinearity = "leaky_relu",
+    generator: torch.Generator | None = None, *, in_dims: Dims = None, out_dims: Dims = None, batch_dims: Dims = None,
+    blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""He et al. (2015), normal: :math:`\mathcal{N}(0,\ \text{gain}^2/\text{fan})`.
 
@@ -317,15 +274,8 @@ def _kaiming_gain(nonlinearity: Nonlinearity, a: float) -> float:
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def lecun_uniform_(
-    tensor: Tensor,
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, generator: torch.Generator | None = None, *, in_dims: Dims = None, out_dims: Dims = None,
+    batch_dims: Dims = None, blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""LeCun et al. (1998), uniform: :math:`\mathcal{U}(\pm\sqrt{3/n_\text{in}})`, variance :math:`1/n_\text{in}`.
 
@@ -342,15 +292,8 @@ def lecun_uniform_(
 
 @scheme(local=real_dtype, keywords=FAN_KEYWORDS)
 def lecun_normal_(
-    tensor: Tensor,
-    generator: torch.Generator | None = None,
-    *,
-    in_dims: Dims = None,
-    out_dims: Dims = None,
-    batch_dims: Dims = None,
-    blocks: int = 1,
-    seed: int | None = None,
-    name: str = "",
+    tensor: Tensor, generator: torch.Generator | None = None, *, in_dims: Dims = None, out_dims: Dims = None,
+    batch_dims: Dims = None, blocks: int = 1, seed: int | None = None, name: str = "",
 ) -> Tensor:
     r"""LeCun et al. (1998), normal: :math:`\mathcal{N}(0, 1/n_\text{in})` (not truncated).
 
