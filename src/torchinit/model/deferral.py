@@ -59,7 +59,7 @@ def deferred() -> Iterator[Recording]:
         >>> layer.weight.is_meta, bool(layer.weight.abs().max() <= 4096 ** -0.5)
         (False, True)
     """
-    stack = _thread_stack()
+    stack = thread_recordings()
     if stack:  # nested: join the outer recording (contexts may even exit out of order)
         recording, outer = stack[-1]
         mode = RecordingMode(recording)
@@ -74,7 +74,7 @@ def deferred() -> Iterator[Recording]:
 @contextlib.contextmanager
 def recording_into(recording: Recording, mode: RecordingMode) -> Iterator[None]:
     """Make this thread record into ``recording``: the process-wide hooks (counted), and the thread's stack."""
-    stack = _thread_stack()
+    stack = thread_recordings()
     entry = (recording, mode)
     counted = False
     try:
@@ -101,7 +101,6 @@ _PATCH_LOCK = threading.Lock()
 _PATCH: dict[str, Any] = {"depth": 0}
 
 
-_thread_stack = thread_recordings
 
 #: Whether the parameter-registration hook is installed (once per process, never removed: see _install).
 _HOOK: list[bool] = []
@@ -144,7 +143,7 @@ def _uninstall(installed: list[tuple[Any, str, Any, Any]]) -> None:
 
 def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn.Parameter | None:
     """The registration hook: in a thread inside ``deferred()``, the parameter becomes meta and is claimed."""
-    stack = _thread_stack()
+    stack = thread_recordings()
     if not stack or is_uninitialized(param):
         return None
     recording, mode = stack[-1]
