@@ -100,8 +100,6 @@ _PATCH_LOCK = threading.Lock()
 
 _PATCH: dict[str, Any] = {"depth": 0}
 
-
-
 #: Whether the parameter-registration hook is installed (once per process, never removed: see _install).
 _HOOK: list[bool] = []
 
