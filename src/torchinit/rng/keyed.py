@@ -427,37 +427,91 @@ def run_chunks(count: int, work: Callable[[int], None], workers: int | None = No
     """Call ``work(k)`` for ``k`` in ``range(count)``, in ``workers`` threads (the caller's included).
 
     Each chunk runs exactly once. An error in any thread, or an interrupt in the caller,
-    stops the chunks not yet started; the running ones finish before this returns or raises.
+    stops the chunks not yet started; the running ones finish before this returns or raises,
+    and no helper task can start a chunk afterwards, even one the pool ran late (a task queued
+    by a ``submit`` that then failed to start its thread). Where the pool takes no work (at
+    interpreter shutdown, or when no thread can be started), the caller runs every chunk itself.
     """
-    next_index = itertools.count().__next__  # atomic under the GIL
-    stop = threading.Event()
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def loop() -> None:
-        try:
-            # torch's grad and inference modes are per thread: the helpers work in the caller's
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                while not stop.is_set():
-                    k = next_index()
-                    if k >= count:
-                        return
-                    work(k)
-        except BaseException:
-            stop.set()
-            raise
-
-    helpers = min(threads() if workers is None else workers, count) - 1
-    futures = [_pool().submit(loop) for _ in range(helpers)] if helpers > 0 else []
+    run = _ChunkRun(count, work)
     try:
-        loop()
-        for f in futures:
-            f.result()  # interruptible; re-raises a helper's error
+        for _ in range(min(threads() if workers is None else workers, count) - 1):
+            try:
+                _pool().submit(run.helper)
+            except RuntimeError:  # "cannot schedule new futures after interpreter shutdown", "can't start new thread"
+                break  # the caller does the rest
+        run.loop()
     except BaseException:
-        stop.set()
-        for f in futures:
-            f.cancel()
-        concurrent.futures.wait(futures)  # nothing writes after we return
+        run.stop.set()
         raise
+    finally:
+        run.close()  # waits for the helpers that started; later ones find it closed
+    run.raise_helper_error()
+
+
+class _ChunkRun:
+    """The shared state of one :func:`run_chunks` call: the next chunk, the helpers at work, the first error."""
+
+    def __init__(self, count: int, work: Callable[[int], None]) -> None:
+        self.count, self.work = count, work
+        self.next_index = itertools.count().__next__  # atomic under the GIL
+        self.stop = threading.Event()
+        self.grad, self.inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._active = 0
+        self._error: BaseException | None = None
+
+    def loop(self) -> None:
+        """Run chunks until none is left or the run stops."""
+        # torch's grad and inference modes are per thread: the helpers work in the caller's
+        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
+            while not self.stop.is_set():
+                k = self.next_index()
+                if k >= self.count:
+                    return
+                self.work(k)
+
+    def helper(self) -> None:
+        """A pool thread's part: nothing at all once the call has ended."""
+        with self._lock:
+            if self._closed:
+                return
+            self._active += 1
+        try:
+            self.loop()
+        except BaseException as err:  # handed to the caller
+            self.stop.set()
+            with self._lock:
+                self._error = self._error or err
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._lock.notify_all()
+
+    def close(self) -> None:
+        """No helper starts from now on; wait for those at work (nothing writes after the call returns).
+
+        A ``KeyboardInterrupt`` while waiting stops the helpers' next chunks, and the wait goes on before it
+        is raised: the chunks running then finish (each is short).
+        """
+        interrupted: BaseException | None = None
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                with self._lock:
+                    while self._active:
+                        self._lock.wait()
+                break
+            except BaseException as err:  # a Ctrl-C in the wait
+                self.stop.set()
+                interrupted = interrupted or err
+        if interrupted is not None:
+            raise interrupted
+
+    def raise_helper_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 # ---- filling tensors ----------------------------------------------------------------------------------------
