@@ -99,3 +99,23 @@ def test_kaiming_with_any_activation():
     ti.kaiming_normal_(w, nonlinearity="gelu", generator=torch.Generator().manual_seed(0))
     want = ti.calculate_gain("gelu") / math.sqrt(512)
     assert float(w.std()) == pytest.approx(want, rel=6 * math.sqrt(2 / (4 * w.numel())))
+
+
+def test_a_cached_gain_never_answers_for_another_instance_or_a_changed_setting():
+    """A user's activation whose setting is not in its repr: each instance gets its own gain, and a changed
+    setting is recomputed (the cache once keyed such modules by type and repr)."""
+
+    class Scaled(nn.Module):
+        def __init__(self, c: float) -> None:
+            super().__init__()
+            self.c = c
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c * torch.tanh(x)
+
+    one, hundred = Scaled(1.0), Scaled(100.0)
+    assert repr(one) == repr(hundred)
+    g1, g100 = ti.calculate_gain(one), ti.calculate_gain(hundred)
+    assert g100 == pytest.approx(g1 / 100, rel=1e-9)
+    one.c = 2.0
+    assert ti.calculate_gain(one) == pytest.approx(g1 / 2, rel=1e-9)

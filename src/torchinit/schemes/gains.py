@@ -87,8 +87,9 @@ def calculate_gain(nonlinearity: Nonlinearity, param: int | float | str | None =
     * an ``nn.Module`` instance (e.g. ``nn.GELU()``);
     * any callable on float tensors.
 
-    Computed gains are cached (names by value, modules without state by type
-    and repr, other callables by identity).
+    Computed gains are cached: names by value, torch.nn's stateless activations by
+    type and repr, other modules and callables by identity (recomputed when a plain
+    attribute changed).
 
     Args:
         nonlinearity: a name, a module or a callable.
@@ -149,27 +150,40 @@ def _named_gain(name: str, param: Any) -> float:
     return variance_gain(lambda x: fn(x, param))
 
 
-_callable_cache: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+#: Gains of callables and of modules other than torch's own, by identity: (their state when computed, gain).
+_callable_cache: weakref.WeakKeyDictionary[Any, tuple[Any, float]] = weakref.WeakKeyDictionary()
+#: Gains of torch.nn's stateless activations by (type, repr): their repr names every setting.
 _module_cache: dict[tuple[type, str], float] = {}
 
 
 def _callable_gain(f: Callable[[Tensor], Tensor]) -> float:
     if isinstance(f, nn.Module):
-        stateless = next(f.parameters(), None) is None and next(f.buffers(), None) is None
-        if stateless:
+        if next(f.parameters(), None) is not None or next(f.buffers(), None) is not None:
+            return variance_gain(f)  # learned state: computed every time
+        if type(f).__module__.startswith("torch.nn."):
             key = (type(f), repr(f))
             if key not in _module_cache:
                 _module_cache[key] = variance_gain(f)
             return _module_cache[key]
-        return variance_gain(f)
+    state = _state(f)
     try:
-        return _callable_cache[f]
+        cached = _callable_cache[f]
+        if cached[0] == state:
+            return cached[1]
     except (KeyError, TypeError):
         pass
     gain = variance_gain(f)
     with contextlib.suppress(TypeError):  # not weak-referenceable (e.g. a builtin): no cache
-        _callable_cache[f] = gain
+        _callable_cache[f] = (state, gain)
     return gain
+
+
+def _state(f: Any) -> Any:
+    """What a cached gain of ``f`` depends on besides its code: a module's repr and the plain values among its
+    attributes (a user's activation may keep a scale out of its repr), so a changed setting is recomputed."""
+    plain = (bool, int, float, complex, str, type(None))
+    attributes = tuple(sorted((k, v) for k, v in getattr(f, "__dict__", {}).items() if isinstance(v, plain)))
+    return (repr(f) if isinstance(f, nn.Module) else None, attributes)
 
 
 @functools.lru_cache(maxsize=1)
