@@ -105,6 +105,7 @@ def test_thread_settings_never_change():
     assert _thread_settings() == before
 
 
+@pytest.mark.slow  # 20 cases, each waits a second for its interrupt
 @pytest.mark.parametrize("after", [0.0, 0.005, 0.02, 0.06])
 @pytest.mark.parametrize("fill", ["normal_", "uniform_", "kaiming_normal_", "complex normal_", "bf16 normal_"])
 def test_an_interrupt_leaves_a_large_seeded_fill_untouched_or_complete(fill, after):
