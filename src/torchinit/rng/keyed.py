@@ -553,9 +553,6 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
     flat = target.view(-1) if contiguous else torch.empty(n, dtype=target.dtype, device="cpu")
     wide = flat.dtype in (torch.float32, torch.float64)
 
-    count = math.ceil(n / CHUNK)
-    done = [False] * count
-
     def work(k: int) -> None:
         part = flat[k * CHUNK:(k + 1) * CHUNK]
         if wide:
@@ -564,30 +561,11 @@ def _fill(tensor: Tensor, stream: Stream, kind: str, a: float, b: float, offset:
             buffer = torch.empty(part.numel(), dtype=torch.float32, device="cpu")
             _kernel_fill(stream, kind, a, b, offset + k * CHUNK, buffer)
             _narrow(buffer, kind, b, part.dtype, out=part)
-        done[k] = True
 
-    try:
-        run_chunks(count, work, 1 if n < PARALLEL_THRESHOLD else workers)
-    except KeyboardInterrupt:
-        if contiguous:  # the chunks already written are in the caller's tensor: complete it, never leave it half
-            _complete(count, done, work)
-        raise
+    run_chunks(math.ceil(n / CHUNK), work, 1 if n < PARALLEL_THRESHOLD else workers)
     if not contiguous:
         target.copy_(flat.view(target.shape))
     return tensor
-
-
-def _complete(count: int, done: list[bool], work: Callable[[int], None]) -> None:
-    """Run every chunk not yet done, in this thread, through further Ctrl-Cs: an in-place fill that was interrupted
-    finishes (each chunk's values depend only on its index, so a chunk cut short is simply run again)."""
-    while True:
-        try:
-            for k in range(count):
-                if not done[k]:
-                    work(k)
-            return
-        except KeyboardInterrupt:
-            continue
 
 
 def _finite(name: str, value: Any) -> float:
