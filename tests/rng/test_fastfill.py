@@ -165,24 +165,58 @@ def test_thread_settings_are_unchanged():
     assert torch.get_num_interop_threads() == interop_before
 
 
-def test_an_error_in_a_chunk_stops_the_others_and_propagates(monkeypatch):
+def test_run_chunks_stops_the_chunks_not_yet_started_after_an_error():
+    calls = []
+
+    def work(k):
+        calls.append(k)
+        if k == 2:
+            raise KeyboardInterrupt  # as a Ctrl-C landing in the caller's chunk would
+
+    with pytest.raises(KeyboardInterrupt):
+        keyed.run_chunks(64, work, workers=2)
+    assert 2 in calls and len(calls) < 64  # the chunks not yet started were skipped
+
+
+def _failing_kernel(monkeypatch, times):
+    """The kernel, except that chunk 2 raises KeyboardInterrupt its first ``times`` times."""
     original, calls = keyed._kernel_fill, []
 
     def failing(stream, kind, a, b, first, out):
         calls.append(first // keyed.CHUNK)
-        if first // keyed.CHUNK == 2:
-            raise KeyboardInterrupt  # as a Ctrl-C landing in the caller's chunk would
+        if first // keyed.CHUNK == 2 and calls.count(2) <= times:
+            raise KeyboardInterrupt
         original(stream, kind, a, b, first, out)
 
     monkeypatch.setattr(keyed, "_kernel_fill", failing)
+    return calls
+
+
+def test_an_interrupt_in_a_chunk_completes_the_fill_then_propagates(monkeypatch):
+    expected = torch.zeros(8 * keyed.CHUNK)
+    ff.fill_(expected, "normal_", generator=gen(0))
+    calls = _failing_kernel(monkeypatch, times=1)
     t = torch.zeros(8 * keyed.CHUNK)
     with pytest.raises(KeyboardInterrupt):
         ff.fill_(t, "normal_", generator=gen(0))
+    assert torch.equal(t, expected)  # complete: the chunk the interrupt cut is written again, same bits
+    assert calls.count(2) == 2 and sorted(set(calls)) == list(range(8))
     snapshot = t.clone()
     time.sleep(0.05)
     assert torch.equal(t, snapshot)  # nothing writes after fill_ has raised
-    assert len(calls) < 8  # the chunks not yet started were skipped
-    monkeypatch.setattr(keyed, "_kernel_fill", original)
+
+
+def test_a_chunk_that_keeps_failing_is_tried_a_bounded_number_of_times(monkeypatch):
+    calls = _failing_kernel(monkeypatch, times=10**9)
+    t = torch.zeros(8 * keyed.CHUNK)
+    with pytest.raises(KeyboardInterrupt):
+        ff.fill_(t, "normal_", generator=gen(0))
+    assert calls.count(2) == 1 + keyed.COMPLETION_ROUNDS
+    assert bool((t[2 * keyed.CHUNK:3 * keyed.CHUNK] == 0).all()) and int((t == 0).sum()) == keyed.CHUNK
+    snapshot = t.clone()
+    time.sleep(0.05)
+    assert torch.equal(t, snapshot)
+    monkeypatch.undo()
     assert ff.fill_(t, "normal_", generator=gen(0))  # the pool still works
 
 

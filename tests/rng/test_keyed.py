@@ -264,3 +264,39 @@ def test_stream_arguments(args, error):
 def test_numpy_integer_seeds():
     np = pytest.importorskip("numpy")
     assert Stream.of(np.int64(3), "w") == Stream.of(3, "w")
+
+
+@pytest.mark.parametrize("coeffs", [[], [0.0] * (keyed.MAX_COEFFS + 1)])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_trunc_poly_refuses_a_coefficient_count_out_of_bounds(coeffs, kernel, monkeypatch):
+    if not kernel:
+        monkeypatch.setattr(keyed, "KERNEL", None)
+    out = torch.zeros(8)
+    with pytest.raises(ValueError, match="coeffs: 1 to 32 coefficients"):
+        keyed.trunc_poly_(out, keyed.Stream.of(0), 0, -0.5, 0.5, 0.0, 1.0, 0.0, coeffs, -1.0, 1.0)
+    with pytest.raises(TypeError, match="coeffs must be a list"):
+        keyed.trunc_poly_(out, keyed.Stream.of(0), 0, -0.5, 0.5, 0.0, 1.0, 0.0, "1", -1.0, 1.0)
+    with pytest.raises(ValueError, match=r"coeffs\[1\] must be finite"):
+        keyed.trunc_poly_(out, keyed.Stream.of(0), 0, -0.5, 0.5, 0.0, 1.0, 0.0, [1.0, math.nan], -1.0, 1.0)
+    assert not out.any()
+
+
+def test_a_single_coefficient_is_a_constant_polynomial_on_both_paths(monkeypatch):
+    args = (keyed.Stream.of(3), 5, -0.5, 0.5, 0.25, 1.0, 0.0, [2.0], -10.0, 10.0)
+    a = keyed.trunc_poly_(torch.empty(1000), *args)
+    monkeypatch.setattr(keyed, "KERNEL", None)
+    b = keyed.trunc_poly_(torch.empty(1000), *args)
+    assert torch.equal(a, b)
+
+
+def test_seeded_fills_under_vmap_and_grad_give_every_sample_the_tensors_values():
+    import torchinit as ti
+
+    expected = ti.normal_(torch.zeros(4, 5), std=0.5, seed=7, name="w")
+    batched = torch.func.vmap(lambda x: ti.normal_(x.clone(), std=0.5, seed=7, name="w"))(torch.zeros(3, 4, 5))
+    assert all(torch.equal(batched[i], expected) for i in range(3))
+    k = ti.kaiming_uniform_(torch.zeros(4, 5), seed=1)
+    assert torch.equal(torch.func.vmap(lambda x: ti.kaiming_uniform_(x.clone(), seed=1))(torch.zeros(2, 4, 5))[1], k)
+    grad = torch.func.grad(lambda x: (ti.normal_(x.clone(), seed=7, name="w", std=0.5) * x).sum())(torch.ones(4, 5))
+    # as torch.nn.init's fills, it writes under no_grad: autograd sees the clone (gradient 1) times x (the values)
+    assert torch.equal(grad, expected + 1)
