@@ -16,6 +16,17 @@ defaults are read from the function's signature (every parameter but the tensor
 and the randomness: ``generator``, ``seed``, ``name``), and the settings are validated when the object is built by
 running the function on small meta tensors (see :meth:`Initializer._check_settings`),
 so a bad setting is a ValueError or TypeError at construction, not at first use.
+
+Configs may come from untrusted files, so :meth:`Initializer.from_config` reads them within bounds
+(:data:`CONFIG_MAX_DEPTH`, :data:`CONFIG_MAX_SIZE`, at most 64 dims in ``in_dims``/``out_dims``/``batch_dims``)
+in time linear in their size, and every malformed one is a ValueError or TypeError naming the field by its
+path (``config.config.in_dims[3]``) and the valid values. :meth:`Initializer.to_config` writes strict JSON:
+non-finite floats are tagged (``{"float": "inf"}``, ``"-inf"``, ``"nan"``) and complex numbers too
+(``{"complex": [real, imag]}``), so ``json.dumps(config, allow_nan=False)`` works. Class names: a built-in
+class is written by its bare name (``"Normal"``), and also read by its qualified one
+(``"torchinit.schemes.initializers.Normal"``, or any ``"torchinit.<...>.Normal"``); a user's class by
+``module.QualName``, or by the name given to :meth:`Initializer.register`. No user class can take a
+built-in's name.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import reprlib
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -33,6 +45,7 @@ from torchinit._util.warn import quiet
 from torchinit.recording.log import thread_recordings
 from torchinit.rng.sampling import make_sampler
 from torchinit.schemes import basic, glass, structured, truncnorm, variance
+from torchinit.schemes.layout import MAX_DIMS
 
 __all__ = [
     "Initializer",
@@ -46,6 +59,20 @@ _RANDOMNESS = ("generator", "seed", "name")
 
 #: Settings whose value may be ``...`` (Ellipsis): written as the string "..." in configs.
 _DIMS_SETTINGS = ("in_dims", "out_dims")
+#: Settings that name dims of a tensor: a config's list of them holds at most ``MAX_DIMS`` ints.
+_DIMS_NAMED = ("in_dims", "out_dims", "batch_dims")
+
+#: The deepest a value may sit in a config: the config dict is level 0, its "config" dict 1, a setting 2.
+CONFIG_MAX_DEPTH = 16
+#: The most a config may hold: each dict entry and list item counts 1, each string also its length.
+CONFIG_MAX_SIZE = 100_000
+#: The longest class name a config may give.
+_MAX_CLASS_NAME = 1000
+
+#: The names reserved for torchinit's own classes (bare and qualified), and their classes.
+_BUILTINS: dict[str, type[Initializer]] = {}
+#: The names user classes were given by :meth:`Initializer.register` (what ``to_config`` writes for them).
+_REGISTERED_AS: dict[type[Initializer], str] = {}
 
 
 class Initializer:
@@ -78,22 +105,65 @@ class Initializer:
     #: A scheme whose function takes no tensor can turn it off; schemes without settings are never probed.
     probe_settings: ClassVar[bool] = True
 
-    #: Every class ``from_config`` can build, by its config name (:meth:`config_name`).
+    #: Every class ``from_config`` can build, by its config name (:meth:`config_name`) and any name given to
+    #: :meth:`register`. torchinit's own classes are looked up in a table of their own first, so that even
+    #: an entry written here directly never takes over one of their names.
     _registry: ClassVar[dict[str, type[Initializer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if hasattr(cls, "function"):
-            Initializer._registry[cls.config_name()] = cls
+            _register_defined(cls)
 
     @classmethod
     def config_name(cls) -> str:
-        """The name ``to_config`` writes: the bare class name for torchinit's own classes, and the module and
-        qualified name for any other (``"mypkg.inits.Normal"``), so a user's class never takes over a
-        built-in one of the same short name (Keras registers ``package>Name`` for the same reason)."""
-        if cls.__module__.split(".")[0] == "torchinit":
+        """The name ``to_config`` writes: the bare class name for torchinit's own classes, the name given to
+        :meth:`register` for a class registered by one, and the module and qualified name for any other
+        (``"mypkg.inits.Normal"``), so a user's class never takes over a built-in one of the same short
+        name (Keras registers ``package>Name`` for the same reason)."""
+        if _is_torchinits(cls):
             return cls.__name__
-        return f"{cls.__module__}.{cls.__qualname__}"
+        return _REGISTERED_AS.get(cls) or f"{cls.__module__}.{cls.__qualname__}"
+
+    @staticmethod
+    def register(cls: type[Initializer], name: str | None = None) -> type[Initializer]:
+        """Register a user's ``Initializer`` subclass with :meth:`from_config` under ``name``; return ``cls``.
+
+        Every subclass that has a ``function`` is registered when it is defined, by its module and qualified
+        name (``"mypkg.inits.Halves"``). ``register`` adds a name of your choosing (default: that one), one
+        that survives moving the class to another module, and :meth:`to_config` writes it from then on; the
+        earlier names still load. The same name given again replaces a class of the same module and
+        qualified name (a cell of a notebook run again).
+
+        A built-in name can never be taken: torchinit's own class names, bare (``"Normal"``) or qualified
+        (``"torchinit.schemes.initializers.Normal"``), and every name in the ``torchinit.`` namespace are a
+        ValueError naming the built-in, as is a name another user class holds. ``cls`` must be an
+        ``Initializer`` subclass with a ``function`` (else a TypeError), not one of torchinit's own.
+
+        Example:
+            >>> class Halves(Initializer):
+            ...     __module__ = "mypkg.inits"  # as if defined there
+            ...     function = staticmethod(lambda tensor, factor=0.5: tensor.fill_(factor))
+            >>> Initializer.register(Halves, "mypkg.Halves") is Halves
+            True
+            >>> Halves().to_config()
+            {'class': 'mypkg.Halves', 'config': {'factor': 0.5}}
+            >>> type(Initializer.from_config({"class": "mypkg.Halves"})) is Halves
+            True
+            >>> Initializer.register(Halves, "Normal")
+            Traceback (most recent call last):
+            ...
+            ValueError: register: the name 'Normal' is torchinit's built-in class Normal ...
+        """
+        if not (isinstance(cls, type) and issubclass(cls, Initializer) and hasattr(cls, "function")):
+            raise TypeError(f"register: cls must be an Initializer subclass with a function; got {_brief(cls)}")
+        if _is_torchinits(cls):
+            raise ValueError(f"register: {cls.__name__} is one of torchinit's own classes; its names are fixed")
+        name = cls.config_name() if name is None else name
+        _check_user_name(cls, name)
+        Initializer._registry[name] = cls
+        _REGISTERED_AS[cls] = name
+        return cls
 
     def __init__(self, *args: Any, **settings: Any) -> None:
         signature = self._signature()
@@ -123,10 +193,11 @@ class Initializer:
         """
         function = type(self).function
         errors: list[tuple[tuple[int, torch.dtype], Exception]] = []
+        size0 = _dim0(self._settings)  # once: every probe has the same dim 0
         with _unrecorded():
             for probe in _probes(self._settings):
                 try:
-                    _run_on_probe(function, probe, self._settings)
+                    _run_on_probe(function, probe, self._settings, size0)
                     return
                 except (ValueError, TypeError) as err:
                     errors.append((probe, err))
@@ -190,43 +261,268 @@ class Initializer:
     __hash__ = None  # type: ignore[assignment]  # settings may be unhashable (an nn.Module nonlinearity)
 
     def to_config(self) -> dict[str, Any]:
-        """A plain JSON-able dict: ``{"class": name, "config": {setting: value}}`` (``name``: :meth:`config_name`).
+        """A strict-JSON dict: ``{"class": name, "config": {setting: value}}`` (``name``: :meth:`config_name`).
 
-        ``...`` is written as the string ``"..."`` and tuples as lists. A setting
-        that has no JSON form (a module or callable nonlinearity) is a TypeError.
+        ``...`` is written as the string ``"..."`` and tuples as lists; ``inf``, ``-inf`` and NaN as
+        ``{"float": "inf"}``, ``{"float": "-inf"}`` and ``{"float": "nan"}``, and a complex number as
+        ``{"complex": [real, imag]}`` (its parts written the same way), so ``json.dumps(config,
+        allow_nan=False)`` works and :meth:`from_config` reads every value back. A setting that has no
+        JSON form (a module or callable nonlinearity) is a TypeError; one beyond the bounds
+        ``from_config`` reads (:data:`CONFIG_MAX_DEPTH`, :data:`CONFIG_MAX_SIZE`) a ValueError.
+
+        Example:
+            >>> TruncNormal(a=-math.inf, b=1.0).to_config()
+            {'class': 'TruncNormal', 'config': {'mean': 0.0, 'std': 1.0, 'a': {'float': '-inf'}, 'b': 1.0}}
         """
         config = {}
         for name, value in self._settings.items():
-            config[name] = _to_json(value, f"{type(self).__name__}.{name}")
+            config[name] = _to_json(value, f"{type(self).__name__}.{name}", 2)
+        budget = _Budget()
+        for name, value in config.items():  # what from_config would refuse is refused here, not written
+            _decode(value, f"{type(self).__name__}.to_config(): config.config.{name}", 2, budget)
         return {"class": type(self).config_name(), "config": config}
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> Initializer:
         """The initializer described by ``config`` (the inverse of :meth:`to_config`).
 
-        A user's class is found by the name ``to_config`` writes, or by its bare class name when exactly
-        one user class has it (configs written by torchinit 0.1, or in a script run as ``__main__``); a
-        bare name of a built-in class always means the built-in one.
+        ``config`` is ``{"class": name, "config": {setting: value}}``; ``"config"`` may be left out (no
+        settings), and no other key is read. ``name`` is looked up in this order:
+
+        1. a built-in class by its bare name (``"Normal"``, what ``to_config`` writes and torchinit 0.1
+           wrote) or its qualified one (``"torchinit.schemes.initializers.Normal"``; any name in the
+           ``torchinit.`` namespace ending in a built-in's name). **A bare name shared by a built-in and a
+           user class always means the built-in.**
+        2. a user class by the name ``to_config`` writes (``module.QualName``, or the one given to
+           :meth:`register`);
+        3. the one user class whose own name is ``name``'s last part (configs written by torchinit 0.1, or
+           in a script run as ``__main__``); two such classes are a ValueError naming both.
+
+        Settings are JSON values: null, booleans, numbers, strings, lists (read as tuples), ``"..."`` for
+        Ellipsis in ``in_dims``/``out_dims``, and the tagged numbers ``{"float": "inf" | "-inf" | "nan"}``
+        and ``{"complex": [real, imag]}``; the class then validates them as its constructor does.
+
+        Hostile input is refused in time linear in its size: a value deeper than :data:`CONFIG_MAX_DEPTH`
+        (16) levels, a config larger than :data:`CONFIG_MAX_SIZE` (100,000: each dict entry and list item
+        counts 1, each string also its length), a class name over 1000 characters and more than 64 dims in
+        ``in_dims``/``out_dims``/``batch_dims`` (a tensor has at most 64) are ValueErrors. Every error is a
+        ValueError or TypeError that names the field by its path (``config.class``,
+        ``config.config.in_dims[3]``) and the valid values.
+
+        Example:
+            >>> Initializer.from_config({"class": "TruncNormal", "config": {"a": {"float": "-inf"}}})
+            TruncNormal(a=-inf)
+            >>> Initializer.from_config({"class": "Normal", "config": {"sdt": 0.1}})
+            Traceback (most recent call last):
+            ...
+            ValueError: config.config: unknown setting 'sdt' of Normal; its settings are mean, std
         """
-        if not isinstance(config, dict) or "class" not in config:
-            raise ValueError(f"config must be a dict with a 'class' key, as to_config() writes; got {config!r}")
-        cls = _registered(config["class"])
-        settings = {k: _from_json(k, v) for k, v in dict(config.get("config", {})).items()}
-        return cls(**settings)
+        budget = _Budget()
+        cls = _registered(_class_of(config))
+        settings = _settings_of(cls, config.get("config", {}), budget)
+        try:
+            return cls(**settings)
+        except (ValueError, TypeError) as err:  # the class's own check: say where in the config it was
+            kind = TypeError if isinstance(err, TypeError) else ValueError
+            raise kind(f"config.config: {err}") from None
+
+
+def _is_torchinits(cls: type) -> bool:
+    """Whether ``cls`` is defined in torchinit (and so one of its built-in classes)."""
+    return cls.__module__.split(".")[0] == "torchinit"
+
+
+def _register_defined(cls: type[Initializer]) -> None:
+    """Register a class when it is defined: torchinit's own under their reserved names, a user's by
+    ``module.QualName``. A class claiming a name a built-in holds is a ValueError: it is not defined."""
+    if not _is_torchinits(cls):
+        name = cls.config_name()
+        _check_user_name(cls, name)
+        Initializer._registry[name] = cls
+        return
+    names = (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
+    for name in names:
+        held = _BUILTINS.get(name)
+        if held is not None and held is not cls:
+            raise ValueError(f"the name {name!r} is torchinit's built-in class {_described(held)}; none can replace it")
+    for name in names:
+        _BUILTINS[name] = cls
+    Initializer._registry[cls.__name__] = cls
+
+
+def _check_user_name(cls: type[Initializer], name: Any) -> None:
+    """Refuse a name for a user class that is not a string, is a built-in's or another user class's."""
+    if not isinstance(name, str) or not 0 < len(name) <= _MAX_CLASS_NAME:
+        raise TypeError(f"register: name must be a string of 1 to {_MAX_CLASS_NAME} characters; got {_brief(name)}")
+    held = _builtin_named(name)
+    if held is not None or name == "torchinit" or name.startswith("torchinit."):
+        what = f"torchinit's built-in class {_described(held)}" if held else "in torchinit's namespace"
+        raise ValueError(
+            f"register: the name {name!r} is {what}; a user class cannot take it: "
+            f"give it a name of its own, e.g. {f'mypkg.{cls.__name__}'!r}"
+        )
+    other = Initializer._registry.get(name)
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"register: the name {name!r} is already {_described(other)}'s; give {cls.__name__} another")
+
+
+def _described(cls: type) -> str:
+    return f"{cls.__name__} ({cls.__module__}.{cls.__qualname__})"
+
+
+def _builtin_named(name: str) -> type[Initializer] | None:
+    """The built-in class ``name`` means: by a name it holds, or ``torchinit.<...>.Name`` for a bare name."""
+    held = _BUILTINS.get(name)
+    if held is None and name.startswith("torchinit."):
+        held = _BUILTINS.get(name.rsplit(".", 1)[-1])
+    return held
+
+
+def _class_of(config: Any) -> Any:
+    """``config["class"]``, once ``config`` is a dict with that key and no key besides "class" and "config"."""
+    if not isinstance(config, dict):
+        raise TypeError(
+            "config must be a dict {'class': name, 'config': {setting: value}}, as to_config() writes; "
+            f"got {_brief(config)}"
+        )
+    for key in config:  # stops at the first stray key: a dict of a million keys costs no more than one
+        if not (isinstance(key, str) and key in ("class", "config")):
+            raise ValueError(f"config: unknown key {_brief(key)}; a config's keys are 'class' and 'config'")
+    if "class" not in config:
+        raise ValueError("config must have a 'class' key naming the initializer class, as to_config() writes")
+    return config["class"]
 
 
 def _registered(name: Any) -> type[Initializer]:
-    """The class registered as ``name``, else the one user class whose own name is ``name``'s last part."""
+    """The class ``name`` means (see :meth:`Initializer.from_config` for the order)."""
     registry = Initializer._registry
-    if isinstance(name, str) and name in registry:
-        return registry[name]
-    short = name.rsplit(".", 1)[-1] if isinstance(name, str) else None
-    users = [cls for key, cls in registry.items() if "." in key and cls.__name__ == short]
+    if not isinstance(name, str) or len(name) > _MAX_CLASS_NAME:
+        raise ValueError(
+            f"config.class: unknown initializer class {_brief(name)}: a class is named by a string of at "
+            f"most {_MAX_CLASS_NAME} characters; known: {', '.join(registry)}"
+        )
+    held = _builtin_named(name) or registry.get(name)
+    if held is not None:
+        return held
+    short = name.rsplit(".", 1)[-1]
+    builtins = set(_BUILTINS.values())
+    users = {id(c): c for c in registry.values() if c not in builtins and c.__name__ == short}
     if len(users) == 1:
-        return users[0]
+        return next(iter(users.values()))
     if users:
-        raise ValueError(f"config: class {name!r} is ambiguous: {', '.join(cls.config_name() for cls in users)}")
-    raise ValueError(f"config: unknown initializer class {name!r}; known: {', '.join(registry)}")
+        named = ", ".join(c.config_name() for c in users.values())
+        raise ValueError(f"config.class: {name!r} is ambiguous: it may be {named}")
+    raise ValueError(f"config.class: unknown initializer class {name!r}; known: {', '.join(registry)}")
+
+
+def _settings_of(cls: type[Initializer], settings: Any, budget: _Budget) -> dict[str, Any]:
+    """``config["config"]`` read as keyword arguments of ``cls``: known names, every required one, values decoded."""
+    params = cls._signature().parameters
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    listed = f"its settings are {', '.join(takes) or 'none'}"
+    if not isinstance(settings, dict):
+        raise TypeError(f"config.config must be a dict {{setting: value}} of {cls.__name__}; {listed}; "
+                        f"got {_brief(settings)}")  # fmt: skip
+    budget.take(len(settings), "config.config")
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if not isinstance(key, str) or (key not in takes and not open_ended):
+            raise ValueError(f"config.config: unknown setting {_brief(key)} of {cls.__name__}; {listed}")
+        budget.take(len(key), "config.config")
+        out[key] = _decode_setting(key, value, f"config.config.{key}", budget)
+    missing = [n for n in takes if params[n].default is inspect.Parameter.empty and n not in out]
+    if missing:
+        raise ValueError(f"config.config: {cls.__name__} needs the setting(s) {', '.join(missing)}; {listed}")
+    return out
+
+
+class _Budget:
+    """What is left of :data:`CONFIG_MAX_SIZE` while one config is read."""
+
+    def __init__(self) -> None:
+        self.left = CONFIG_MAX_SIZE
+
+    def take(self, cost: int, path: str) -> None:
+        self.left -= cost
+        if self.left < 0:
+            raise ValueError(
+                f"{path}: the config is larger than {CONFIG_MAX_SIZE} (each dict entry and list item counts 1, "
+                "each string also its length)"
+            )
+
+
+#: What a config value may be, for error messages.
+_VALUES = (
+    "config values are null, booleans, numbers, strings, lists and the tagged numbers "
+    '{"float": "inf" | "-inf" | "nan"} and {"complex": [real, imag]}'
+)
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _decode(value: Any, path: str, depth: int, budget: _Budget) -> Any:
+    """A config value as a setting: lists as tuples, tagged numbers as numbers. ``depth``: where it sits."""
+    if depth > CONFIG_MAX_DEPTH:
+        raise ValueError(f"{path}: the config nests deeper than {CONFIG_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        budget.take(len(value), path)
+        return value
+    if value is None or isinstance(value, (bool, int, float, complex)):
+        return value
+    if isinstance(value, (list, tuple)):
+        budget.take(len(value), path)  # before reading any item: a list of a million costs nothing
+        return tuple(_decode(v, f"{path}[{i}]", depth + 1, budget) for i, v in enumerate(value))
+    if isinstance(value, dict):
+        budget.take(len(value), path)
+        return _decode_tagged(value, path, depth, budget)
+    raise TypeError(f"{path}: a {type(value).__name__} is not a config value; {_VALUES}")
+
+
+def _decode_tagged(value: dict[Any, Any], path: str, depth: int, budget: _Budget) -> float | complex:
+    """``{"float": "inf" | "-inf" | "nan"}`` or ``{"complex": [real, imag]}`` as its number; other dicts are refused."""
+    if len(value) == 1 and "float" in value:
+        text = value["float"]
+        if isinstance(text, str) and text in _NONFINITE:
+            return _NONFINITE[text]
+        raise ValueError(f'{path}.float must be "inf", "-inf" or "nan"; got {_brief(text)}')
+    if len(value) == 1 and "complex" in value:
+        parts = _decode(value["complex"], f"{path}.complex", depth + 1, budget)
+        if isinstance(parts, tuple) and len(parts) == 2 and all(_is_real(p) for p in parts):
+            return complex(*parts)
+        raise ValueError(f"{path}.complex must be [real, imag], two real numbers; got {_brief(value['complex'])}")
+    what = "an initializer's config" if "class" in value else "a dict"
+    raise TypeError(f"{path}: {what} is not a setting value; {_VALUES}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _decode_setting(name: str, value: Any, path: str, budget: _Budget) -> Any:
+    """One setting's value; the dims settings hold at most ``MAX_DIMS`` ints, ``"..."`` meaning Ellipsis."""
+    if name in _DIMS_NAMED and isinstance(value, (list, tuple)) and len(value) > MAX_DIMS:
+        raise ValueError(f"{path}: {len(value)} dims; a tensor has at most {MAX_DIMS} dims, each named once")
+    decoded = _decode(value, path, 2, budget)
+    if name in _DIMS_SETTINGS and decoded == "...":
+        return ...
+    if name in _DIMS_NAMED and isinstance(decoded, tuple):
+        for i, d in enumerate(decoded):
+            if not _is_real(d) or isinstance(d, float):
+                raise TypeError(f"{path}[{i}] must be an int (a dim of the tensor); got {_brief(d)}")
+    return decoded
+
+
+#: Short reprs of what a config holds, however large or deep (error messages quote it).
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 3, 60, 60
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 4
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)`` cut short for messages (JSON-like values; anything else by its type)."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, list, tuple, dict)):
+        return _BRIEF.repr(value)
+    return f"a {type(value).__name__}"
 
 
 #: The dtypes settings are probed with: float64 holds every float32/bf16/fp16 value (tightest bounds checks);
@@ -237,12 +533,17 @@ _TAKES_PROBE: dict[tuple[Callable[..., Any], int, torch.dtype], bool] = {}
 
 
 def _ints(value: Any) -> Iterator[int]:
-    """The ints in a setting (bools excluded), looking into tuples and lists."""
-    if isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _ints(v)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        yield value
+    """The ints in a setting (bools excluded), looking into tuples and lists (each once: no recursion, so a
+    deep or self-containing list costs its size, not a RecursionError)."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (tuple, list)):
+            if id(v) not in seen:
+                seen.add(id(v))
+                stack.extend(reversed(v))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            yield v
 
 
 def _probes(settings: dict[str, Any]) -> Iterator[tuple[int, torch.dtype]]:
@@ -255,15 +556,24 @@ def _probes(settings: dict[str, Any]) -> Iterator[tuple[int, torch.dtype]]:
             yield ndim, dtype
 
 
-def _probe_tensor(ndim: int, dtype: torch.dtype, settings: dict[str, Any]) -> Tensor:
-    """A meta tensor of ``ndim`` dims whose dim 0 every positive int setting divides; the other dims are 1."""
-    size0 = math.lcm(1, *(i for v in settings.values() for i in _ints(v) if i > 0))
-    return torch.empty((size0 if size0 < 2**40 else 1,) + (1,) * (ndim - 1), dtype=dtype, device="meta")
+def _dim0(settings: dict[str, Any]) -> int:
+    """The least common multiple of the positive int settings, or 1 when it reaches 2**40 (no tensor is that
+    long). Stops there: the multiple of thousands of ints would have as many digits, at quadratic cost."""
+    size = 1
+    for i in (i for v in settings.values() for i in _ints(v) if i > 0):
+        size = math.lcm(size, i)
+        if size >= 2**40:
+            return 1
+    return size
 
 
-def _run_on_probe(function: Callable[..., Any], probe: tuple[int, torch.dtype], settings: dict[str, Any]) -> None:
+def _run_on_probe(
+    function: Callable[..., Any], probe: tuple[int, torch.dtype], settings: dict[str, Any], size0: int = 1
+) -> None:
+    """Run ``function`` on a meta tensor of the probe's dims and dtype, dim 0 ``size0`` and the others 1."""
+    ndim, dtype = probe
     with quiet():  # the real call warns
-        function(_probe_tensor(*probe, settings), **settings)
+        function(torch.empty((size0,) + (1,) * (ndim - 1), dtype=dtype, device="meta"), **settings)
 
 
 def _takes_probe(cls: type[Initializer], probe: tuple[int, torch.dtype]) -> bool:
@@ -296,11 +606,14 @@ def _unrecorded() -> Iterator[None]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Settings equality: 1 == 1.0, but True is not 1; sequences elementwise."""
+    """Settings equality: 1 == 1.0, but True is not 1; NaN is NaN (a setting equals itself); sequences
+    elementwise."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
     try:
         return bool(a == b)
     except (TypeError, RuntimeError):  # e.g. objects whose == is not a bool
@@ -311,22 +624,21 @@ def _show(value: Any) -> str:
     return "..." if value is ... else repr(value)
 
 
-def _to_json(value: Any, where: str) -> Any:
+def _to_json(value: Any, where: str, depth: int) -> Any:
+    """``value`` in strict JSON (see :meth:`Initializer.to_config`); ``depth``: where it sits in the config."""
+    if depth > CONFIG_MAX_DEPTH:  # before recursing further: a deep list is a ValueError, not a RecursionError
+        raise ValueError(f"{where}: nests deeper than a config may ({CONFIG_MAX_DEPTH} levels)")
     if value is ...:
         return "..."
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"}
+    if isinstance(value, complex):
+        return {"complex": [_to_json(part, where, depth + 2) for part in (value.real, value.imag)]}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (tuple, list)):
-        return [_to_json(v, where) for v in value]
+        return [_to_json(v, where, depth + 1) for v in value]
     raise TypeError(f"{where}={value!r} has no JSON form; to_config() needs numbers, strings, None, ... or lists")
-
-
-def _from_json(name: str, value: Any) -> Any:
-    if name in _DIMS_SETTINGS and value == "...":
-        return ...
-    if isinstance(value, list):
-        return tuple(_from_json(name, v) for v in value)
-    return value
 
 
 def _scheme(function: Callable[..., Any], detail: str = "", *, uses_layout: bool = False) -> type[Initializer]:

@@ -45,6 +45,9 @@ Dims = int | tuple[int, ...] | list[int] | EllipsisType | None
 
 _FAN_MODULES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, transformers' Conv1D"
 
+#: torch's limit on a tensor's dims: a dims spec names each dim at most once, so it never holds more.
+MAX_DIMS = 64
+
 
 class Fans(NamedTuple):
     """The fans of a weight: ``fan_in`` inputs per output, ``fan_out`` outputs per input."""
@@ -188,11 +191,18 @@ def _no_batch_overlap(batch_dims: tuple[int, ...], side: tuple[int, ...], name: 
 
 
 def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:
-    """``dims`` (an int or a tuple/list of ints) as non-negative dims, in the order given."""
+    """``dims`` (an int or a tuple/list of ints) as non-negative dims, in the order given.
+
+    Linear in the length of ``dims``, which is at most :data:`MAX_DIMS` (a longer one is a ValueError
+    before any item is read: settings can come from an untrusted config).
+    """
     items: Any = (dims,) if is_integral(dims) else dims  # Python or NumPy ints, checked one by one below
     if not isinstance(items, (tuple, list)):
         raise TypeError(f"{name} must be an int, a tuple of ints or ... (Ellipsis); got {dims!r}")
+    if len(items) > MAX_DIMS:
+        raise ValueError(f"{name} names {len(items)} dims; a tensor has at most {MAX_DIMS}, each named once")
     out: list[int] = []
+    seen: set[int] = set()
     for d in items:
         if not is_integral(d):
             raise TypeError(f"{name} must contain ints; got {d!r}")
@@ -200,8 +210,9 @@ def dim_tuple(name: str, dims: Dims, ndim: int) -> tuple[int, ...]:
         if not -ndim <= d < ndim:
             raise ValueError(f"{name}: dim {d} is out of range for a tensor with {ndim} dim(s)")
         d %= ndim
-        if d in out:
+        if d in seen:
             raise ValueError(f"{name} names dim {d} twice")
+        seen.add(d)
         out.append(d)
     return tuple(out)
 
