@@ -1,15 +1,22 @@
-"""One rank of the multi-process sharding tests (tests/model/test_sharded.py): ``python _sharded_worker.py OUT``.
+"""One rank of the multi-process sharding tests (tests/model/test_sharded*.py): ``python _sharded_worker.py OUT
+[SCENARIO,...]``.
 
 Reads RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT from the environment (as torchrun sets
-them), joins a gloo process group, runs every scenario, and on rank 0 saves the full value
-of every tensor it initialized to ``OUT`` (``torch.save`` of {scenario: {name: value}}). The
-model builders and the expected single-process values live here too, so the test and the
-ranks share one definition.
+them), joins a gloo process group, runs the scenarios (default :data:`SCENARIOS`), and on
+rank 0 saves the full value of every tensor it initialized to ``OUT`` (``torch.save`` of
+{scenario: {name: value}}). The model builders and the expected single-process values live
+here too, so the test and the ranks share one definition. Once the results are written the
+process leaves with ``os._exit`` (see :func:`main`).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
+import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -117,6 +124,44 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 SCENARIOS = ("placements", "fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_apply", "tp_fsdp", "fault", "generator",
              "partial")
+#: Scenarios run only when asked for (tests/model/test_sharded_wrappers.py).
+EXTRA_SCENARIOS = ("checkpointed", "checkpointed_own", "order", "ddp")
+
+
+class DrawsOutOfOrder(nn.Module):
+    """A model whose init method fills ``b`` before ``a`` (parameter order: a, b, c), and interleaves ``c``'s two
+    random fills with ``a``'s: the global RNG must be drawn in this order, not in parameter order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.empty(6, 4))
+        self.b = nn.Parameter(torch.empty(6, 4))
+        self.c = nn.Parameter(torch.empty(6, 4))
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.b)
+        nn.init.normal_(self.c)
+        nn.init.uniform_(self.a)
+        with torch.no_grad():
+            self.c.add_(torch.rand(6, 4))
+
+
+def expected_out_of_order() -> dict[str, torch.Tensor]:
+    """One process: ``materialize_`` of :class:`DrawsOutOfOrder` built on meta, under ``torch.manual_seed(SEED)``."""
+    with torch.device("meta"):
+        model = DrawsOutOfOrder()
+    torch.manual_seed(SEED)
+    ti.materialize_(model)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def checkpointed(model: nn.Module) -> nn.Module:
+    """``model`` with every block wrapped by activation checkpointing, as torchtitan does before ``fully_shard``."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block)
+    return model
 
 
 class Interrupting(ti.Normal):
@@ -172,12 +217,16 @@ def run(scenario: str) -> dict[str, object]:
         }
         for name, b in model.named_buffers():
             out[name] = _full(b)
-    elif scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault", "generator"):
+    elif scenario in ("ddp", "order"):
+        model = _run_ddp() if scenario == "ddp" else _run_out_of_order(init_device_mesh("cpu", (world,)))
+    elif scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault", "generator", "checkpointed", "checkpointed_own"):
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
         with torch.device("meta"):
             model = TinyLM()
+        if scenario.startswith("checkpointed"):
+            checkpointed(model)
         for block in model.blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -195,7 +244,9 @@ def run(scenario: str) -> dict[str, object]:
         elif scenario == "generator":
             ti.materialize_(model, ti.presets.torch_default(), generator=torch.Generator().manual_seed(3))
         else:
-            report = ti.materialize_(model, policy() if scenario == "fsdp" else None, seed=SEED)
+            whole = _WHOLE["replays"]
+            report = ti.materialize_(model, policy() if scenario in ("fsdp", "checkpointed") else None, seed=SEED)
+            out["whole replays"] = _WHOLE["replays"] - whole  # own-init values computed whole
             if dist.get_rank() == 0:
                 out["report"] = str(report)  # on one rank only: no collective may hide in it
     elif scenario in ("tp", "tp_apply", "tp_fsdp"):
@@ -230,38 +281,111 @@ def run(scenario: str) -> dict[str, object]:
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     for name, p in model.named_parameters():
+        name = name.replace("_checkpoint_wrapped_module.", "")  # compared with the unwrapped model
         out[name] = _full(p.detach())
         out[f"type|{name}"] = f"{type(p.data).__name__} {tuple(getattr(p, 'placements', ()))}"
     out["fingerprint"] = ti.fingerprint(model)
     return out
 
 
-#: How many times a call computed a whole tensor to keep its local part (torchinit.rng.sampling.local_part).
-_WHOLE = {"count": 0}
+def _run_out_of_order(mesh: object) -> nn.Module:
+    """:class:`DrawsOutOfOrder` on meta, FSDP2-sharded, materialized from the global RNG (no seed=/generator=)."""
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta"):
+        model = DrawsOutOfOrder()
+    fully_shard(model, mesh=mesh)
+    torch.manual_seed(SEED)  # the same global RNG state on every rank
+    ti.materialize_(model)
+    return model
+
+
+def _run_ddp() -> nn.Module:
+    """TinyLM wrapped in DDP (it needs real tensors), then initialized by rules and by torch's defaults with seed=;
+    the names are reported without DDP's ``module.``."""
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(TinyLM())
+    ti.presets.torch_default().apply_(model, seed=SEED)
+    policy().apply_(model, seed=SEED)
+    return _Unwrapped(model.module)
+
+
+class _Unwrapped(nn.Module):
+    """The module a wrapper holds, registered under the wrapper's own names (what the results are keyed by)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        for name, child in inner.named_children():
+            self.add_module(name, child)
+
+
+#: How many times a call computed a whole tensor to keep its local part (torchinit.rng.sampling.local_part), and
+#: how many own-init values sharded materialize_ replayed whole (torchinit.model.sharded.replay_recording).
+_WHOLE = {"count": 0, "replays": 0}
 
 
 def _count_whole() -> None:
+    import torchinit.model.sharded as sharded
     import torchinit.rng.sampling as sampling
 
-    original = sampling.local_part
+    original, replay = sampling.local_part, sharded.replay_recording
 
     def counted(t: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         _WHOLE["count"] += 1
         return original(t, full)
 
+    def replayed(*args, **kwargs):
+        _WHOLE["replays"] += 1
+        return replay(*args, **kwargs)
+
     sampling.local_part = counted  # type: ignore[assignment]
+    sharded.replay_recording = replayed  # type: ignore[assignment]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, out: Path, scenarios: tuple[str, ...] = SCENARIOS,
+           timeout: float = 180.0) -> list[tuple[int, str]]:
+    """Run this worker on ``world`` ranks (a free port, one thread each); return each rank's exit code and output.
+    No process outlives this call: past ``timeout`` seconds (all ranks together) every rank is killed."""
+    port = free_port()
+    procs: list[subprocess.Popen] = []
+    src = str(Path(ti.__file__).resolve().parents[1])
+    try:
+        for rank in range(world):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                       PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+            procs.append(subprocess.Popen([sys.executable, __file__, str(out), ",".join(scenarios)], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        deadline = time.monotonic() + timeout
+        results = []
+        for p in procs:
+            output, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append((p.returncode, output))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
 
 
 def main() -> None:
     import torch.distributed as dist
 
     path = sys.argv[1]
+    scenarios = sys.argv[2].split(",") if len(sys.argv) > 2 else SCENARIOS
     warnings.filterwarnings("ignore", message="materialize_: re-enacting")  # TinyLM has no init method: known
     warnings.filterwarnings("ignore", message="While redistributing")  # DTensor's note on 2-D gathers
     _count_whole()
     dist.init_process_group("gloo")
     try:
-        results = {scenario: run(scenario) for scenario in SCENARIOS}
+        results = {scenario: run(scenario) for scenario in scenarios}
         if dist.get_rank() == 0:
             torch.save(results, path)
         dist.barrier()
@@ -269,5 +393,21 @@ def main() -> None:
         dist.destroy_process_group()
 
 
+def leave(code: int) -> None:
+    """End the process now, with ``code``, once stdout and stderr are flushed.
+
+    gloo's worker threads outlive ``destroy_process_group()`` and can abort the process at interpreter exit
+    ("terminate called without an active exception"); the results are written by then, so nothing is lost.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        main()
+    except BaseException:
+        traceback.print_exc()
+        leave(1)
+    leave(0)

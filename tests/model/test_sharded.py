@@ -11,10 +11,8 @@ single-process call, bit for bit.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import _sharded_worker as worker
@@ -23,7 +21,6 @@ import torch
 
 import torchinit as ti
 
-WORKER = Path(__file__).with_name("_sharded_worker.py")
 WORLD_SIZES = (1, 2, 4)
 TIMEOUT = 180.0  # seconds for one world size, all ranks
 
@@ -48,43 +45,12 @@ pytestmark = [pytest.mark.distributed, pytest.mark.subprocess,  # every test run
               pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, out: Path) -> list[tuple[int, str]]:
-    """Run the worker on ``world`` ranks; return each rank's exit code and output. No process outlives this."""
-    port = _free_port()
-    procs: list[subprocess.Popen] = []
-    src = str(Path(ti.__file__).resolve().parents[1])
-    try:
-        for rank in range(world):
-            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-                       PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-        deadline = time.monotonic() + TIMEOUT
-        results = []
-        for p in procs:
-            output, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            results.append((p.returncode, output))
-        return results
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> dict[int, dict]:
     results = {}
     for world in WORLD_SIZES:
         out = tmp_path_factory.mktemp(f"world{world}") / "result.pt"
-        outcome = launch(world, out)
+        outcome = worker.launch(world, out, timeout=TIMEOUT)
         failed = [(rank, rc, text[-3000:]) for rank, (rc, text) in enumerate(outcome) if rc != 0]
         assert not failed, f"world size {world}: ranks failed: {failed}"
         results[world] = torch.load(out, weights_only=False)
@@ -192,7 +158,7 @@ def test_the_documented_example_runs_under_torchrun_and_prints_the_documented_fi
     documented = (example.parent / "sharded.md").read_text()
     source = str(Path(ti.__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([source, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(worker.free_port()),
            str(example)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -171,8 +171,8 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
         base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator
         with torch.no_grad():
             # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
-            stage(slots, wanted, device, base_seed, keyed=seed is not None)
-            _apply_rules(slots, device, base_seed, keyed=seed is not None)
+            stage(slots, wanted, device, base_seed, keyed=seed is not None, root=model)
+            _apply_rules(slots, device, base_seed, keyed=seed is not None, root=model)
             new = _replacements(model, slots, moved_to)
             computed = _weight_norm_weights(model, new)
             _commit(model, new, computed)  # assignments only
@@ -214,7 +214,8 @@ def _device(device: Any, generator: torch.Generator | None) -> torch.device:
     return device
 
 
-def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None, *, keyed: bool = False) -> None:
+def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None, *, keyed: bool = False,
+                 root: nn.Module | None = None) -> None:
     """Run the policy's initializers on the staged tensors; the model itself is not touched.
 
     Layout-aware initializers see a shallow stand-in of the owning layer holding the staged
@@ -227,7 +228,7 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
     for p in plans:
         if p.unit is not None and p.first_of_unit(done):
             run_unit(p, plans, target=module_tree_stand_in(p.unit[1], staged), values=lambda o: staged.get(id(o)),
-                     **stream_kwargs(base_seed, p.unit[0], device, keyed))
+                     **stream_kwargs(base_seed, p.unit[0], device, keyed, root))
     for s in slots:
         plan = s.plan
         if plan is not None and plan.initializer is not None:
@@ -235,7 +236,7 @@ def _apply_rules(slots: list[Slot], device: torch.device, base_seed: int | None,
                 owner = plan.target()
                 target = (module_stand_in(owner, lambda t: staged.get(id(t), t)) if isinstance(owner, nn.Module)
                           else s.staged)
-                plan.initializer.init(target, **stream_kwargs(base_seed, plan.name, device, keyed))
+                plan.initializer.init(target, **stream_kwargs(base_seed, plan.name, device, keyed, root))
             s.source = plan.source
 
 

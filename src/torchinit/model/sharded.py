@@ -1,6 +1,7 @@
 """Materializing a model whose meta parameters are DTensors (FSDP2, tensor parallel): each rank allocates its
-shards through ``Module._apply``, the own init is replayed one whole tensor at a time and each rank keeps its
-part, and rules run locally on the shards (``docs/sharded.md``)."""
+shards through ``Module._apply``, the own init writes each rank's shard directly where it is a whole-tensor fill
+(else it is replayed one whole tensor at a time and each rank keeps its part), and rules run locally on the
+shards (``docs/sharded.md``)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from torchinit.model.policy import (
     run_unit,
 )
 from torchinit.model.reenact import reenact
-from torchinit.model.replay import replay_recording, write_full_value
-from torchinit.model.slots import Slot, find_unknown, slot_report, wanted_by_recording
+from torchinit.model.replay import _keyed_twin, replay_recording, write_full_value
+from torchinit.model.slots import Slot, find_unknown, slot_report, stream_names, wanted_by_recording
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import parameter_like
 from torchinit.recording.log import (
+    Op,
+    Recording,
+    TensorRef,
     recording_of,
     storage_key,
 )
-from torchinit.rng.sampling import is_dtensor
-from torchinit.rng.seeds import derive_seed, stream_kwargs
+from torchinit.rng.fastfill import recorded_fill
+from torchinit.rng.sampling import is_dtensor, local_region, make_sampler
+from torchinit.rng.seeds import canonical_name, derive_seed, stream_kwargs
 
 
 def materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[Slot], device: torch.device | None,
@@ -40,10 +45,14 @@ def materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[Slot
        FSDP2 re-registers its sharded parameters; every plain meta tensor gets one new
        tensor, registered wherever the old one was (ties and shared buffers stay shared).
        Parameters keep their class, ``requires_grad`` and Python attributes.
-    3. Each own-init value is replayed alone into a full-size temporary, written (a DTensor
-       keeps its part) and freed, so the peak is the sharded model plus the largest tensor;
-       then the rules run on the DTensors: with ``seed`` an element-wise scheme generates
-       only the local shard.
+    3. The own-init values are written. A DTensor whose value is one whole-tensor fill (``fill_``,
+       ``zero_``, ``ones_``/``zeros_``/``constant_``, and with ``seed`` a ``normal_``/``uniform_``
+       or a recorded call with a keyed twin such as ``trunc_normal_``) gets it on its local shard
+       only, bit for bit the part of the whole tensor. Any other value is replayed into a full-size
+       temporary, written (a DTensor keeps its part) and freed, so the peak is the sharded model
+       plus the largest such tensor. Without ``seed`` or ``generator``, the global RNG is drawn in
+       the recorded construction order, as one process draws it. Then the rules run on the
+       DTensors: with ``seed`` an element-wise scheme generates only the local shard.
 
     If anything raises, the new memory is released (the tensors are meta again) and the
     registrations are restored.
@@ -62,11 +71,10 @@ def materialize_sharded(model: nn.Module, plans: list[Planned], slots: list[Slot
             sources, names = _own_init_sources(model, slots, uncovered, strict)  # recorded or re-enacted, on meta
             with torch.no_grad():
                 _allocate(model, slots, allocator)
-                for s, src in zip(uncovered, sources):  # one full-size temporary at a time
-                    _write_replayed(_registered(s), src, device, names, base_seed, keyed)
+                _write_own_init(list(zip(uncovered, sources)), device, names, base_seed, keyed)
                 for p in plans:
                     p.param = getattr(p.owner.module, p.owner.attr)
-                _apply_rules_in_place(plans, {s.name for s in slots}, base_seed, keyed)
+                _apply_rules_in_place(plans, {s.name for s in slots}, base_seed, keyed, model)
         except BaseException:
             model._apply(allocator.release)
             raise
@@ -106,11 +114,118 @@ def _allocate(model: nn.Module, slots: list[Slot], allocator: _ShardAllocator) -
             _keep_attributes(_registered(s), attributes[s.name])
 
 
-def _write_replayed(t: Tensor, src: Slot, device: torch.device, names: dict[int, str], base_seed: int | None,
-                    keyed: bool) -> None:
-    """Replay the value of ``src`` into a full-size temporary and write it to ``t`` (a DTensor keeps its part)."""
-    assert src.recording is not None  # recorded under deferred(), or re-enacted
-    write_full_value(t, replay_recording(src.recording, {src.key}, device, names, base_seed, keyed).tensor(src.tensor))
+def _write_own_init(pairs: list[tuple[Slot, Slot]], device: torch.device, names: dict[int, str],
+                    base_seed: int | None, keyed: bool) -> None:
+    """Write the own-init value of each ``(slot, source)``: on the local shard where it is a whole-tensor fill,
+    else replayed into full-size temporaries (one group at a time), each rank keeping its part."""
+    lives = {rec: rec.live_ops(_keys_of(pairs, rec))[0] for rec in _recordings(pairs)}
+    for group in _replay_groups(pairs, in_recorded_order=base_seed is None):
+        s, src = group[0]
+        assert src.recording is not None  # recorded under deferred(), or re-enacted
+        if len(group) == 1 and _fill_locally(_registered(s), src, lives[src.recording], names, base_seed, keyed):
+            continue
+        replay = replay_recording(src.recording, {g.key for _, g in group}, device, names, base_seed, keyed)
+        for s, src in group:
+            write_full_value(_registered(s), replay.tensor(src.tensor))
+        del replay  # the temporaries go before the next group's
+
+
+def _recordings(pairs: list[tuple[Slot, Slot]]) -> list[Recording]:
+    """The recordings of the sources, in the order the slots first name them (as a one-process replay runs them)."""
+    return list(dict.fromkeys(src.recording for _, src in pairs if src.recording is not None))
+
+
+def _keys_of(pairs: list[tuple[Slot, Slot]], rec: Recording) -> set[int]:
+    return {src.key for _, src in pairs if src.recording is rec}
+
+
+def _replay_groups(pairs: list[tuple[Slot, Slot]], in_recorded_order: bool) -> list[list[tuple[Slot, Slot]]]:
+    """The replays to run, in order: one slot each, except that with the global RNG (``in_recorded_order``) the
+    slots of one recording run in the order of their first random operation, and slots whose random operations
+    interleave (or share one) run together, so the global RNG is drawn exactly in the recorded order."""
+    if not in_recorded_order:
+        return [[pair] for pair in pairs]
+    groups: list[list[tuple[Slot, Slot]]] = []
+    for rec in _recordings(pairs):
+        spans = []
+        for pair in (p for p in pairs if p[1].recording is rec):
+            randoms = [i for i in rec.live_ops({pair[1].key})[0] if rec.ops[i].random]
+            spans.append((min(randoms, default=-1), max(randoms, default=-1), pair))
+        spans.sort(key=lambda span: span[0])  # stable: slots without random operations keep their order
+        last = -1
+        for first, end, pair in spans:
+            if first < 0 or first > last:
+                groups.append([pair])
+            else:
+                groups[-1].append(pair)
+            last = max(last, end) if first >= 0 else last
+    return groups
+
+
+#: Recorded operations whose value on a whole tensor is the same at every element: run on the local shard as is.
+_CONSTANT_FILLS = frozenset({"fill_", "zero_", "ones_", "zeros_", "constant_"})
+
+
+def _fill_locally(t: Tensor, src: Slot, live: list[int], names: dict[int, str], base_seed: int | None,
+                  keyed: bool) -> bool:
+    """Write the own-init value of the DTensor ``t`` on its local shard only, when that value is the last of a
+    few whole-tensor fills (see :func:`_local_fill`); False (nothing written) otherwise.
+
+    The stream of a random fill is the one a replay of the whole recording would give it: the ``k``-th
+    random operation on the tensor named ``n`` draws from ``n`` or ``n#k``, ``k`` counted over the live
+    operations of the recording (``docs/keyed_rng.md``).
+    """
+    assert src.recording is not None
+    ops = _writes_after_creation(src.recording, live, src.key) if is_dtensor(t) else None
+    if ops is None or not all(_local_fill(op, src.tensor, t, keyed) for op in ops):
+        return False
+    if not ops:  # construction left it undefined: zeros, as a replay gives (find_unknown named it)
+        t.to_local().zero_()  # type: ignore[attr-defined]
+        return True
+    op, k = ops[-1], sum(o.random for o in ops[:-1])  # the earlier fills are overwritten: only the last is run
+    name = names.get(src.key, src.name)
+    _run_fill(op, t, base_seed, name if k == 0 else f"{name}#{k}")
+    return True
+
+
+def _writes_after_creation(rec: Recording, live: list[int], key: int) -> list[Op] | None:
+    """The live operations that write storage ``key`` after the one that creates it with undefined contents (a
+    re-enactment's stand-in, an empty factory); None when another kind of operation creates it."""
+    mine = [rec.ops[i] for i in live if any(ref.key == key for ref in (*rec.ops[i].writes, *rec.ops[i].outputs))]
+    if not mine or not (mine[0].undefined and len(mine[0].outputs) == 1 and not mine[0].writes):
+        return None
+    return None if any(op.outputs for op in mine[1:]) else mine[1:]
+
+
+def _local_fill(op: Op, ghost: Tensor, t: Tensor, keyed: bool) -> bool:
+    """Whether ``op`` writes every element of ``ghost`` (``t``'s full-shape stand-in) with values that the local
+    shard can compute alone: a constant fill, or with ``keyed`` a keyed-stream fill of a real floating dtype."""
+    if len(op.writes) != 1 or op.writes[0] != TensorRef.of(ghost) or op.reads - {op.writes[0].key}:
+        return False
+    if any(isinstance(a, (TensorRef, Tensor)) for a in (*op.args[1:], *op.kwargs.values())):
+        return False
+    if op.name in _CONSTANT_FILLS and not op.random:
+        return True
+    if not (keyed and op.random and ghost.dtype.is_floating_point and local_region(t) is not None):
+        return False
+    if recorded_fill(op) is not None:
+        return True
+    return _keyed_twin(op.func) is not None and op.kwargs.get("seed") is None
+
+
+def _run_fill(op: Op, t: Tensor, seed: int | None, name: str) -> None:
+    """Run the whole-tensor fill ``op`` on the DTensor ``t``'s local shard (a random one from the keyed stream
+    ``(seed, name)`` at the shard's global indices)."""
+    if not op.random:
+        op.func(t.to_local(), *op.args[1:], **op.kwargs)  # type: ignore[attr-defined]
+        return
+    fill = recorded_fill(op)
+    if fill is not None:
+        kind, (a, b) = fill
+        make_sampler(seed=seed, name=name).fill(t, kind, a, b)
+        return
+    kwargs = {k: v for k, v in op.kwargs.items() if k != "generator"}
+    _keyed_twin(op.func)(t, *op.args[1:], **kwargs, seed=seed, name=name)
 
 
 def _mesh_device(slots: list[Slot]) -> torch.device:
@@ -147,7 +262,7 @@ def _own_init_sources(model: nn.Module, slots: list[Slot], uncovered: list[Slot]
     """For each uncovered slot, the slot whose recording gives its value: itself when it was recorded under
     :func:`deferred`, else a plain meta stand-in of its full shape in a re-enactment of the model's own init; and
     the qualified name of every storage the recordings know (the names of the random streams)."""
-    names = {s.key: s.name for s in slots if s.recording is not None}
+    names = stream_names([s for s in slots if s.recording is not None], model)
     if not uncovered:
         return [], names
     unrecorded = [s for s in uncovered if s.recording is None]
@@ -187,17 +302,18 @@ def _reenact_on_full_shapes(model: nn.Module, slots: list[Slot],
         swap.restore()
     for g in ghost_slots:
         g.recording = recording
-    names = {storage_key(ghosts[id(s.tensor)]): s.name for s in slots if id(s.tensor) in ghosts}
+    names = {storage_key(ghosts[id(s.tensor)]): canonical_name(s.name, model) for s in slots if id(s.tensor) in ghosts}
     return ghost_slots, names
 
 
-def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int | None, keyed: bool) -> None:
+def _apply_rules_in_place(plans: list[Planned], names: set[str], base_seed: int | None, keyed: bool,
+                          root: nn.Module) -> None:
     """Run the rules of the (now allocated) parameters named in ``names``, module-level units first."""
     mine = [p for p in plans if p.initializer is not None and p.name in names]
     done: set[tuple[int, int]] = set()
     for p in mine:
         if p.unit is not None and p.first_of_unit(done):
-            run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], p.param.device, keyed))
+            run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], p.param.device, keyed, root))
     for p in mine:
         if p.unit is None:
-            p.run(**stream_kwargs(base_seed, p.name, p.param.device, keyed))
+            p.run(**stream_kwargs(base_seed, p.name, p.param.device, keyed, root))

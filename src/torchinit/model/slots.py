@@ -22,6 +22,7 @@ from torchinit.recording.log import (
     Replay,
     storage_key,
 )
+from torchinit.rng.seeds import canonical_name
 
 
 @dataclass
@@ -82,6 +83,15 @@ def meta_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
     return slots
 
 
+def stream_names(slots: list[Slot], root: nn.Module | None) -> dict[int, str]:
+    """The stream name of each slot's storage, as a replay wants it: its canonical name in ``root``
+    (:func:`~torchinit.rng.seeds.canonical_name`: wrapper segments removed)."""
+    names: dict[int, str] = {}
+    for s in slots:
+        names.setdefault(s.key, canonical_name(s.name, root))
+    return names
+
+
 def wanted_by_recording(slots: list[Slot]) -> dict[Recording, set[int]]:
     """For each recording, the storages whose recorded history decides a final value (no rule covers them)."""
     wanted: dict[Recording, set[int]] = {}
@@ -119,11 +129,9 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
 
 
 def stage(slots: list[Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None,
-           *, keyed: bool = False) -> None:
+           *, keyed: bool = False, root: nn.Module | None = None) -> None:
     """Replay each recording into new tensors; nothing in the model changes yet."""
-    names: dict[int, str] = {}
-    for s in slots:
-        names.setdefault(s.key, s.name)
+    names = stream_names(slots, root)
     replays: dict[Recording, Replay] = {}
     for rec, keys in wanted.items():
         replays[rec] = replay_recording(rec, keys, device, names, base_seed, keyed)

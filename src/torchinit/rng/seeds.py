@@ -19,6 +19,10 @@ SHAKE-128 in :meth:`torchinit.rng.keyed.Stream.of` (``docs/keyed_rng.md``); whol
 with each parameter's qualified name, :func:`stream_kwargs` below. A keyed stream can also be keyed by a
 generator (:func:`draw_key_bits`): large fills and the threaded truncated normal under ``generator=`` draw
 their key that way.
+
+Every stream named after a qualified name of a model is named after its canonical form
+(:func:`canonical_name`): the segments torch's wrapper modules insert are removed, so a model wrapped by
+``torch.compile``, activation checkpointing or DDP draws exactly what the unwrapped model draws.
 """
 
 from __future__ import annotations
@@ -32,10 +36,41 @@ import torch
 
 __all__ = [
     "stream_seed", "draw_seed", "draw_key_bits", "derive_seed", "stream_generator", "stream_kwargs",
-    "seeded_global_rng",
+    "seeded_global_rng", "canonical_name", "WRAPPER_SEGMENTS",
 ]  # fmt: skip
 
 _SEED_BOUND = 2**63 - 1
+
+#: The attributes under which torch's wrapper modules hold the module they wrap, anywhere in a model. They
+#: name nothing of the model itself (the wrapper has no parameters of its own), so :func:`canonical_name`
+#: drops them.
+WRAPPER_SEGMENTS: frozenset[str] = frozenset({
+    "_orig_mod",  # torch.compile(module): torch._dynamo's OptimizedModule
+    "_checkpoint_wrapped_module",  # activation checkpointing's checkpoint_wrapper (CheckpointWrapper, torchtitan)
+})  # fmt: skip
+
+
+def canonical_name(name: str, root: object = None) -> str:
+    """The name of the stream of the tensor (or module) ``name``: its qualified name with wrapper segments removed.
+
+    Removed: every segment in :data:`WRAPPER_SEGMENTS` (``_orig_mod`` of ``torch.compile``,
+    ``_checkpoint_wrapped_module`` of ``checkpoint_wrapper``), wherever it is; and, when ``root``
+    (the model ``name`` is qualified in) is a ``DistributedDataParallel`` or ``nn.DataParallel``,
+    the leading ``module`` segment they add. Nothing else changes: the name of a tensor of an
+    unwrapped model is its own canonical name, and a submodule of a plain model that happens to be
+    called ``module`` keeps it. FSDP2's ``fully_shard`` and tensor parallel add no segment.
+
+    Example:
+        >>> canonical_name("blocks.0._checkpoint_wrapped_module.attn._orig_mod.weight")
+        'blocks.0.attn.weight'
+        >>> ddp_like = torch.nn.DataParallel(torch.nn.Linear(1, 1))
+        >>> canonical_name("module.weight"), canonical_name("module.weight", ddp_like)
+        ('module.weight', 'weight')
+    """
+    parts = name.split(".")
+    if parts[0] == "module" and isinstance(root, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        parts = parts[1:]
+    return ".".join(part for part in parts if part not in WRAPPER_SEGMENTS)
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -78,18 +113,22 @@ def derive_seed(generator: torch.Generator | None) -> int | None:
 
 
 def stream_generator(base_seed: int | None, name: str, device: torch.device) -> torch.Generator | None:
-    """The generator of the stream ``name`` under ``base_seed`` (from :func:`derive_seed`); None: the global RNG."""
+    """The generator of the stream ``name`` (a qualified name, made canonical: :func:`canonical_name`) under
+    ``base_seed`` (from :func:`derive_seed`); None: the global RNG."""
     if base_seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(stream_seed(base_seed, name))
+    return torch.Generator(device=device).manual_seed(stream_seed(base_seed, canonical_name(name)))
 
 
-def stream_kwargs(base_seed: int | None, name: str, device: torch.device, keyed: bool) -> dict[str, Any]:
-    """The randomness arguments of an initializer's ``init`` for the tensor (or module) ``name`` of a model.
+def stream_kwargs(base_seed: int | None, name: str, device: torch.device, keyed: bool,
+                  root: object = None) -> dict[str, Any]:
+    """The randomness arguments of an initializer's ``init`` for the tensor (or module) ``name`` of the model
+    ``root``; the stream is named ``canonical_name(name, root)`` (wrapper segments removed).
 
     ``keyed``: ``base_seed`` is the user's ``seed=`` and the keyed stream of ``(seed, name)`` is drawn;
     otherwise the generator of :func:`stream_generator` (the global RNG when ``base_seed`` is None).
     """
+    name = canonical_name(name, root)
     if keyed:
         return {"seed": base_seed, "name": name}
     return {"generator": stream_generator(base_seed, name, device)}
