@@ -19,7 +19,7 @@ from torch import nn
 from torchinit._util.checks import finite, positive_int
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
-from torchinit.diagnostics.probing import copy_inputs, first_tensor
+from torchinit.diagnostics.probing import copy_inputs, first_tensor, private_random, warn_global_draws
 from torchinit.model.snapshot import Snapshot
 from torchinit.rng.sampling import make_sampler
 from torchinit.rng.seeds import derive_seed, stream_generator
@@ -146,15 +146,25 @@ def lsuv_(
     Only the Linear/conv weights change. Everything else the forward passes touch is put
     back bit for bit afterwards: every module's train/eval mode, the other parameters and
     the buffers (an ``Embedding(max_norm=...)`` weight renormalized in place, a counter
-    buffer or attribute a forward pass reassigns), ``.grad``, hooks, and the random number
-    generators; the only draws that stand are the orthogonal start's (from ``generator``, or
-    from the global RNG when it is None, as :func:`orthogonal_` would). Changes made by one
-    forward pass are seen by the next (the restoring happens once, at the end). If anything
-    raises or interrupts it (the exception propagates), the model is left exactly as it was
-    found, weights included, and ``generator`` is rewound. The price is one copy of the
+    buffer or attribute a forward pass reassigns), ``.grad``, hooks, and ``torch.Generator``
+    attributes of the modules. Changes made by one forward pass are seen by the next (the
+    restoring happens once, at the end). If anything raises or interrupts it (the exception
+    propagates), the model is left exactly as it was found, weights included, and
+    ``generator`` is rewound. The price is one copy of the
     model's parameters and buffers held during the call. Refused up front (``model``):
     TorchScript modules and uninitialized (lazy) parameters; not restored: state outside
     the module tree (globals, objects the forward pass closes over).
+
+    Random numbers: the orthogonal start draws from ``generator`` (one number, the base of
+    the per-name streams), from the keyed stream of ``seed``, or, when both are None, from
+    the global RNG, which it advances as :func:`orthogonal_` would, and which stays advanced
+    even if the call then fails (setting a global generator back would rewind other
+    threads' draws). The forward passes run under
+    :class:`~torchinit.diagnostics.probing.private_random`: their torch random operations
+    draw from a private copy of the global state (in eval mode there are usually none), so
+    they neither advance nor set torch's global generators; draws it cannot redirect (see
+    there) advance their own stream, as a plain forward pass would, and torch operations
+    among them are named in a warning. lsuv_ never sets a global generator.
 
     Args:
         model: the model, initialized in place.
@@ -186,9 +196,11 @@ def lsuv_(
                              generators=[generator] if generator is not None else []) as snapshot:  # fmt: skip
         if orthogonal_first:
             _orthogonal_start(layers, generator, seed)
-        snapshot.mark_rng()  # the orthogonal draws stand (generator's or the global RNG's), the forward passes' not
+        snapshot.mark_rng()  # generator's orthogonal draws stand on success; module generators come back
         model.eval()
-        rows = _fit_in_order(model, layers, data, target_std, tol, max_iter, progress)
+        with private_random() as rng:  # the forward passes' own draws leave the global generators alone
+            rows = _fit_in_order(model, layers, data, target_std, tol, max_iter, progress)
+    warn_global_draws("lsuv_", rng)
     report = LSUVReport(rows, target_std, tol)
     if report.not_converged:
         warn(

@@ -19,13 +19,17 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from torchinit._util.text import text_table
+from torchinit._util.warn import warn
 from torchinit.diagnostics.plots import PLOT_HINT, colors, figure
 from torchinit.model.snapshot import Snapshot
 from torchinit.schemes.layout import fans
 
-__all__ = ["probe", "SignalReport", "jacobian_spectrum", "first_tensor", "copy_inputs", "PLOT_HINT"]
+__all__ = [
+    "probe", "SignalReport", "jacobian_spectrum", "first_tensor", "copy_inputs", "private_random", "PLOT_HINT",
+]  # fmt: skip
 
 #: A loss: the model's output -> a scalar tensor.
 Loss = Callable[[Any], Tensor]
@@ -191,6 +195,154 @@ def copy_inputs(inputs: Any) -> Any:
     return inputs
 
 
+# ---- the forward pass's own random draws ------------------------------------------------------------------------
+
+#: Device types whose random operations :class:`private_random` gives a private generator.
+_PRIVATE_DEVICES = ("cpu", "cuda")
+#: Arguments of a random operation that takes no generator: at 0 (or ``train=False``) it draws nothing.
+_RATES = ("p", "dropout", "dropout_p")
+
+
+class private_random(TorchDispatchMode):  # noqa: N801 - used like a function: ``with private_random() as rng``
+    """Within, in this thread: torch's random operations draw from private generators, not the global ones.
+
+    One ``torch.Generator`` per device (CPU and CUDA), made at that device's first draw
+    with a copy of the device's global generator's state: the numbers are those the
+    global generator would give now, so a forward pass (dropout masks, ``torch.rand``,
+    ``randn_like``, ...) computes what it computes outside, but the global generators are
+    only read, never advanced nor set, and another thread drawing from them at the same
+    time sees its own stream, unrepeated. An operation given a generator keeps it; one
+    whose overloads take none draws through its twin that does (``rand`` through
+    ``rand.generator``); ``native_dropout`` (CUDA's dropout), whose kernel takes none, is
+    computed as torch's own decomposition does, ``input * mask / (1 - p)`` with
+    ``mask ~ Bernoulli(1 - p)`` from the private generator (same distribution, other
+    numbers than the fused kernel). What still draws from a global generator, named in
+    :attr:`global_draws` (see :func:`warn_global_draws`): operations that take no
+    generator at all (fused CUDA attention and cuDNN RNNs with dropout), tensor
+    subclasses (DTensor keeps its own stream), other device types, draws made in other
+    threads, and Python's ``random`` and NumPy, which torch does not see.
+
+    It is a ``TorchDispatchMode``, whose stack is per thread: other threads are untouched.
+
+    Example:
+        >>> state = torch.get_rng_state()
+        >>> with private_random():
+        ...     a = torch.rand(3)
+        >>> torch.equal(torch.get_rng_state(), state), torch.equal(a, torch.rand(3))
+        (True, True)
+    """
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # as RecordingMode: nothing here is compiled, and the wrapper would import torch._dynamo
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generators: dict[torch.device, torch.Generator] = {}
+        #: The operations (``aten.op.overload on device``) that drew from a global generator.
+        self.global_draws: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if torch.Tag.nondeterministic_seeded not in func.tags or _given_generator(func, args, kwargs):
+            return func(*args, **kwargs)
+        device = _draw_device(args, kwargs)
+        if device is not None and device.type in _PRIVATE_DEVICES:
+            if func is torch.ops.aten.native_dropout.default:
+                return _native_dropout(self.generator(device), *args, **kwargs)
+            twin = _generator_overload(func)
+            if twin is not None:
+                return _call_with(twin[0], twin[1], args, kwargs, self.generator(device))
+        if _draws(func, args, kwargs, device):
+            self.global_draws.add(f"{func} on {device if device is not None else 'a tensor subclass'}")
+        return func(*args, **kwargs)
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The private generator of ``device`` (a CPU or CUDA device), made from a copy of its global one's state."""
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        generator = self.generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+            self.generators[device] = generator
+        return generator
+
+
+def warn_global_draws(caller: str, rng: private_random) -> None:
+    """Warn, naming them, if operations of ``caller``'s forward passes drew from a global generator."""
+    if rng.global_draws:
+        warn(f"{caller}: {', '.join(sorted(rng.global_draws))} took no private generator, so the model's draws "
+             "there came from the global RNG, which they advanced (as a plain forward pass would); its other "
+             "random operations drew from a private copy", UserWarning)  # fmt: skip
+
+
+def _given_generator(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """The call names a generator of its own (a module's): it draws from that, as it would anywhere."""
+    names = [a.name for a in func._schema.arguments]
+    if "generator" not in names:
+        return False
+    slot = names.index("generator")
+    return (args[slot] if slot < len(args) else kwargs.get("generator")) is not None
+
+
+def _draw_device(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.device | None:
+    """Where an operation draws: its first tensor's device (None for a tensor subclass, which keeps its own
+    stream), else its ``device`` argument (CPU when None, as for a factory)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor):
+            return value.device if type(value) in (Tensor, nn.Parameter) else None
+    device = kwargs.get("device")
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+@functools.cache
+def _generator_overload(func: Any) -> tuple[Any, int] | None:
+    """``func`` with its generator argument's position, or its overload that takes the same arguments and a
+    keyword-only generator (``rand`` -> ``rand.generator``), or None."""
+    arguments = func._schema.arguments
+    names = [a.name for a in arguments]
+    if "generator" in names:
+        return func, names.index("generator")
+    packet = func.overloadpacket
+    for overload in packet.overloads():
+        other = getattr(packet, overload)
+        generators = [a for a in other._schema.arguments if a.name == "generator" and a.kwarg_only]
+        if generators and [a.name for a in other._schema.arguments if a.name != "generator"] == names:
+            return other, len(other._schema.arguments)  # keyword-only: passed by name
+    return None
+
+
+def _call_with(func: Any, slot: int, args: tuple[Any, ...], kwargs: dict[str, Any], generator: torch.Generator) -> Any:
+    """``func(*args, **kwargs)`` with ``generator`` as its (unset) generator argument at position ``slot``."""
+    if slot < len(args):
+        args = (*args[:slot], generator, *args[slot + 1:])
+    else:
+        kwargs["generator"] = generator
+    return func(*args, **kwargs)
+
+
+def _native_dropout(generator: torch.Generator, input: Tensor, p: float, train: bool | None = None) -> Any:
+    """``aten.native_dropout`` (its kernels take no generator) from ``generator``: torch's decomposition,
+    ``(input * mask / (1 - p), mask)`` with ``mask ~ Bernoulli(1 - p)``."""
+    if train is False:
+        return torch.ops.aten.native_dropout.default(input, p, train)  # draws nothing
+    keep = 1.0 - p
+    mask = torch.empty_like(input).bernoulli_(keep, generator=generator)
+    return input * mask * (1.0 / keep if keep > 0 else 0.0), mask.bool()
+
+
+def _draws(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device | None) -> bool:
+    """Whether a random operation left to the global RNG does draw: not on meta tensors, nor with a rate of 0 or
+    ``train=False`` (attention and RNN kernels are tagged random for their dropout)."""
+    if device is not None and device.type == "meta":
+        return False
+    values = {**dict(zip((a.name for a in func._schema.arguments), args)), **kwargs}
+    if values.get("train") is False:
+        return False
+    return not any(isinstance(values.get(name), (int, float)) and values[name] == 0 for name in _RATES)
+
+
 def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalReport:
     """One forward and one backward pass with hooks on every module that owns parameters.
 
@@ -210,10 +362,18 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
     restored (None stays None), train/eval modes, parameters and buffers bit for bit
     (BatchNorm running statistics, an ``Embedding(max_norm=...)`` weight renormalized
     in place), buffers and attributes the forward pass reassigns (``self.steps += 1``)
-    and the random number generators (global CPU, CUDA once initialized, Python's and
-    NumPy's, generators held by modules): dropout draws nothing from the caller's
-    stream. The price is one copy of the model's parameters and buffers (and of
-    ``inputs``) held during the call. Out of reach, hence not restored: state outside
+    and ``torch.Generator`` attributes of the modules. The price is one copy of the
+    model's parameters and buffers (and of ``inputs``) held during the call.
+
+    Random numbers: probe draws none itself, and never sets a global generator, so a
+    thread drawing at the same time is never rewound. The forward and backward passes run
+    under :class:`private_random`: torch's random operations on CPU and CUDA tensors
+    (dropout in train mode, ``torch.rand``, ``randn_like``, ...) draw from a private copy
+    of the global generator's state at the call, so the masks are those a plain forward
+    pass would draw now, and the global torch generators do not advance. Draws that
+    cannot be redirected advance the stream they come from, as a plain forward pass
+    would: Python's ``random`` and NumPy's, and torch operations that take no generator
+    (fused CUDA attention or cuDNN RNNs with dropout; a warning names them). Out of reach, hence not restored: state outside
     the module tree (globals, objects the forward pass closes over, a stateful ``loss``)
     and the inner state of non-tensor objects held in attributes. Refused up front:
     TorchScript modules (``TypeError``) and uninitialized (lazy) parameters
@@ -223,7 +383,7 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
         >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(32, 4))
         >>> x = torch.randn(64, 16)
         >>> rng = torch.get_rng_state()
-        >>> report = probe(model, x)  # in train mode: dropout draws, from a stream put back afterwards
+        >>> report = probe(model, x)  # in train mode: dropout draws, from a private copy of the global stream
         >>> [r["name"] for r in report.rows], model[0].weight.grad is None, torch.equal(torch.get_rng_state(), rng)
         (['0', '3'], True, True)
     """
@@ -232,8 +392,8 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
     loss = loss if loss is not None else _mean_square
     recorder = _Recorder()
     # refuses what it could not restore, before anything runs; .grad is set aside (None inside), and everything
-    # is put back on the way out
-    with Snapshot.everything(model):
+    # is put back on the way out; the passes' random draws come from private generators
+    with Snapshot.everything(model), private_random() as rng:
         args = tuple(a.requires_grad_(True) if isinstance(a, Tensor) and a.is_floating_point() else a
                      for a in _as_args(copy_inputs(inputs)))  # fmt: skip
         with recorder.hooked(model):
@@ -246,6 +406,7 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
                 raise TypeError("loss must return a scalar tensor")
             if value.requires_grad:
                 value.backward()
+    warn_global_draws("probe", rng)
     first_input = next((a for a in args if isinstance(a, Tensor) and a.grad is not None), None)
     input_grad = first_input.grad if first_input is not None else None
     return SignalReport(recorder.finished_rows(), _std(out), input_grad, float(value.detach()))
@@ -315,7 +476,8 @@ def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
     parameters and buffers bit for bit (BatchNorm's running statistics and
     ``num_batches_tracked`` are not updated; an ``Embedding(max_norm=...)`` weight that
     the forward pass renormalizes in place comes back as it was), ``.grad``, reassigned
-    attributes and the random number generators. The price is one copy of the
+    attributes and generators held by modules; its random draws come from private copies
+    of the global generators, never advancing nor setting them (as in :func:`probe`). The price is one copy of the
     parameters and buffers (and of ``x``) held during the call. TorchScript and
     uninitialized (lazy) models are refused (``model``: ``TypeError``/``ValueError``).
 
@@ -336,7 +498,9 @@ def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
             raise TypeError("model output has no floating-point tensor")
         return out.reshape(-1)
 
-    with Snapshot.everything(model):  # refuses what it could not restore; puts everything back on the way out
+    # refuses what it could not restore; puts everything back on the way out; private random draws
+    with Snapshot.everything(model), private_random() as rng:
         jac = torch.autograd.functional.jacobian(flat_output, x.detach().clone())
+    warn_global_draws("jacobian_spectrum", rng)
     out_numel = jac.shape[0] if jac.dim() else 1
     return torch.linalg.svdvals(jac.reshape(out_numel, -1).double())

@@ -15,8 +15,6 @@ One mechanism, taken two ways:
 from __future__ import annotations
 
 import contextlib
-import random
-import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -94,9 +92,13 @@ class Snapshot:
           own device: **this doubles the memory of the model's tensors for the duration**),
           their ``requires_grad`` and their ``.grad`` (set aside, not copied: ``.grad`` is
           None from the moment the snapshot is taken, so a backward pass writes fresh ones);
-        - the states of the random number generators: the global CPU one, CUDA's (when CUDA
-          is already initialized), Python's ``random``, NumPy's global one (when NumPy is
-          imported), ``torch.Generator`` attributes of the modules and ``generators``.
+        - the states of the ``torch.Generator`` attributes of the modules and of
+          ``generators``: private generators, the model's and the caller's own. Never the
+          process-wide ones (torch's global CPU and CUDA generators, Python's ``random``,
+          NumPy's): setting them back would rewind the stream of every other thread that
+          drew meanwhile, which would then draw the same numbers again. A block that must
+          not advance them draws from private ones instead (the diagnostics run the forward
+          pass under :class:`~torchinit.diagnostics.probing.private_random`).
 
         On leaving the ``with`` block, also by an exception or a KeyboardInterrupt (which
         then propagates), all of that is put back: values are written back into the
@@ -111,18 +113,18 @@ class Snapshot:
         a forward pass closes over, a ``loss`` callable's state), the inner state of
         non-tensor objects held in attributes (their binding comes back), tensors inside
         list/dict attributes (the container's contents come back, their values do not),
-        generators of other devices, and CUDA's generators when CUDA was not initialized
-        before. Refused up front, with a ``TypeError``/``ValueError`` naming ``model``:
+        and the global random number generators (see above). Refused up front, with a ``TypeError``/``ValueError`` naming ``model``:
         TorchScript modules (their attributes live in C++) and uninitialized (lazy)
         parameters or buffers (materializing them is the one change that cannot be undone
         by writing values back).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
-            >>> weight, rng = model[0].weight.detach().clone(), torch.get_rng_state()
-            >>> with Snapshot.everything(model):
-            ...     _ = model[0].weight.data.mul_(0), model.eval(), torch.rand(3)
-            >>> torch.equal(model[0].weight, weight), model.training, torch.equal(torch.get_rng_state(), rng)
+            >>> weight, generator = model[0].weight.detach().clone(), torch.Generator().manual_seed(0)
+            >>> with Snapshot.everything(model, generators=[generator]):
+            ...     _ = model[0].weight.data.mul_(0), model.eval(), torch.rand(3, generator=generator)
+            >>> rewound = torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())
+            >>> torch.equal(model[0].weight, weight), model.training, rewound
             (True, True, True)
         """
         _refuse_unrestorable(model)
@@ -132,7 +134,7 @@ class Snapshot:
         module_generators = [v for _, saved, _ in attributes.saved for v in saved.values()
                              if isinstance(v, torch.Generator)]  # fmt: skip
         snapshot = cls.__new__(cls)
-        snapshot._random = _RandomStates(_global_states() + _generator_states([*generators, *module_generators]))
+        snapshot._random = _RandomStates(_generator_states([*generators, *module_generators]))
         snapshot._parts = [attributes, values, snapshot._random]
         values.set_grads_aside()
         return snapshot
@@ -369,17 +371,6 @@ def _same_kind(t: Tensor, alias: Tensor) -> bool:
 
 
 # ---- random number generators ----------------------------------------------------------------------------------
-
-
-def _global_states() -> list[StatePair]:
-    """(get, set) pairs of the process-wide random number generators a forward pass may draw from."""
-    pairs: list[StatePair] = [(torch.get_rng_state, torch.set_rng_state), (random.getstate, random.setstate)]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # never initializes CUDA itself
-        pairs.append((torch.cuda.get_rng_state_all, torch.cuda.set_rng_state_all))
-    np_random: Any = getattr(sys.modules.get("numpy"), "random", None)  # NumPy's global RNG, if NumPy is imported
-    if hasattr(np_random, "get_state") and hasattr(np_random, "set_state"):
-        pairs.append((np_random.get_state, np_random.set_state))
-    return pairs
 
 
 def _generator_states(generators: Sequence[torch.Generator]) -> list[StatePair]:
