@@ -1,6 +1,11 @@
 """Presets on real models: transformers' GPT-2, a nanoGPT-style model, a ResNet, a ViT, Fixup."""
 
+import functools
+import inspect
 import math
+import pickle
+from collections.abc import Callable
+from copy import deepcopy
 
 import pytest
 import torch
@@ -284,3 +289,64 @@ def test_preset_argument_errors():
         presets.fixup(4, 1)
     with pytest.raises(ValueError, match="names"):
         presets.glass_shortcuts(names=())
+
+
+# ---------------------------------------------------------------- every preset pickles
+
+
+#: The required arguments of the presets that have some; a new preset with required arguments fails
+#: test_every_preset_pickles until it is given its arguments here.
+PRESET_ARGUMENTS: dict[str, dict] = {"gpt2": {"n_layer": 2}, "fixup": {"num_branches": 3}}
+
+
+def every_preset() -> list[tuple[str, Callable[[], ti.Policy]]]:
+    """Every function of the presets module's ``__all__`` that returns a Policy, with its arguments, and the variants
+    whose settings build other selectors."""
+    found = []
+    for name in presets.__all__:
+        function = getattr(presets, name)
+        signature = inspect.signature(function) if inspect.isfunction(function) else None
+        if signature is not None and signature.return_annotation in ("Policy", ti.Policy):
+            required = {p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty}
+            assert required <= set(PRESET_ARGUMENTS.get(name, {})), f"give {name} its arguments in PRESET_ARGUMENTS"
+            found.append((name, functools.partial(function, **PRESET_ARGUMENTS.get(name, {}))))
+    assert len(found) >= 6, found  # torch_default, gpt2, resnet, vit_jax, fixup, glass_shortcuts
+    return [*found, ("resnet(zero_init_residual=False)", lambda: presets.resnet(zero_init_residual=False)),
+            ("glass_shortcuts(isometric=True)", lambda: presets.glass_shortcuts(isometric=True))]  # fmt: skip
+
+
+class EveryLayer(nn.Module):
+    """A block with a layer for every preset's rules: convs numbered as in Fixup and ResNet blocks, a projection
+    shortcut, scalar Fixup parameters, a ``c_proj`` Linear (GPT-2's required rule), norms, an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.shortcut = nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 1)
+        self.bn1, self.bn2 = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.bias1a, self.scale = nn.Parameter(torch.full((1,), 0.5)), nn.Parameter(torch.full((1,), 0.5))
+        self.c_proj, self.ln, self.wte = nn.Linear(4, 6), nn.LayerNorm(6), nn.Embedding(5, 6)
+
+
+def every_layer_model() -> nn.Module:
+    model = nn.Sequential(EveryLayer(), EveryLayer())
+    model.fc = nn.Linear(6, 3)
+    return model
+
+
+@pytest.mark.parametrize(("name", "make"), every_preset(), ids=[n for n, _ in every_preset()])
+def test_every_preset_pickles(name, make):
+    """A preset's policy goes to spawn workers: it pickles (no closures), and the copy initializes bit for bit as the
+    original does with seed=."""
+    policy = make()
+    copy = pickle.loads(pickle.dumps(policy))
+    assert repr(copy) == repr(policy)
+    torch.manual_seed(0)
+    original = every_layer_model()
+    models = [deepcopy(original), deepcopy(original)]
+    reports = [p.apply_(m, seed=7) for p, m in zip((policy, copy), models)]
+    assert [(r.name, r.rule) for r in reports[0]] == [(r.name, r.rule) for r in reports[1]]
+    changed = [n for (n, a), b in zip(original.state_dict().items(), models[0].state_dict().values())
+               if not torch.equal(a, b)]  # fmt: skip
+    assert changed, f"{name} changed nothing: the comparison below would prove nothing"
+    for (key, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), key

@@ -201,19 +201,6 @@ def gpt2(n_layer: int) -> Policy:
     """
     n_layer = positive_int("n_layer", n_layer)
     weight, bias = Normal(std=0.02), Zeros()
-
-    def conv1d_weight(name: str, param: Tensor, module: nn.Module) -> bool:
-        return is_transposed_linear(module) and name.endswith(".weight")
-
-    def conv1d_bias(name: str, param: Tensor, module: nn.Module) -> bool:
-        return is_transposed_linear(module) and name.endswith(".bias")
-
-    def layer_norm_weight(name: str, param: Tensor, module: nn.Module) -> bool:  # nanoGPT's own LayerNorm too
-        return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "weight"
-
-    def layer_norm_bias(name: str, param: Tensor, module: nn.Module) -> bool:
-        return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "bias"
-
     return _preset([
         (nn.Linear, {"weight": weight, "bias": bias}),
         (conv1d_weight, weight),
@@ -223,6 +210,30 @@ def gpt2(n_layer: int) -> Policy:
         (layer_norm_bias, Zeros()),
         ("*.c_proj.weight", Normal(std=0.02 / math.sqrt(2 * n_layer))),
     ], required=(6,))  # fmt: skip
+
+
+# The selectors of the presets are module-level functions (or instances of module-level classes), never closures,
+# so that a preset's policy pickles (to spawn workers, with a saved config); their names are what reports show.
+
+
+def conv1d_weight(name: str, param: Tensor, module: nn.Module) -> bool:
+    """transformers' Conv1D weight (a transposed Linear): :func:`gpt2`."""
+    return is_transposed_linear(module) and name.endswith(".weight")
+
+
+def conv1d_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+    """transformers' Conv1D bias: :func:`gpt2`."""
+    return is_transposed_linear(module) and name.endswith(".bias")
+
+
+def layer_norm_weight(name: str, param: Tensor, module: nn.Module) -> bool:
+    """A LayerNorm's (or RMSNorm's) weight, torch's or a model's own class of that name (nanoGPT): :func:`gpt2`."""
+    return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "weight"
+
+
+def layer_norm_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+    """A LayerNorm's (or RMSNorm's) bias, torch's or a model's own class of that name: :func:`gpt2`."""
+    return _is_layer_norm(module) and name.rsplit(".", 1)[-1] == "bias"
 
 
 def _is_layer_norm(module: nn.Module) -> bool:
@@ -338,17 +349,6 @@ def fixup(num_branches: int, branch_depth: int = 2) -> Policy:
     if branch_depth < 2:
         raise ValueError(f"branch_depth must be >= 2 (Fixup scales all but the last layer); got {branch_depth}")
     scale = 2.0 * num_branches ** (-1.0 / (branch_depth - 1))
-
-    def branch_layer(name: str, param: Tensor, module: nn.Module) -> bool:
-        parts = name.split(".")
-        return len(parts) >= 3 and bool(re.fullmatch(r"(conv|fc)\d+", parts[-2])) and parts[-1] == "weight"
-
-    def scalar_bias(name: str, param: Tensor, module: nn.Module) -> bool:
-        return "bias" in name.rsplit(".", 1)[-1] and param.numel() == 1
-
-    def scalar_scale(name: str, param: Tensor, module: nn.Module) -> bool:
-        return name.rsplit(".", 1)[-1] == "scale" and param.numel() == 1
-
     return _preset([
         (nn.modules.conv._ConvNd, {"weight": KaimingNormal(mode="fan_out", nonlinearity="relu")}),
         (branch_layer, VarianceScaling(scale, "fan_out", "normal")),
@@ -359,6 +359,22 @@ def fixup(num_branches: int, branch_depth: int = 2) -> Policy:
         ("fc.weight", Zeros()),
         ("fc.bias", Zeros()),
     ])  # fmt: skip
+
+
+def branch_layer(name: str, param: Tensor, module: nn.Module) -> bool:
+    """The weight of a ``convN``/``fcN`` layer inside a block (a residual branch layer): :func:`fixup`."""
+    parts = name.split(".")
+    return len(parts) >= 3 and bool(re.fullmatch(r"(conv|fc)\d+", parts[-2])) and parts[-1] == "weight"
+
+
+def scalar_bias(name: str, param: Tensor, module: nn.Module) -> bool:
+    """A one-element parameter with ``bias`` in its attribute name (Fixup's ``bias1a``...): :func:`fixup`."""
+    return "bias" in name.rsplit(".", 1)[-1] and param.numel() == 1
+
+
+def scalar_scale(name: str, param: Tensor, module: nn.Module) -> bool:
+    """A one-element parameter named ``scale``: :func:`fixup`."""
+    return name.rsplit(".", 1)[-1] == "scale" and param.numel() == 1
 
 
 #: Name components that mark a projection shortcut in common code (torchvision ``downsample``, ...).
@@ -381,9 +397,25 @@ def glass_shortcuts(isometric: bool = False, *, names: Sequence[str] = SHORTCUT_
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"names must be a non-empty sequence of strings; got {names!r}")
     spec = Glass(zero_mean=False, isometric=True) if isometric else Glass()
+    return _preset([(ProjectionShortcut(names), spec)], required=(0,))
 
-    def projection_shortcut(name: str, param: Tensor, module: nn.Module) -> bool:
+
+class ProjectionShortcut:
+    """Selects the Linear / conv weights under a module named in ``names`` (:func:`glass_shortcuts`).
+
+    A weight matches when one of the components of its qualified name before the last is in
+    ``names``; Linear, ConvNd and transposed-Linear (transformers' Conv1D) layers count.
+
+    Example:
+        >>> select = ProjectionShortcut(("downsample",))
+        >>> select("layer2.0.downsample.0.weight", None, nn.Conv2d(2, 2, 1)), select("fc.weight", None, nn.Linear(2, 2))
+        (True, False)
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.__name__ = "projection_shortcut"  # what reports show, as for a function
+
+    def __call__(self, name: str, param: Tensor, module: nn.Module) -> bool:
         layer = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) or is_transposed_linear(module)
-        return layer and name.endswith(".weight") and any(part in names for part in name.split(".")[:-1])
-
-    return _preset([(projection_shortcut, spec)], required=(0,))
+        return layer and name.endswith(".weight") and any(part in self.names for part in name.split(".")[:-1])
