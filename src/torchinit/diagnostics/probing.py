@@ -203,7 +203,7 @@ _PRIVATE_DEVICES = ("cpu", "cuda")
 _RATES = ("p", "dropout", "dropout_p")
 
 
-class private_random(TorchDispatchMode):  # noqa: N801 - used like a function: ``with private_random() as rng``
+class private_random(TorchDispatchMode):  # lower case: used like a function, ``with private_random() as rng``
     """Within, in this thread: torch's random operations draw from private generators, not the global ones.
 
     One ``torch.Generator`` per device (CPU and CUDA), made at that device's first draw
@@ -373,11 +373,12 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
     pass would draw now, and the global torch generators do not advance. Draws that
     cannot be redirected advance the stream they come from, as a plain forward pass
     would: Python's ``random`` and NumPy's, and torch operations that take no generator
-    (fused CUDA attention or cuDNN RNNs with dropout; a warning names them). Out of reach, hence not restored: state outside
-    the module tree (globals, objects the forward pass closes over, a stateful ``loss``)
-    and the inner state of non-tensor objects held in attributes. Refused up front:
-    TorchScript modules (``TypeError``) and uninitialized (lazy) parameters
-    (``ValueError``), both naming ``model``.
+    (fused CUDA attention or cuDNN RNNs with dropout; a warning names them).
+
+    Out of reach, hence not restored: state outside the module tree (globals, objects
+    the forward pass closes over, a stateful ``loss``) and the inner state of non-tensor
+    objects held in attributes. Refused up front: TorchScript modules (``TypeError``) and
+    uninitialized (lazy) parameters (``ValueError``), both naming ``model``.
 
     Example:
         >>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(32, 4))

@@ -113,10 +113,10 @@ class Snapshot:
         a forward pass closes over, a ``loss`` callable's state), the inner state of
         non-tensor objects held in attributes (their binding comes back), tensors inside
         list/dict attributes (the container's contents come back, their values do not),
-        and the global random number generators (see above). Refused up front, with a ``TypeError``/``ValueError`` naming ``model``:
-        TorchScript modules (their attributes live in C++) and uninitialized (lazy)
-        parameters or buffers (materializing them is the one change that cannot be undone
-        by writing values back).
+        and the global random number generators (see above). Refused up front, with a
+        ``TypeError``/``ValueError`` naming ``model``: TorchScript modules (their attributes
+        live in C++) and uninitialized (lazy) parameters or buffers (materializing them is
+        the one change that cannot be undone by writing values back).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
