@@ -4,7 +4,8 @@ Run: ``python benchmarks/sharded.py`` (writes ``benchmarks/results/sharded.md``)
 each world size as that many processes on gloo (one intra-op thread per rank, so ranks map
 to cores), builds a decoder-shaped model on meta, wraps every block and the root with FSDP2
 ``fully_shard``, and times ``materialize_`` with a GPT-2-style policy (normal(0, 0.02)
-weights, zero biases, unit norms: element-wise, so each rank generates only its shard).
+weights, zero biases, unit norms: element-wise, so each rank generates only its shard), or with
+``--own-init`` with no policy (the model's own init: each module's ``reset_parameters``).
 Per rank it reports the time (median of ``--repeat`` runs, each on a fresh model), the
 peak resident memory the call added (VmHWM, reset before the call, minus the resident size
 before), the parameter bytes the rank holds, the memset floor (allocating and zeroing those
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,7 +122,9 @@ def rank_main(args: argparse.Namespace) -> None:
         def ours(model):
             if model == "build":
                 return _sharded(args, mesh)
-            ti.materialize_(model, policy(), seed=SEED)
+            with warnings.catch_warnings():  # (the process's own filters: this is a benchmark's rank)
+                warnings.simplefilter("ignore")  # the decoder has no init method: materialize_ says so
+                ti.materialize_(model, None if args.own_init else policy(), seed=SEED)
 
         def reference(model):
             if model == "build":
@@ -131,7 +135,7 @@ def rank_main(args: argparse.Namespace) -> None:
         time_ours, peak = _measure(ours, args)
         time_torch, peak_torch = _measure(reference, args)
         model = _sharded(args, mesh)
-        ti.materialize_(model, policy(), seed=SEED)
+        ours(model)
         local_bytes = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
         fingerprint = ti.fingerprint(model) if args.check else ""
         del model
@@ -159,7 +163,8 @@ def launch(world: int, args: argparse.Namespace, out: Path) -> list[dict]:
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
             cmd = [sys.executable, __file__, "--rank-main", "--out", str(out), "--repeat", str(args.repeat),
                    "--vocab", str(args.vocab), "--width", str(args.width), "--hidden", str(args.hidden),
-                   "--depth", str(args.depth)] + (["--check"] if args.check else [])
+                   "--depth", str(args.depth)] + (["--check"] if args.check else []) + \
+                (["--own-init"] if args.own_init else [])
             procs.append(subprocess.Popen(cmd, env=env))
         for p in procs:
             if p.wait(timeout=1800) != 0:
@@ -181,11 +186,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--worlds", default="1,2")
     parser.add_argument("--check", action="store_true", help="compare fingerprints between world sizes")
+    parser.add_argument("--own-init", action="store_true", help="no policy: the model's own init (reset_parameters)")
+    parser.add_argument("--results", default=str(RESULTS), help="where the Markdown table goes")
     parser.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_main:
-        return rank_main(args)
+        rank_main(args)
+        # gloo's worker threads outlive destroy_process_group() and can abort the process at interpreter exit
+        # ("terminate called without an active exception"): the results are written, so leave now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     with torch.device("meta"):
         model = Decoder(args.vocab, args.width, args.hidden, args.depth)
     n_params = sum(p.numel() for p in model.parameters())
@@ -201,7 +213,10 @@ def main() -> None:
         f"`python benchmarks/sharded.py` on {os.cpu_count()} CPUs, torch {torch.__version__}: "
         f"a {args.depth}-block decoder (vocab {args.vocab}, width {args.width}, hidden {args.hidden}; "
         f"{n_params / 1e6:.0f}M fp32 parameters, {n_params * 4 / 2**30:.2f} GiB) built on meta, FSDP2 `fully_shard` on "
-        f"every block and the root, then `materialize_(model, policy, seed=0)` with a GPT-2-style policy. "
+        f"every block and the root, then "
+        + ("`materialize_(model, seed=0)`: the model's own init (each module's `reset_parameters`). " if args.own_init
+           else "`materialize_(model, policy, seed=0)` with a GPT-2-style policy. ")
+        +
         f"One intra-op thread per rank; time is the median of {args.repeat} runs on fresh models.",
         "",
         "| world size | rank | time (s) | time vs 1 rank | torch (s) | time / torch's | param bytes on the rank (MiB) "
@@ -220,8 +235,9 @@ def main() -> None:
         prints = {r["world"]: r["fingerprint"] for r in rows}
         lines += ["", "Fingerprints (`torchinit.model.digest(model)`, the same bits at every world size):", ""]
         lines += [f"- world size {w}: `{fp}`" for w, fp in sorted(prints.items())]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    results = Path(args.results)
+    results.parent.mkdir(exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -1,9 +1,10 @@
 """Sharded init with no seed checkpoint: the same weights on any number of ranks (docs/sharded.md).
 
-Run on CPU with gloo, at two world sizes, and compare the fingerprints::
+Run on CPU with gloo, at several world sizes, and compare the fingerprints::
 
     torchrun --nproc-per-node 1 docs/sharded_example.py
     torchrun --nproc-per-node 2 docs/sharded_example.py
+    torchrun --nproc-per-node 4 docs/sharded_example.py
 
 The flow is torchtitan's (build on meta, shard, allocate, initialize) with one change: the
 initial weights come from ``torchinit.materialize_(model, policy, seed=0)``, whose values
@@ -38,7 +39,7 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, vocab: int = 1000, width: int = 64, hidden: int = 250, depth: int = 4) -> None:
+    def __init__(self, vocab: int = 1000, width: int = 64, hidden: int = 256, depth: int = 4) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         self.blocks = nn.ModuleList(Block(width, hidden) for _ in range(depth))
@@ -60,7 +61,7 @@ POLICY = ti.Policy([
 
 
 def fsdp_model(world: int) -> nn.Module:
-    """FSDP2: every block and the root sharded on dim 0 over all ranks (hidden = 250: uneven on 4 ranks)."""
+    """FSDP2: every block and the root sharded on dim 0 over all ranks (FSDP2 also takes uneven shards)."""
     with torch.device("meta"):
         model = Model()
     mesh = init_device_mesh("cpu", (world,))
@@ -71,7 +72,8 @@ def fsdp_model(world: int) -> nn.Module:
 
 
 def tp_model(world: int) -> nn.Module:
-    """Tensor parallel: each block's up projection column-wise, its down projection row-wise."""
+    """Tensor parallel: each block's up projection column-wise, its down projection row-wise (the hidden size must
+    divide evenly: torch's tensor-parallel forward does not run uneven shards)."""
     with torch.device("meta"):
         model = Model()
     plan = {}
@@ -108,4 +110,5 @@ if __name__ == "__main__":
     # gloo's worker threads outlive destroy_process_group() and can abort the process at interpreter exit
     # ("terminate called without an active exception", a torch bug): the results are printed, so leave now.
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
