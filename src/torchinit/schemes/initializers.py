@@ -612,12 +612,18 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
+    if isinstance(a, (float, complex)) and isinstance(b, (float, complex)):
+        return _same_number(a, b)
     try:
         return bool(a == b)
     except (TypeError, RuntimeError):  # e.g. objects whose == is not a bool
         return a is b
+
+
+def _same_number(a: float | complex, b: float | complex) -> bool:
+    """``a == b``, NaN equal to NaN (in each part of a complex number)."""
+    a, b = complex(a), complex(b)
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in ((a.real, b.real), (a.imag, b.imag)))
 
 
 def _show(value: Any) -> str:
