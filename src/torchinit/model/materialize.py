@@ -27,7 +27,7 @@ from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferral import deferred
+from torchinit.model.deferral import deferred, refuse_lost_recordings
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -104,14 +104,19 @@ def materialize_(
             re-seeding the generator reproduces the weights and two calls with one
             generator differ. (Values a constructor drew for real before registering them,
             ``nn.Parameter(torch.randn(d))``, were drawn at construction.) None: the
-            global RNG, in construction order, as eager construction draws. Large random
+            global RNG, in construction order, as eager construction draws (on a sharded
+            model too: every rank must then start from the same global RNG state). Large random
             fills run chunked in threads from the keyed Philox stream
             (:mod:`torchinit.rng.fastfill`): the same distribution as torch's, another stream;
             either way the weights are a function of the seed.
         seed: draw every random value from the keyed stream instead (:mod:`torchinit.rng.keyed`;
             not with ``generator``): a parameter's values then depend only on
-            ``(seed, its qualified name, shape, initializer)``, never on the call order, the
-            other parameters, the device or the world size. Policy rules get
+            ``(seed, its canonical name, shape, initializer)``, never on the call order, the
+            other parameters, the device or the world size. The canonical name is the
+            qualified name without the segments torch's wrappers insert (``_orig_mod`` of
+            ``torch.compile``, ``_checkpoint_wrapped_module`` of ``checkpoint_wrapper``, the
+            leading ``module`` of DDP/``DataParallel``: :func:`~torchinit.rng.seeds.canonical_name`),
+            so a wrapped model gets the unwrapped model's weights. Policy rules get
             ``init(t, seed=seed, name=qualified_name)``; a recorded ``normal_``/``uniform_``
             (a module's ``reset_parameters``), ``trunc_normal_``, ``orthogonal_`` or
             ``sparse_`` of parameter ``n`` draws from the stream named ``n`` (its ``k``-th
@@ -163,6 +168,7 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
+    refuse_lost_recordings(model, [(s.name, s.tensor) for s in unrecorded], strict)  # a pickled deferred model
     snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
     with snapshot.on_failure():
         _reenact_unrecorded(model, unrecorded)
