@@ -526,3 +526,31 @@ def test_the_fuzz_reaches_built_objects_and_every_kind_of_error():
 
     sample()
     assert outcomes == {"built", "ValueError", "TypeError"}
+
+
+def test_to_config_writes_exactly_what_from_config_reads_at_the_size_bound(registry):
+    class Holder(Initializer):
+        function = staticmethod(lambda tensor, value=None: tensor)
+
+    outcomes = set()
+    for n in range(CONFIG_MAX_SIZE - 8, CONFIG_MAX_SIZE - 3):  # the edge: 1 entry and its 5-letter name, then n
+        init = Holder(value=[0] * n)
+        try:
+            config = init.to_config()
+        except ValueError as err:
+            assert "larger than" in str(err)
+            with pytest.raises(ValueError, match="larger than"):
+                Initializer.from_config({"class": Holder.config_name(), "config": {"value": [0] * n}})
+            outcomes.add("refused")
+        else:
+            assert Initializer.from_config(config) == init
+            outcomes.add("written")
+    assert outcomes == {"refused", "written"}
+
+
+def test_a_user_class_of_any_name_can_be_defined(registry):
+    """Registration when a class is defined never fails for a user's class (only from_config bounds names)."""
+    long = type("L" * 2000, (Initializer,), {"__module__": "pkg", "function": staticmethod(ti.zeros_)})
+    assert long.config_name() == "pkg." + "L" * 2000
+    with pytest.raises(ValueError, match="at most 1000 characters"):
+        Initializer.from_config({"class": long.config_name()})

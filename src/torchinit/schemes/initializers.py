@@ -277,9 +277,10 @@ class Initializer:
         config = {}
         for name, value in self._settings.items():
             config[name] = _to_json(value, f"{type(self).__name__}.{name}", 2)
-        budget = _Budget()
+        budget, where = _Budget(), f"{type(self).__name__}.to_config(): config.config"
+        budget.take(len(config) + sum(map(len, config)), where)  # as from_config counts: entries, names, values
         for name, value in config.items():  # what from_config would refuse is refused here, not written
-            _decode(value, f"{type(self).__name__}.to_config(): config.config.{name}", 2, budget)
+            _decode(value, f"{where}.{name}", 2, budget)
         return {"class": type(self).config_name(), "config": config}
 
     @staticmethod
@@ -334,11 +335,11 @@ def _is_torchinits(cls: type) -> bool:
 
 def _register_defined(cls: type[Initializer]) -> None:
     """Register a class when it is defined: torchinit's own under their reserved names, a user's by
-    ``module.QualName``. A class claiming a name a built-in holds is a ValueError: it is not defined."""
+    ``module.QualName`` (never a built-in's: those are bare or in the ``torchinit.`` namespace, and a class
+    of that namespace is torchinit's). A class claiming a name a built-in holds is a ValueError: it is not
+    defined."""
     if not _is_torchinits(cls):
-        name = cls.config_name()
-        _check_user_name(cls, name)
-        Initializer._registry[name] = cls
+        Initializer._registry[cls.config_name()] = cls
         return
     names = (cls.__name__, f"{cls.__module__}.{cls.__qualname__}")
     for name in names:
