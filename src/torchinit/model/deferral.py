@@ -2,23 +2,32 @@
 
 Inside the context, a global parameter-registration hook moves every new parameter to the meta device and
 claims it for this thread's :class:`~torchinit.recording.log.Recording`; the torch.nn.init functions that
-return at once on meta tensors are patched so that their calls are recorded whole. Both are installed once
+return at once on meta tensors are patched so that their calls are recorded whole. The patches are installed
 for any number of nested or concurrent ``deferred()`` blocks and removed when the last ends, in whatever
-order they and other patchers (accelerate's ``init_empty_weights``) close.
+order they and other patchers (accelerate's ``init_empty_weights``) close; the hook is installed by the first
+block and stays, inert outside a block.
+
+A module that registers a deferred parameter carries a small marker in its ``__dict__`` (:data:`PROVENANCE`), so
+that the recording travels with ``copy.deepcopy``: the copy's meta tensors are recorded as copies of the
+originals, as a deep copy made inside ``deferred()`` is. A pickle (``torch.save``) does not carry the recording,
+which holds live functions and the constructor's values; after unpickling, the marker names the meta tensors
+whose recording stayed behind, and ``materialize_`` says so (:func:`refuse_lost_recordings`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
-from torchinit._util.tensors import is_uninitialized
+from torchinit._util.tensors import is_uninitialized, tensor_stores
+from torchinit._util.warn import warn
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import meta_like
 from torchinit.recording.inits import PATCHED_ATTRIBUTES, PATCHED_INITS
@@ -28,6 +37,8 @@ from torchinit.recording.log import (
     RecordingMode,
     claim,
     recorded_call,
+    recording_of,
+    storage_key,
     thread_recordings,
 )
 
@@ -44,8 +55,10 @@ def deferred() -> Iterator[Recording]:
     thread: modules built by other threads while the context is open are built
     normally. Contexts nest (an inner one joins the outer recording).
 
-    A global parameter-registration hook is installed while any context is open; it acts
-    only in threads inside a context, and is removed when the last context exits.
+    A global parameter-registration hook is installed by the first context and stays; it acts
+    only in threads inside a context. The recording travels with ``copy.deepcopy`` of the model
+    (or of any module built inside), not with a pickle or ``torch.save`` (``materialize_`` of an
+    unpickled copy says so: a ValueError with ``strict=True``, else a warning).
 
     Yields:
         The :class:`~torchinit.recording.log.Recording` of this construction.
@@ -149,6 +162,8 @@ def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn
         param = _make_meta(param, recording, mode)
     if recording.knows(param):
         claim(param, recording)
+        if PROVENANCE not in module.__dict__:
+            module.__dict__[PROVENANCE] = _Provenance(module)
     return param
 
 
@@ -240,3 +255,120 @@ class Rehearsal:
         self.mode.paused = False
         with recording_into(self.recording, self.mode), self.mode, torch.no_grad():
             yield
+
+
+# ---- copies of deferred modules -----------------------------------------------------------------------------------
+
+#: The ``__dict__`` key of the marker a module built under ``deferred()`` carries (see the module docstring).
+PROVENANCE = "_torchinit_deferred"
+
+_COPIES_LOCK = threading.Lock()
+#: For each recording, the deep copies recorded into it after construction: (copy's storage, source's storage).
+_COPIES: weakref.WeakKeyDictionary[Recording, list[tuple[int, int]]] = weakref.WeakKeyDictionary()
+
+
+class _Provenance:
+    """The marker of a module that registered a deferred parameter: it carries the recording through a deep copy.
+
+    ``copy.deepcopy`` copies a module's ``__dict__`` in order, so its parameters and buffers are copied (and in
+    ``memo``) before this marker, which then records each meta copy as a copy of its original (:func:`_record_copy`).
+    It holds the module weakly and the recording not at all (the meta tensors keep their recording alive).
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        module = self._module()
+        copy = memo.get(id(module)) if module is not None else None
+        if module is None or copy is None:  # copied on its own, not as part of its module: nothing to carry
+            return self
+        for store in tensor_stores(module):
+            for t in store.values():
+                copied = memo.get(id(t)) if t is not None else None
+                if isinstance(copied, torch.Tensor) and copied is not t:
+                    _record_copy(t, copied)
+        return _Provenance(copy)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A pickle carries no recording: it unpickles as a :class:`_LostRecording` of the module's meta tensors that
+        had one (the pickler has written the module's parameters and buffers already, so these are references), or,
+        with none left (materialized), as None: such a pickle names nothing of torchinit and loads without it."""
+        module = self._module()
+        stores = tensor_stores(module) if module is not None else ()
+        recorded = tuple(t for store in stores for t in store.values()
+                         if t is not None and recording_of(t) is not None)  # fmt: skip
+        return (_LostRecording, (recorded,)) if recorded else (type(None), ())
+
+
+class _LostRecording:
+    """The marker after unpickling: these meta tensors were recorded by ``deferred()``, and the recording stayed in
+    the process that pickled them (:func:`refuse_lost_recordings`). It survives further copies and pickles."""
+
+    def __init__(self, tensors: Iterable[torch.Tensor]) -> None:
+        self._tensors = [weakref.ref(t) for t in tensors]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for ref in self._tensors if (t := ref()) is not None]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _LostRecording:
+        return _LostRecording(memo.get(id(t), t) for t in self.tensors())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        tensors = tuple(t for t in self.tensors() if t.is_meta)  # a materialized one has lost nothing
+        return (_LostRecording, (tensors,)) if tensors else (type(None), ())
+
+
+def _record_copy(source: torch.Tensor, copy: torch.Tensor) -> None:
+    """Record the meta tensor ``copy``, made by ``copy.deepcopy`` from ``source``, into ``source``'s recording.
+
+    Inside ``deferred()`` the recording mode has recorded the clone already; outside, the copy is recorded as what it
+    is, a new storage set to the source's value at this point of the construction (an undefined leaf and a
+    ``copy_``), so that ``materialize_`` of the copy replays the source's history.
+    """
+    recording = recording_of(source) if source.is_meta and copy.is_meta else None
+    if recording is None:
+        return
+    if not recording.knows(copy):
+        recording.add_leaf(copy, UNDEFINED)
+        recording.record(torch.ops.aten.copy_.default, (copy, source), {}, None)
+        with _COPIES_LOCK:
+            _COPIES.setdefault(recording, []).append((storage_key(copy), storage_key(source)))
+    claim(copy, recording)
+
+
+def names_through_copies(recording: Recording, names: dict[int, str]) -> dict[int, str]:
+    """``names`` (storage -> qualified name), and for each deep copy recorded after construction whose source is not
+    named, the source named as its copy: the random operations of the source's history then draw from the streams
+    of that name, so a copy materializes as its original does with the same ``seed``/``generator``."""
+    with _COPIES_LOCK:
+        copies = list(_COPIES.get(recording, ()))
+    if not copies:
+        return names
+    named = dict(names)
+    for copy, source in reversed(copies):  # newest first: a copy of a copy names the copy, then the original
+        if copy in named and source not in named:
+            named[source] = named[copy]
+    return named
+
+
+def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], strict: bool) -> None:
+    """Say which of the named meta ``tensors`` (none of which has a recording) lost theirs in a pickle of ``model``.
+
+    With ``strict``, a ValueError; otherwise a warning (they are then re-enacted, as for a model built on meta).
+    """
+    lost_ids = {id(t) for m in model.modules() if isinstance(marker := m.__dict__.get(PROVENANCE), _LostRecording)
+                for t in marker.tensors()}  # fmt: skip
+    lost = [name for name, t in tensors if id(t) in lost_ids]
+    if not lost:
+        return
+    message = (
+        f"the model is a pickled copy (pickle, torch.save/torch.load) of a model built under deferred(), and "
+        f"deferred()'s recording of its construction did not travel with it: {', '.join(lost)} cannot be replayed. "
+        "Copy it with copy.deepcopy (the recording travels), materialize it before pickling, or build it under "
+        "deferred() in the process that materializes it"
+    )
+    if strict:
+        raise ValueError(f"strict: {message}")
+    warn(f"materialize_: {message}; they are re-enacted from the modules' init methods instead, and what a "
+         "constructor computed (a LayerScale gamma) is lost.", UserWarning)  # fmt: skip

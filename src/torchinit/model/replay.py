@@ -18,7 +18,7 @@ from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferral import Rehearsal
+from torchinit.model.deferral import Rehearsal, names_through_copies
 from torchinit.model.standins import full_meta_like, meta_like
 from torchinit.recording.inits import keyed_twin_name
 from torchinit.recording.log import (
@@ -55,6 +55,7 @@ def replay_recording(rec: Recording, keys: set[int], device: torch.device, names
     otherwise a torch generator per name seeded from ``base_seed`` (None: the global RNG).
     """
     streams: dict[str, torch.Generator | None] = {}
+    names = names_through_copies(rec, names)  # a deep copy's original draws as the copy's name: as materializing it
 
     def target(op: Op) -> int | None:
         return op.writes[0].key if op.writes else op.outputs[0].key if op.outputs else None
