@@ -286,7 +286,7 @@ class _Provenance:
         for store in tensor_stores(module):
             for t in store.values():
                 copied = memo.get(id(t)) if t is not None else None
-                if isinstance(copied, torch.Tensor) and copied is not t:
+                if t is not None and isinstance(copied, torch.Tensor) and copied is not t:
                     _record_copy(t, copied)
         return _Provenance(copy)
 
