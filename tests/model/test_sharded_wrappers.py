@@ -173,8 +173,6 @@ def test_the_own_init_of_whole_tensor_fills_is_written_on_the_local_shards(two_r
 
 
 @on_ranks
-@pytest.mark.xfail(strict=True, reason="Policy.apply_ does not yet pass the model to stream_kwargs (root=model), "
-                                       "so DDP's leading module. segment is kept; torchinit.model.policy")
 def test_ddp_gets_the_unwrapped_weights(tmp_path, expected):
     got = _launch(tmp_path, 1, ("ddp",))["ddp"]
     for name, value in expected["policy"].items():

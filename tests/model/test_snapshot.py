@@ -91,12 +91,16 @@ def change_everything(model: Counting, generator: torch.Generator) -> None:
 
 
 def rng_states(model: Counting, generator: torch.Generator) -> tuple[Any, ...]:
-    return torch.get_rng_state(), random.getstate(), model.gen.get_state(), generator.get_state()
+    """The private generators a snapshot keeps: the model's and the caller's."""
+    return model.gen.get_state(), generator.get_state()
+
+
+def global_rng_states() -> tuple[Any, ...]:
+    return torch.get_rng_state(), random.getstate()
 
 
 def assert_same_rng(before: tuple[Any, ...], after: tuple[Any, ...]) -> None:
-    assert torch.equal(before[0], after[0]) and before[1] == after[1]
-    assert torch.equal(before[2], after[2]) and torch.equal(before[3], after[3])
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
 @pytest.mark.parametrize("failure", FAILURES, ids=lambda e: type(e).__name__)
@@ -134,7 +138,7 @@ def test_everything_restored_after_a_failure(failure):
     model, generator = Counting().train(), gen(3)
     grad = torch.full((4, 4), 0.5)
     model.lin.weight.grad = grad
-    before, rng = state(model), rng_states(model, generator)
+    before, rng, global_rng = state(model), rng_states(model, generator), global_rng_states()
     with pytest.raises(type(failure)), Snapshot.everything(model, keep=[model.lin.weight],
                                                            generators=[generator]) as snapshot:  # fmt: skip
         assert model.lin.weight.grad is None  # set aside
@@ -143,6 +147,9 @@ def test_everything_restored_after_a_failure(failure):
         raise failure
     assert_same(before, state(model))  # the kept weight too: all or nothing
     assert_same_rng(rng, rng_states(model, generator))
+    # the global generators are never set back (other threads may have drawn meanwhile): the block's draws stand
+    now = global_rng_states()
+    assert not torch.equal(now[0], global_rng[0]) and now[1] != global_rng[1]
     assert model.lin.weight.grad is grad and model.training and not hasattr(model, "cache")
 
 

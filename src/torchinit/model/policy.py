@@ -435,9 +435,9 @@ class Policy:
             for p in covered:
                 device = p.param.device
                 if p.unit is None:
-                    p.run(**stream_kwargs(base_seed, p.name, device, keyed))
+                    p.run(**stream_kwargs(base_seed, p.name, device, keyed, model))
                 elif p.first_of_unit(done):
-                    run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], device, keyed))
+                    run_unit(p, plans, **stream_kwargs(base_seed, p.unit[0], device, keyed, model))
             return report_of(plans)
 
 
