@@ -15,33 +15,37 @@ N = keyed.PARALLEL_THRESHOLD * 4
 
 
 class _NoThreads:
-    """A pool whose ``submit`` queues the task and then cannot start a thread, as ThreadPoolExecutor does under a
-    thread or memory limit ("can't start new thread"): the task stays queued for a later, unrelated fill."""
+    """Helper threads that cannot start, as under a thread or memory limit ("can't start new thread"): the tasks
+    offered stay queued, for a helper that a later, unrelated fill starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch) -> None:
         self.queued: list = []
+        monkeypatch.setattr(keyed, "_TASKS", self)
+        monkeypatch.setattr(keyed, "_helper_count", 0)
+        monkeypatch.setattr(keyed, "_start_helper", self.start)
 
-    def submit(self, fn, *args, **kwargs):
-        self.queued.append((fn, args, kwargs))
+    def put(self, task) -> None:
+        self.queued.append(task)
+
+    def start(self) -> None:
         raise RuntimeError("can't start new thread")
 
 
 def test_a_task_whose_thread_never_started_never_writes_later(monkeypatch):
-    pool = _NoThreads()
-    monkeypatch.setattr(keyed, "_pool", lambda: pool)
+    pool = _NoThreads(monkeypatch)
     t = ti.normal_(torch.empty(N), std=0.02, seed=0)
     assert pool.queued, "the fill should have tried to use a helper"
-    assert torch.equal(t, ti.normal_(torch.empty(N), std=0.02, seed=0, name=""))  # complete: the caller did it all
     monkeypatch.undo()
+    assert torch.equal(t, ti.normal_(torch.empty(N), std=0.02, seed=0, name=""))  # complete: the caller did it all
     before = t.clone()
-    for fn, args, kwargs in pool.queued:  # a later fill's thread picks the stale task up
-        fn(*args, **kwargs)
+    for task in pool.queued:  # a later fill's helper picks the stale task up
+        task()
     assert torch.equal(t, before)
 
 
 def test_the_same_values_whatever_the_pool_does(monkeypatch):
     want = ti.trunc_normal_(torch.empty(N), std=0.02, a=-0.04, b=0.04, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(keyed, "_pool", lambda: _NoThreads())
+    _NoThreads(monkeypatch)
     got = ti.trunc_normal_(torch.empty(N), std=0.02, a=-0.04, b=0.04, generator=torch.Generator().manual_seed(3))
     assert torch.equal(want, got)
 

@@ -2,16 +2,21 @@
 
 - :func:`is_uninitialized`: a lazy module's parameter or buffer (``nn.LazyLinear`` before its first forward),
   which has no shape and no values yet;
-- :func:`tensor_stores`: a module's parameter and buffer registrations as dicts of tensors.
+- :func:`tensor_stores`: a module's parameter and buffer registrations as dicts of tensors;
+- :func:`staged`: a result built in several steps reaches its tensor in one write;
+- :func:`keeps_grad_mode`: a public writer leaves the thread's grad mode as it found it, even interrupted.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["is_uninitialized", "tensor_stores"]
+__all__ = ["is_uninitialized", "keeps_grad_mode", "staged", "tensor_stores"]
 
 
 def is_uninitialized(t: Any) -> bool:
@@ -31,3 +36,59 @@ def tensor_stores(module: nn.Module) -> tuple[dict[str, Tensor | None], dict[str
     tensors in either dict (a parameter's stand-in is a parameter too) writes them through this one view.
     """
     return cast("dict[str, Tensor | None]", module._parameters), module._buffers
+
+
+class staged:
+    """A zero tensor like ``t`` to build a result in several steps; ``t`` receives it in one copy at the end.
+
+    An exception or a Ctrl-C before that copy leaves ``t`` untouched, one after it finds ``t``
+    complete: a copy is one torch operation, which Python cannot interrupt halfway. The price
+    is one temporary tensor of ``t``'s size. A class, not a generator: a generator that an
+    interrupt left suspended would run its cleanup later, when it is collected.
+
+    Example:
+        >>> t = torch.ones(2, 2)
+        >>> with staged(t) as s:
+        ...     s[0, 0] = 5.0
+        >>> t
+        tensor([[5., 0.],
+                [0., 0.]])
+    """
+
+    def __init__(self, t: Tensor) -> None:
+        self.target = t
+
+    def __enter__(self) -> Tensor:
+        self.result = torch.zeros_like(self.target, requires_grad=False)
+        return self.result
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is None:
+            with torch.no_grad():
+                self.target.copy_(self.result)
+
+
+def keeps_grad_mode(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, which puts the thread's grad mode back as it found it on every exit.
+
+    torch's ``no_grad()`` restores the mode in a Python ``__exit__``; a Ctrl-C that lands at that
+    method's entry skips it and leaves gradients off for the thread. The mode is put back here by
+    one C call, which an interrupt cannot split.
+
+    Example:
+        >>> @keeps_grad_mode
+        ... def f():
+        ...     torch.set_grad_enabled(False)
+        >>> f(); torch.is_grad_enabled()
+        True
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        grad = torch.is_grad_enabled()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(grad)
+
+    return wrapper

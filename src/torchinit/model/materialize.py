@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit._util.tensors import is_uninitialized, tensor_stores
+from torchinit._util.tensors import is_uninitialized, keeps_grad_mode, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
@@ -57,6 +57,7 @@ from torchinit.rng.seeds import derive_seed, stream_kwargs
 __all__ = ["deferred", "materialize_"]
 
 
+@keeps_grad_mode
 def materialize_(
     model: nn.Module,
     policy: Policy | None = None,

@@ -306,7 +306,7 @@ class _Values:
             for t in (*m._parameters.values(), *m._buffers.values(), *attributes):
                 if t is not None and id(t) not in self.saved:
                     leaf = t.is_leaf  # .grad of a non-leaf is never filled (and reading it warns)
-                    with torch.inference_mode(t.is_inference()):
+                    with _inference_mode_of(t):
                         copy = t.detach().clone()
                     self.saved[id(t)] = (t, t.detach(), copy, t.requires_grad, t.grad if leaf else None)
 
@@ -318,7 +318,7 @@ class _Values:
 
     def restore(self, failed: bool) -> None:
         for t, alias, copy, requires_grad, grad in self.saved.values():
-            with torch.no_grad(), torch.inference_mode(alias.is_inference()):
+            with torch.no_grad(), _inference_mode_of(alias):
                 if failed or id(t) not in self.keep:
                     _write_back(t, alias, copy)
                 elif alias.layout == torch.strided and not _same_place(t, alias) and _same_kind(t, alias):
@@ -329,6 +329,16 @@ class _Values:
                     t.requires_grad_(requires_grad)
                 if t.grad is not grad:
                     t.grad = grad
+
+
+def _inference_mode_of(t: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Inference mode as ``t`` needs it to be cloned or written; no context at all where the thread is in that
+    mode already (the usual case). torch's guard restores the mode when the guard object dies, so one whose
+    ``__exit__`` an interrupt skipped would change the mode later, long after the call has returned."""
+    wanted = t.is_inference()
+    if torch.is_inference_mode_enabled() == wanted:
+        return contextlib.nullcontext()
+    return torch.inference_mode(wanted)
 
 
 def _write_back(t: Tensor, alias: Tensor, copy: Tensor) -> None:

@@ -29,7 +29,8 @@ install, loaded with ctypes, :data:`KERNEL`), used for CPU tensors in float32/fl
 and by the tests to check the kernel.
 
 Threads: a call uses ``min(torch.get_num_threads(), CPUs)`` threads (the caller's
-included) from a pool created on first use. Nothing here changes a process-wide or
+included): helper threads started on first use, one per CPU at most, which sleep between
+fills and never hold up the interpreter's exit. Nothing here changes a process-wide or
 thread setting. Chunk ``k`` always covers elements ``[k CHUNK, (k+1) CHUNK)`` and the
 values never depend on the chunking or the thread count. An exception or
 ``KeyboardInterrupt`` in the caller stops the chunks not yet started and waits for the
@@ -41,7 +42,7 @@ is untouched (an interrupt before the first chunk) or complete, never half-writt
 
 from __future__ import annotations
 
-import concurrent.futures
+import _thread
 import contextlib
 import ctypes
 import functools
@@ -50,7 +51,7 @@ import importlib
 import itertools
 import math
 import os
-import threading
+import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -405,10 +406,6 @@ def kernel_trunc_poly(stream: Stream, first: int, out: Tensor, y_lo: float, y_hi
 
 # ---- the thread pool ----------------------------------------------------------------------------------------
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
 def _cpus() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -416,21 +413,44 @@ def _cpus() -> int:
         return os.cpu_count() or 2
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=_cpus(), thread_name_prefix="torchinit-keyed")
-        return _POOL
+# Helper threads are started with ``_thread`` and fed through a ``_queue.SimpleQueue``, and the caller's side of a
+# fill takes only ``_thread`` locks: all C, so a Ctrl-C cannot land halfway through an acquire-release pair of
+# Python code (a ThreadPoolExecutor's submit runs threading.Condition code in the caller, and an interrupt at the
+# entry of its ``__exit__`` leaves a lock held: the next fill then waits forever). The threads are never joined:
+# they sleep in ``get`` between fills and do not hold up the interpreter's exit.
+_TASKS: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_HELPERS_LOCK = _thread.allocate_lock()
+_helper_count = 0
 
 
-def _forget_pool() -> None:  # in a forked child the pool's threads do not exist
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+def _helper_main() -> None:
+    while True:
+        _TASKS.get()()  # a _ChunkRun's helper: it catches everything and hands errors to its caller
+
+
+def _start_helper() -> None:
+    """Start one helper thread (``RuntimeError`` where none can start: a thread limit, interpreter shutdown)."""
+    _thread.start_new_thread(_helper_main, ())
+
+
+def _offer(task: Callable[[], None], count: int) -> None:
+    """Queue ``task`` for ``count`` helpers, starting helper threads up to ``count`` (at most one per CPU)."""
+    global _helper_count
+    for _ in range(count):
+        _TASKS.put(task)
+    with _HELPERS_LOCK:
+        while _helper_count < min(count, _cpus()):
+            _start_helper()  # a failure leaves tasks queued: they find their call closed whenever they run
+            _helper_count += 1
+
+
+def _forget_helpers() -> None:  # in a forked child the helper threads do not exist
+    global _TASKS, _HELPERS_LOCK, _helper_count
+    _TASKS, _HELPERS_LOCK, _helper_count = queue.SimpleQueue(), _thread.allocate_lock(), 0
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_helpers)
 
 
 def threads() -> int:
@@ -443,20 +463,19 @@ def run_chunks(count: int, work: Callable[[int], None], workers: int | None = No
 
     Each chunk runs exactly once. An error in any thread, or an interrupt in the caller,
     stops the chunks not yet started; the running ones finish before this returns or raises,
-    and no helper task can start a chunk afterwards, even one the pool ran late (a task queued
-    by a ``submit`` that then failed to start its thread). Where the pool takes no work (at
-    interpreter shutdown, or when no thread can be started), the caller runs every chunk itself.
+    and no helper task can start a chunk afterwards, even one a helper picks up late (queued
+    while no thread could be started). Where no helper thread can be started (at interpreter
+    shutdown, under a thread limit), the caller runs every chunk itself.
     """
     run = _ChunkRun(count, work)
     try:
-        for _ in range(min(threads() if workers is None else workers, count) - 1):
-            try:
-                _pool().submit(run.helper)
-            except RuntimeError:  # "cannot schedule new futures after interpreter shutdown", "can't start new thread"
-                break  # the caller does the rest
+        helpers = min(threads() if workers is None else workers, count) - 1
+        if helpers > 0:
+            with contextlib.suppress(RuntimeError):  # "can't start new thread": the caller does the rest
+                _offer(run.helper, helpers)
         run.loop()
     except BaseException:
-        run.stop.set()
+        run.stopped = True
         raise
     finally:
         run.close()  # waits for the helpers that started; later ones find it closed
@@ -464,44 +483,50 @@ def run_chunks(count: int, work: Callable[[int], None], workers: int | None = No
 
 
 class _ChunkRun:
-    """The shared state of one :func:`run_chunks` call: the next chunk, the helpers at work, the first error."""
+    """The shared state of one :func:`run_chunks` call: the next chunk, the helpers at work, the first error.
+
+    ``_done`` is held from the start and released by the last helper to finish once the call is closed,
+    so the caller waits on a lock it never has to give back (an interrupt cannot leave it half-released).
+    """
 
     def __init__(self, count: int, work: Callable[[int], None]) -> None:
         self.count, self.work = count, work
         self.next_index = itertools.count().__next__  # atomic under the GIL
-        self.stop = threading.Event()
+        self.stopped = False
         self.grad, self.inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-        self._lock = threading.Condition()
+        self._mutex = _thread.allocate_lock()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
         self._closed = False
         self._active = 0
         self._error: BaseException | None = None
 
     def loop(self) -> None:
         """Run chunks until none is left or the run stops."""
-        # torch's grad and inference modes are per thread: the helpers work in the caller's
-        with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
-            while not self.stop.is_set():
-                k = self.next_index()
-                if k >= self.count:
-                    return
-                self.work(k)
+        while not self.stopped:
+            k = self.next_index()
+            if k >= self.count:
+                return
+            self.work(k)
 
     def helper(self) -> None:
-        """A pool thread's part: nothing at all once the call has ended."""
-        with self._lock:
+        """A helper thread's part: nothing at all once the call has ended."""
+        with self._mutex:
             if self._closed:
                 return
             self._active += 1
         try:
-            self.loop()
+            # torch's grad and inference modes are per thread: the helpers work in the caller's
+            with torch.inference_mode(self.inference), torch.set_grad_enabled(self.grad):
+                self.loop()
         except BaseException as err:  # handed to the caller
-            self.stop.set()
-            with self._lock:
-                self._error = self._error or err
+            self.stopped = True
+            self._error = self._error or err
         finally:
-            with self._lock:
+            with self._mutex:
                 self._active -= 1
-                self._lock.notify_all()
+                if self._closed and not self._active:
+                    self._done.release()
 
     def close(self) -> None:
         """No helper starts from now on; wait for those at work (nothing writes after the call returns).
@@ -510,19 +535,22 @@ class _ChunkRun:
         is raised: the chunks running then finish (each is short).
         """
         interrupted: BaseException | None = None
-        with self._lock:
-            self._closed = True
         while True:
             try:
-                with self._lock:
-                    while self._active:
-                        self._lock.wait()
+                self._wait()
                 break
             except BaseException as err:  # a Ctrl-C in the wait
-                self.stop.set()
+                self.stopped = True
                 interrupted = interrupted or err
         if interrupted is not None:
             raise interrupted
+
+    def _wait(self) -> None:
+        with self._mutex:
+            self._closed = True
+            busy = self._active > 0
+        while busy and not self._done.acquire(timeout=0.05):
+            pass
 
     def raise_helper_error(self) -> None:
         if self._error is not None:

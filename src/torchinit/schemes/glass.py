@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import finite, float_tensor, nothing_to_write, within_dtype
+from torchinit._util.tensors import staged
 from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.contract import scheme
 from torchinit.schemes.layout import Dims, Layout, block_shape, module_layout, resolve_dims
@@ -208,9 +209,8 @@ def _glass(
     values = entries.values.repeat(layout.groups)
     if zero_mean:  # one sign per non-zero
         values = torch.where(sampler.coin_flips(values.numel(), t.device), values, -values)
-    with torch.no_grad():
-        t.zero_()
-        t.index_put_(tuple(i.to(t.device) for i in index), values.to(device=t.device, dtype=t.dtype))
+    with staged(t) as result:
+        result.index_put_(tuple(i.to(t.device) for i in index), values.to(device=t.device, dtype=t.dtype))
     return weight
 
 

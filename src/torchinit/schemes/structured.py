@@ -26,6 +26,7 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
+from torchinit._util.tensors import staged
 from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.basic import identity_
 from torchinit.schemes.contract import scheme
@@ -127,8 +128,9 @@ def orthogonal_(
     cols = t.numel() // t.size(0)
     with torch.no_grad():
         q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype, sampler), t.device, sampler)
-        t.copy_(q.reshape(t.shape))
-        t.mul_(gain)
+    with staged(t) as result:
+        result.copy_(q.reshape(t.shape))
+        result.mul_(gain)  # in t's dtype, after the rounding, as torch does
     return tensor
 
 
@@ -162,9 +164,8 @@ def delta_orthogonal_(
         return tensor
     out, inp = t.shape[:2]
     q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype, sampler), t.device, sampler)[0]
-    with torch.no_grad():
-        t.zero_()
-        t[_centre_tap(t)] = q * gain
+    with staged(t) as result:
+        result[_centre_tap(t)] = q * gain
     return tensor
 
 
@@ -212,9 +213,8 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     if out <= inp or nothing_to_write(t):
         return identity_(tensor, gain)
     m = math.ceil(math.log2(out))
-    with torch.no_grad():
-        t.zero_()
-        centre = t[_centre_tap(t)]  # a view: the whole 2-D weight, or the centre tap
+    with staged(t) as result:
+        centre = result[_centre_tap(t)]  # a view: the whole 2-D weight, or the centre tap
         _sylvester_corner_(centre)
         centre.mul_(gain * 2.0 ** (-(m - 1) / 2))
     return tensor
@@ -278,15 +278,14 @@ def sparse_(
     rows = t.size(0)
     cols = t.numel() // rows
     num_zeros = math.ceil(sparsity * rows)
-    in_place = t.is_contiguous()
     with torch.no_grad():
-        m = t.view(rows, cols) if in_place else torch.empty((rows, cols), dtype=t.dtype, device=t.device)
+        # built aside and copied in one write: an error (out of memory in topk) or a Ctrl-C leaves t untouched
+        m = torch.empty((rows, cols), dtype=t.dtype, device=t.device)
         sampler.normal_(m, 0.0, std)
         if num_zeros:
             # a uniformly random subset of rows per column: the smallest of i.i.d. keys (selection, not a sort)
             keys = sampler.child(1).uniform_(torch.empty((cols, rows), dtype=torch.float32, device=t.device), 0.0, 1.0)
             zero_rows = keys.topk(num_zeros, dim=1, largest=False, sorted=False).indices
             m.scatter_(0, zero_rows.T, 0.0)
-        if not in_place:
-            t.copy_(m.view(t.shape))
+        t.copy_(m.view(t.shape))
     return tensor
