@@ -3,7 +3,7 @@
 #   make test   - create .venv, install with the dev extras, run the test suite
 #   make lint   - ruff, the import-layer contracts, mypy and the complexity limit (CI runs it before make test)
 #   make quick  - the inner loop: the tests that are neither slow nor distributed
-#   make fuzz   - the initializer fuzz (tests/schemes/test_fuzz.py) with its large Hypothesis profile
+#   make fuzz   - the fuzz and fault suites (initializers, configs, interrupts at every point) at their large profile
 #   make trainability - the training experiments of docs/trainability.md (about 8 minutes on 2 cores)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
@@ -41,7 +41,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/python tools/complexity.py
 
 fuzz: $(VENV)/.installed-dev
-	TORCHINIT_FUZZ=large $(BIN)/python -m pytest tests/schemes/test_fuzz.py -p no:randomly
+	TORCHINIT_FUZZ=large $(BIN)/python -m pytest tests/schemes/test_fuzz.py tests/schemes/test_config_hostile.py tests/faults -p no:randomly
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run.py

@@ -42,3 +42,15 @@ def std_tolerance(n: int, kurtosis: float = 3.0, sigmas: float = 6.0) -> float:
 @pytest.fixture
 def g():
     return gen(0)
+
+
+@pytest.fixture(autouse=True)
+def _initializer_registry_restored():
+    """Initializer classes that a test defines (and registers) leave the registry with the test: a bare name that
+    one test's class takes is not ambiguous in the next test."""
+    from torchinit.schemes.initializers import Initializer
+
+    saved = dict(Initializer._registry)
+    yield
+    Initializer._registry.clear()
+    Initializer._registry.update(saved)

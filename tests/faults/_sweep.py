@@ -88,7 +88,7 @@ def sweep(make: Callable[[], Any], call: Callable[[Any], Any], state: Callable[[
     the same target and RNG state each time). ``settle`` seconds after an interrupted call, the
     state is compared again: nothing may write after a call has raised. Returns counts of
     interrupted, untouched and complete runs; a run that is neither fails the assertion, as does one
-    that leaves the thread's grad mode changed.
+    that leaves the thread's grad mode or dispatch-mode stack changed.
     """
     target = make()
     call(target)
@@ -98,9 +98,10 @@ def sweep(make: Callable[[], Any], call: Callable[[Any], Any], state: Callable[[
     for at in points(event_count(lambda: call(warm))):
         target = make()
         before = state(target)
-        grad = torch.is_grad_enabled()
+        modes = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
         interrupted = traced(functools.partial(call, target), at)
-        assert torch.is_grad_enabled() == grad, f"grad mode changed (interrupt at event {at})"
+        now = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
+        assert now == modes, f"grad mode or dispatch modes changed (interrupt at event {at}): {modes} -> {now}"
         after = state(target)
         if interrupted and settle:
             threading.Event().wait(settle)

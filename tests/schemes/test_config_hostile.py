@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from fuzz_profiles import PROFILE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -497,8 +498,9 @@ _configs = st.one_of(
 )
 
 
-@pytest.mark.slow  # 600 configs, each built by up to ~200 probes: a few seconds
-@settings(max_examples=600, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow  # 600 configs, each built by up to ~200 probes: a few seconds (make fuzz: 20 times more, random)
+@settings(max_examples=600 if PROFILE == "default" else 12_000, derandomize=PROFILE == "default", database=None,
+          deadline=None, suppress_health_check=list(HealthCheck))
 @given(config=_configs)
 def test_fuzz_from_config_builds_or_raises_value_or_type_error(config):
     try:

@@ -9,6 +9,7 @@ from torch import nn
 
 import torchinit as ti
 from conftest import gen
+from torchinit._util.tensors import keeps_thread_modes
 from torchinit.recording.log import recorded_call
 from torchinit.rng.sampling import shardable
 from torchinit.schemes.contract import FAN_KEYWORDS, SCHEMES, scheme, with_paragraph
@@ -169,17 +170,18 @@ def test_every_in_place_scheme_is_registered_by_its_public_name():
 
 @pytest.mark.parametrize("name", PUBLIC_SCHEMES)
 def test_scheme_wraps_recorded_call_over_shardable(name):
-    """recorded_call outermost, then shardable (except for constant fills), then the plain function; wraps keeps
-    the name, docstring and signature at every level."""
+    """keeps_thread_modes outermost, then recorded_call, then shardable (except for constant fills), then the plain
+    function; wraps keeps the name, docstring and signature at every level."""
     public = SCHEMES[name]
     layers = [public]
     while hasattr(layers[-1], "__wrapped__"):
         layers.append(layers[-1].__wrapped__)
-    assert len(layers) == (2 if name in CONSTANT_FILLS else 3)
+    assert len(layers) == (3 if name in CONSTANT_FILLS else 4)
     plain = layers[-1]
-    assert layers[0].__code__ is recorded_call(plain).__code__
+    assert layers[0].__code__ is keeps_thread_modes(plain).__code__
+    assert layers[1].__code__ is recorded_call(plain).__code__
     if name not in CONSTANT_FILLS:
-        assert layers[1].__code__ is shardable()(plain).__code__
+        assert layers[2].__code__ is shardable()(plain).__code__
     assert plain.__name__ == name and plain.__doc__ == public.__doc__
     assert inspect.signature(public) == inspect.signature(plain)
 

@@ -4,7 +4,12 @@
   which has no shape and no values yet;
 - :func:`tensor_stores`: a module's parameter and buffer registrations as dicts of tensors;
 - :func:`staged`: a result built in several steps reaches its tensor in one write;
-- :func:`keeps_grad_mode`: a public writer leaves the thread's grad mode as it found it, even interrupted.
+- **zero, then one write**, for a pattern on zeros with no temporary: ``try: t.zero_()`` then, in the
+  ``finally``, one torch operation on arguments computed beforehand (``t.index_put_(index, values)``).
+  CPython delivers a Ctrl-C only at a Python function's entry, after a C call returns or at a loop's
+  back edge: one that lands after ``zero_()`` returns still gets the pattern written (complete), one
+  before it writes nothing (untouched). ``identity_``, ``delta_orthogonal_`` and ``glass_`` do this;
+- :func:`keeps_thread_modes`: a public writer leaves the thread's grad and dispatch modes as it found them.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_uninitialized", "keeps_grad_mode", "staged", "tensor_stores"]
+__all__ = ["is_uninitialized", "keeps_thread_modes", "staged", "tensor_stores"]
 
 
 def is_uninitialized(t: Any) -> bool:
@@ -68,15 +73,16 @@ class staged:
                 self.target.copy_(self.result)
 
 
-def keeps_grad_mode(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func``, which puts the thread's grad mode back as it found it on every exit.
+def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, which leaves the thread's grad mode and torch dispatch modes as it found them on every exit.
 
-    torch's ``no_grad()`` restores the mode in a Python ``__exit__``; a Ctrl-C that lands at that
-    method's entry skips it and leaves gradients off for the thread. The mode is put back here by
-    one C call, which an interrupt cannot split.
+    torch's ``no_grad()`` restores the mode, and a ``TorchDispatchMode`` leaves the thread's mode
+    stack, in a Python ``__exit__``; a Ctrl-C that lands at that method's entry skips it and leaves
+    gradients off, or the mode installed, for the thread. Here the grad mode is put back by one C call,
+    which an interrupt cannot split, and modes pushed within and left behind are popped.
 
     Example:
-        >>> @keeps_grad_mode
+        >>> @keeps_thread_modes
         ... def f():
         ...     torch.set_grad_enabled(False)
         >>> f(); torch.is_grad_enabled()
@@ -85,10 +91,12 @@ def keeps_grad_mode(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        grad = torch.is_grad_enabled()
+        grad, modes = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
         try:
             return func(*args, **kwargs)
         finally:
             torch._C._set_grad_enabled(grad)
+            while torch._C._len_torch_dispatch_stack() > modes:  # left by an interrupted __exit__
+                torch._C._pop_torch_dispatch_stack()
 
     return wrapper

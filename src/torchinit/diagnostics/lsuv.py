@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from torchinit._util.checks import finite, positive_int
-from torchinit._util.tensors import keeps_grad_mode
+from torchinit._util.tensors import keeps_thread_modes
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
 from torchinit.diagnostics.probing import copy_inputs, first_tensor, private_random, warn_global_draws
@@ -115,7 +115,7 @@ def _output_std(model: nn.Module, layer: nn.Module, data: Any) -> float:
     return found[0] if found else math.nan
 
 
-@keeps_grad_mode
+@keeps_thread_modes
 def lsuv_(
     model: nn.Module,
     data: Any,

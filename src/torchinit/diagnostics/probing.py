@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from torchinit._util.tensors import keeps_grad_mode
+from torchinit._util.tensors import keeps_thread_modes
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
 from torchinit.diagnostics.plots import PLOT_HINT, colors, figure
@@ -344,7 +344,7 @@ def _draws(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], device: tor
     return not any(isinstance(values.get(name), (int, float)) and values[name] == 0 for name in _RATES)
 
 
-@keeps_grad_mode
+@keeps_thread_modes
 def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalReport:
     """One forward and one backward pass with hooks on every module that owns parameters.
 
@@ -468,7 +468,7 @@ class _Recorder:
         return self.rows
 
 
-@keeps_grad_mode
+@keeps_thread_modes
 def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
     """Singular values (descending, float64) of the Jacobian of ``model`` at ``x``: d vec(model(x)) / d vec(x).
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchinit._util.tensors import is_uninitialized, keeps_grad_mode, tensor_stores
+from torchinit._util.tensors import is_uninitialized, keeps_thread_modes, tensor_stores
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
@@ -57,7 +57,7 @@ from torchinit.rng.seeds import derive_seed, stream_kwargs
 __all__ = ["deferred", "materialize_"]
 
 
-@keeps_grad_mode
+@keeps_thread_modes
 def materialize_(
     model: nn.Module,
     policy: Policy | None = None,

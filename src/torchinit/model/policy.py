@@ -41,7 +41,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from torchinit._util.tensors import is_uninitialized, keeps_grad_mode
+from torchinit._util.tensors import is_uninitialized, keeps_thread_modes
 from torchinit._util.text import text_table
 from torchinit._util.warn import quiet, warn
 from torchinit.model.snapshot import Snapshot
@@ -385,7 +385,7 @@ class Policy:
             warn("Policy: " + "; ".join(problems), UserWarning)
         return plans
 
-    @keeps_grad_mode
+    @keeps_thread_modes
     def apply_(
         self,
         model: nn.Module,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import positive_int
-from torchinit._util.tensors import is_uninitialized, keeps_grad_mode
+from torchinit._util.tensors import is_uninitialized, keeps_thread_modes
 from torchinit.model.construction import (
     COMPOSITES,
     constructor_init,
@@ -94,7 +94,7 @@ def torch_default() -> Policy:
     return Policy([(nn.Module, TorchReset())], optional=True)
 
 
-@keeps_grad_mode
+@keeps_thread_modes
 def torch_reset_(
     module: nn.Module, *, generator: torch.Generator | None = None, seed: int | None = None, name: str = ""
 ) -> nn.Module:

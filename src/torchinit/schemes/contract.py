@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
-from torchinit._util.tensors import keeps_grad_mode
+from torchinit._util.tensors import keeps_thread_modes
 from torchinit.recording.log import recorded_call
 from torchinit.rng.sampling import shardable
 
@@ -67,7 +67,7 @@ def scheme(
         if keywords:
             func.__doc__ = with_paragraph(func.__doc__ or "", keywords)
         inner = shardable(local=local)(func) if dtensor_wrapper else func
-        public = keeps_grad_mode(recorded_call(inner))
+        public = keeps_thread_modes(recorded_call(inner))
         _check_unique(func)
         SCHEMES[func.__name__] = public
         return public

@@ -128,9 +128,9 @@ def orthogonal_(
     cols = t.numel() // t.size(0)
     with torch.no_grad():
         q = haar_semi_orthogonal(blocks, rows, cols, _compute_dtype(t.dtype, sampler), t.device, sampler)
-    with staged(t) as result:
-        result.copy_(q.reshape(t.shape))
-        result.mul_(gain)  # in t's dtype, after the rounding, as torch does
+        # scaled in t's dtype after the rounding, as torch does, then written in one copy (complete or untouched)
+        w = q.reshape(t.shape) if q.dtype == t.dtype else q.reshape(t.shape).to(t.dtype)
+        t.copy_(w.mul_(gain))
     return tensor
 
 
@@ -164,8 +164,12 @@ def delta_orthogonal_(
         return tensor
     out, inp = t.shape[:2]
     q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype, sampler), t.device, sampler)[0]
-    with staged(t) as result:
-        result[_centre_tap(t)] = q * gain
+    centre, values = _centre_tap(t), q * gain
+    with torch.no_grad():
+        try:
+            t.zero_()
+        finally:  # zero, then one write: complete or untouched (torchinit._util.tensors)
+            t[centre] = values
     return tensor
 
 

@@ -213,7 +213,6 @@ def trunc_normal_(
                 f"(std={std}) from the mean, so nothing is truncated. a and b are absolute values; "
                 "use trunc_normal_std_(tensor, std, k) to cut at k standard deviations.",
                 UserWarning,
-                stacklevel=4,  # past recorded_call's and shardable's wrappers, at the caller
             )
         _check_mass(alpha, beta)
     if nothing_to_write(t):

@@ -114,7 +114,7 @@ def _init(
     block_shape(tuple(t.shape), blocks)  # validated even when there is nothing to write
     if t.numel() == 0:
         if warn_empty:
-            warn("Initializing zero-element tensors is a no-op", UserWarning, stacklevel=5)
+            warn("Initializing zero-element tensors is a no-op", UserWarning)
         return written
     f = fans(target, in_dims=in_dims, out_dims=out_dims, batch_dims=batch_dims, blocks=blocks)  # meta too
     fan = {"fan_in": f.fan_in, "fan_out": f.fan_out}.get(mode, min(f))
