@@ -1,9 +1,9 @@
-"""Questions about a module's tensors that torch's type stubs cannot express. Imports nothing from torchinit.
+"""Tensor facts that torch's type stubs cannot express, and how a writer stays complete or untouched. Imports
+nothing from torchinit.
 
 - :func:`is_uninitialized`: a lazy module's parameter or buffer (``nn.LazyLinear`` before its first forward),
   which has no shape and no values yet;
 - :func:`tensor_stores`: a module's parameter and buffer registrations as dicts of tensors;
-- :func:`staged`: a result built in several steps reaches its tensor in one write;
 - **zero, then one write**, for a pattern on zeros with no temporary: ``try: t.zero_()`` then, in the
   ``finally``, one torch operation on arguments computed beforehand (``t.index_put_(index, values)``).
   CPython delivers a Ctrl-C only at a Python function's entry, after a C call returns or at a loop's
@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_uninitialized", "keeps_thread_modes", "staged", "tensor_stores"]
+__all__ = ["is_uninitialized", "keeps_thread_modes", "tensor_stores"]
 
 
 def is_uninitialized(t: Any) -> bool:
@@ -41,36 +41,6 @@ def tensor_stores(module: nn.Module) -> tuple[dict[str, Tensor | None], dict[str
     tensors in either dict (a parameter's stand-in is a parameter too) writes them through this one view.
     """
     return cast("dict[str, Tensor | None]", module._parameters), module._buffers
-
-
-class staged:
-    """A zero tensor like ``t`` to build a result in several steps; ``t`` receives it in one copy at the end.
-
-    An exception or a Ctrl-C before that copy leaves ``t`` untouched, one after it finds ``t``
-    complete: a copy is one torch operation, which Python cannot interrupt halfway. The price
-    is one temporary tensor of ``t``'s size. A class, not a generator: a generator that an
-    interrupt left suspended would run its cleanup later, when it is collected.
-
-    Example:
-        >>> t = torch.ones(2, 2)
-        >>> with staged(t) as s:
-        ...     s[0, 0] = 5.0
-        >>> t
-        tensor([[5., 0.],
-                [0., 0.]])
-    """
-
-    def __init__(self, t: Tensor) -> None:
-        self.target = t
-
-    def __enter__(self) -> Tensor:
-        self.result = torch.zeros_like(self.target, requires_grad=False)
-        return self.result
-
-    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
-        if kind is None:
-            with torch.no_grad():
-                self.target.copy_(self.result)
 
 
 def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -26,7 +26,6 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
-from torchinit._util.tensors import staged
 from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.basic import identity_
 from torchinit.schemes.contract import scheme
@@ -216,12 +215,22 @@ def hadamard_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     out, inp = t.shape[:2]
     if out <= inp or nothing_to_write(t):
         return identity_(tensor, gain)
-    m = math.ceil(math.log2(out))
-    with staged(t) as result:
-        centre = result[_centre_tap(t)]  # a view: the whole 2-D weight, or the centre tap
-        _sylvester_corner_(centre)
-        centre.mul_(gain * 2.0 ** (-(m - 1) / 2))
+    scale = gain * 2.0 ** (-(math.ceil(math.log2(out)) - 1) / 2)
+    try:
+        _hadamard_in_place(t, scale)
+    except BaseException:  # deterministic: written again whole, it is complete (an interrupt, never half)
+        _hadamard_in_place(t, scale)
+        raise
     return tensor
+
+
+def _hadamard_in_place(t: Tensor, scale: float) -> None:
+    """Zero ``t`` and write ``scale`` times the Sylvester corner at its centre tap, in place (no temporary)."""
+    with torch.no_grad():
+        t.zero_()
+        centre = t[_centre_tap(t)]  # a view: the whole 2-D weight, or the centre tap
+        _sylvester_corner_(centre)
+        centre.mul_(scale)
 
 
 def _sylvester_corner_(dest: Tensor) -> None:
