@@ -98,9 +98,9 @@ def sweep(make: Callable[[], Any], call: Callable[[Any], Any], state: Callable[[
     for at in points(event_count(lambda: call(warm))):
         target = make()
         before = state(target)
-        modes = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
+        modes = thread_modes()
         interrupted = traced(functools.partial(call, target), at)
-        now = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
+        now = thread_modes()
         assert now == modes, f"grad mode or dispatch modes changed (interrupt at event {at}): {modes} -> {now}"
         after = state(target)
         if interrupted and settle:
@@ -112,6 +112,17 @@ def sweep(make: Callable[[], Any], call: Callable[[Any], Any], state: Callable[[
         counts["untouched"] += untouched and not done
         counts["complete"] += done
     return counts
+
+
+def thread_modes() -> tuple[Any, ...]:
+    """The grad mode and the dispatch and torch-function mode stacks.
+
+    Not torch's Python-level record of a dispatch mode being active (``is_in_torch_dispatch_mode``):
+    ``TorchDispatchMode.__enter__`` sets it in Python before it pushes the mode, so an interrupt in
+    between leaves it set with no mode pushed, which no caller can repair (torch's code, not ours).
+    """
+    functions = tuple(id(torch._C._get_function_stack_at(i)) for i in range(torch._C._len_torch_function_stack()))
+    return torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack(), functions
 
 
 def tensor_state(t: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,24 @@ def test_small_tensors_are_unchanged_or_complete_at_every_interrupt(name, mode):
     assert counts["interrupted"] >= 2 and counts["untouched"] >= 1  # the sweep reached inside the call
 
 
+PATTERNS = ["eye_", "dirac_", "identity_", "delta_orthogonal_", "hadamard_", "glass_", "orthogonal_", "sparse_"]
+
+
+class _Traced(torch.Tensor):
+    """A tensor subclass: torch runs its ``__torch_function__`` (Python) around every operation on it, so an
+    interrupt can land between any two of them, between the zeroing and the pattern too."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PATTERNS)
+def test_patterns_are_unchanged_or_complete_with_python_around_every_operation(name):
+    mode = _modes(name)[0]
+    plain = _maker(SHAPES.get(name, (48, 40)), mode)
+    with torch.random.fork_rng(devices=[]):
+        counts = sweep(lambda: plain().as_subclass(_Traced), _call(name, mode), tensor_state, same_bits)
+    assert counts["interrupted"] >= 2
+
+
 LARGE_CASES = [(name, mode) for name in ("normal_", "uniform_", "kaiming_normal_", "xavier_uniform_",
                                           "trunc_normal_", "lecun_normal_", "variance_scaling_")
                for mode in ("seed", "generator", "global")]

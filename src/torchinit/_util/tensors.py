@@ -4,11 +4,8 @@ nothing from torchinit.
 - :func:`is_uninitialized`: a lazy module's parameter or buffer (``nn.LazyLinear`` before its first forward),
   which has no shape and no values yet;
 - :func:`tensor_stores`: a module's parameter and buffer registrations as dicts of tensors;
-- **zero, then one write**, for a pattern on zeros with no temporary: ``try: t.zero_()`` then, in the
-  ``finally``, one torch operation on arguments computed beforehand (``t.index_put_(index, values)``).
-  CPython delivers a Ctrl-C only at a Python function's entry, after a C call returns or at a loop's
-  back edge: one that lands after ``zero_()`` returns still gets the pattern written (complete), one
-  before it writes nothing (untouched). ``identity_``, ``delta_orthogonal_`` and ``glass_`` do this;
+- :func:`write_pattern`: zeros with values at an index, complete or untouched, with no temporary where
+  torch runs the writes without Python code around them;
 - :func:`keeps_thread_modes`: a public writer leaves the thread's grad and dispatch modes as it found them.
 """
 
@@ -21,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_uninitialized", "keeps_thread_modes", "tensor_stores"]
+__all__ = ["is_uninitialized", "keeps_thread_modes", "tensor_stores", "write_pattern"]
 
 
 def is_uninitialized(t: Any) -> bool:
@@ -66,7 +63,43 @@ def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         finally:
             torch._C._set_grad_enabled(grad)
-            while torch._C._len_torch_dispatch_stack() > modes:  # left by an interrupted __exit__
-                torch._C._pop_torch_dispatch_stack()
+            while torch._C._len_torch_dispatch_stack() > modes:  # left by an interrupted __exit__: exit it now
+                torch._C._get_dispatch_stack_at(torch._C._len_torch_dispatch_stack() - 1).__exit__(None, None, None)
 
     return wrapper
+
+
+def write_pattern(t: Tensor, index: Any, values: Any) -> None:
+    """``t`` becomes zeros with ``values`` at ``index`` (``t[index] = values``): complete or untouched.
+
+    CPython delivers a Ctrl-C only at a Python function's entry, after a C call returns or at a
+    loop's back edge. On a plain tensor with no torch-function or dispatch mode active, torch runs
+    ``zero_()`` and the indexed write as C calls with no Python code around them, so the write sits
+    in the ``finally`` of the zeroing: an interrupt after ``zero_()`` still gets the pattern
+    (complete), one before writes nothing (untouched), and no temporary is needed. Anywhere else
+    (a tensor subclass, ``with torch.device(...)``, ``deferred()``'s recording), Python code runs
+    around each operation, so the pattern is built in a zero tensor and copied in one write.
+    ``index`` and ``values`` must be computed beforehand.
+
+    Example:
+        >>> t = torch.ones(2, 2)
+        >>> write_pattern(t, (torch.tensor([0, 1]), torch.tensor([1, 0])), 3.0)
+        >>> t
+        tensor([[0., 3.],
+                [3., 0.]])
+    """
+    with torch.no_grad():
+        if type(t) in (Tensor, nn.Parameter) and not _python_around_ops():
+            try:
+                t.zero_()
+            finally:
+                t[index] = values
+        else:
+            result = torch.zeros_like(t)
+            result[index] = values
+            t.copy_(result)
+
+
+def _python_around_ops() -> bool:
+    """Whether a torch-function mode or a dispatch mode runs Python code around torch operations here."""
+    return bool(torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack())

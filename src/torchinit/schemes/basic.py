@@ -27,6 +27,7 @@ from torchinit._util.checks import (
     positive_int,
     within_dtype,
 )
+from torchinit._util.tensors import write_pattern
 from torchinit.rng.sampling import make_sampler, real_dtype
 from torchinit.schemes.contract import scheme
 
@@ -257,9 +258,5 @@ def _channel_identity(tensor: Tensor, groups: int, value: float) -> Tensor:
     rows = (torch.arange(groups, device=t.device)[:, None] * per_group + d[None, :]).reshape(-1)
     cols = d.repeat(groups)
     diagonal_at_centre: tuple[Any, ...] = (rows, cols, *(s // 2 for s in t.shape[2:]))
-    with torch.no_grad():
-        try:
-            t.zero_()
-        finally:  # zero, then one write: complete or untouched (torchinit._util.tensors)
-            t[diagonal_at_centre] = value
+    write_pattern(t, diagonal_at_centre, value)
     return tensor

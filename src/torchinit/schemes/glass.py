@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import finite, float_tensor, nothing_to_write, within_dtype
+from torchinit._util.tensors import write_pattern
 from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.contract import scheme
 from torchinit.schemes.layout import Dims, Layout, block_shape, module_layout, resolve_dims
@@ -210,11 +211,7 @@ def _glass(
         values = torch.where(sampler.coin_flips(values.numel(), t.device), values, -values)
     where = tuple(i.to(t.device) for i in index)
     values = values.to(device=t.device, dtype=t.dtype)
-    with torch.no_grad():
-        try:
-            t.zero_()
-        finally:  # zero, then one write: complete or untouched (torchinit._util.tensors)
-            t.index_put_(where, values)
+    write_pattern(t, where, values)
     return weight
 
 

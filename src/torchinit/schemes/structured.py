@@ -26,6 +26,7 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
+from torchinit._util.tensors import write_pattern
 from torchinit.rng.sampling import Sampler, make_sampler
 from torchinit.schemes.basic import identity_
 from torchinit.schemes.contract import scheme
@@ -163,12 +164,7 @@ def delta_orthogonal_(
         return tensor
     out, inp = t.shape[:2]
     q = haar_semi_orthogonal(1, out, inp, _compute_dtype(t.dtype, sampler), t.device, sampler)[0]
-    centre, values = _centre_tap(t), q * gain
-    with torch.no_grad():
-        try:
-            t.zero_()
-        finally:  # zero, then one write: complete or untouched (torchinit._util.tensors)
-            t[centre] = values
+    write_pattern(t, _centre_tap(t), q * gain)
     return tensor
 
 
