@@ -1,0 +1,46 @@
+"""Public writers leave the thread's grad mode and dispatch-mode stack as they found them, even when an interrupt
+skipped an ``__exit__`` inside them (``_util.tensors.keeps_thread_modes``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from torchinit._util.tensors import keeps_thread_modes
+
+
+class _Passing(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@keeps_thread_modes
+def _skips_its_exits(outer_grad: bool):
+    """Enters a dispatch mode and turns gradients off without leaving either, as an interrupt at the entry of
+    their ``__exit__`` would, then raises the interrupt."""
+    _Passing().__enter__()
+    torch.set_grad_enabled(not outer_grad)
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_a_mode_left_pushed_is_exited_and_the_interrupt_still_propagates(grad):
+    with torch.set_grad_enabled(grad):
+        depth = torch._C._len_torch_dispatch_stack()
+        with pytest.raises(KeyboardInterrupt):
+            _skips_its_exits(grad)
+        assert torch._C._len_torch_dispatch_stack() == depth and torch.is_grad_enabled() == grad
+    torch.manual_seed(3)
+    a = torch.rand(4)
+    torch.manual_seed(3)
+    assert torch.equal(a, torch.rand(4))  # no mode left between the draws and the global generator
+
+
+def test_a_mode_the_caller_pushed_stays():
+    with _Passing():
+        depth = torch._C._len_torch_dispatch_stack()
+        with pytest.raises(KeyboardInterrupt):
+            _skips_its_exits(True)
+        assert torch._C._len_torch_dispatch_stack() == depth == 1
+    assert torch._C._len_torch_dispatch_stack() == 0
