@@ -52,8 +52,7 @@ def _flush() -> None:
 def _run(argv: list[str] | None) -> int:
     from torchinit.cli.commands import main as command  # imports torch: seconds
 
-    if _interrupts:  # a Ctrl-C during the import that something in it caught: the command does not start
-        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, _on_interrupt)  # from here on a Ctrl-C raises: the command reports it
     return command(argv)
 
 
@@ -65,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         torchinit 0.1.0
         0
     """
-    signal.signal(signal.SIGINT, _on_interrupt)
+    # During the import nothing needs cleaning up, and a KeyboardInterrupt raised there can pass through torch's
+    # C++ code (pybind11), which then aborts the process (status -6): a Ctrl-C ends it at once instead.
+    signal.signal(signal.SIGINT, _exit_interrupted)
     try:
         status: int | None = _run(argv)
     except KeyboardInterrupt:  # during the import, or a second one while the command reported the first

@@ -1,5 +1,5 @@
-"""Tensor facts that torch's type stubs cannot express, and how a writer stays complete or untouched. Imports
-nothing from torchinit.
+"""Tensor facts that torch's type stubs cannot express, and how a writer stays complete or untouched. Imports only
+``_util.checks``.
 
 - :func:`is_uninitialized`: a lazy module's parameter or buffer (``nn.LazyLinear`` before its first forward),
   which has no shape and no values yet;
@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from torchinit._util.checks import _compiling
 
 __all__ = ["is_uninitialized", "keeps_thread_modes", "tensor_stores", "write_pattern"]
 
@@ -58,6 +60,8 @@ def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _compiling():  # traced by torch.compile: no Python runs at call time to interrupt, nothing to put back
+            return func(*args, **kwargs)
         grad, modes = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
         try:
             return func(*args, **kwargs)
