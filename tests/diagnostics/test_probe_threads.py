@@ -30,7 +30,8 @@ from torch.utils._pytree import tree_map
 
 from conftest import gen
 from torchinit.diagnostics.lsuv import LSUV_LAYERS, lsuv_
-from torchinit.diagnostics.probing import jacobian_spectrum, private_random, probe
+from torchinit.diagnostics.probing import jacobian_spectrum, probe
+from torchinit.rng.private import private_random
 from torchinit.rng.seeds import derive_seed, stream_generator
 from torchinit.schemes.structured import orthogonal_
 

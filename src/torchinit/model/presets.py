@@ -32,7 +32,7 @@ from torchinit.model.construction import (
 from torchinit.model.policy import ModuleInitializer, OwnerInitializer, Policy, Rule
 from torchinit.model.replay import replay_program_
 from torchinit.rng.sampling import is_dtensor, make_sampler
-from torchinit.rng.seeds import seeded_global_rng
+from torchinit.rng.seeds import seeded_torch_rng
 from torchinit.schemes.basic import uniform_, zeros_
 from torchinit.schemes.initializers import (
     Glass,
@@ -100,8 +100,10 @@ def torch_reset_(
 ) -> nn.Module:
     """Initialize ``module`` as torch's constructor does (see :func:`torch_default`); in place.
 
-    With ``generator``, torch's own code draws from the global RNG seeded from one draw
-    of it, and the global RNG is restored afterwards. With ``seed``, the same program's
+    With ``generator``, torch's own code draws from private generators seeded from one draw
+    of it (:func:`torchinit.rng.seeds.seeded_torch_rng`), as it would from the global RNG after
+    ``torch.manual_seed`` of that draw; the global RNG is not touched, so another thread drawing
+    from it meanwhile is neither rewound nor takes these draws. With ``seed``, the same program's
     random fills draw from the keyed stream instead: ``module``'s tensor ``n`` (named
     ``name.n``) from the stream of ``(seed, "name.n")``
     (:func:`torchinit.model.replay.replay_program_`); the global RNG is not touched.
@@ -116,13 +118,13 @@ def torch_reset_(
     if seed is not None or sharded:
         if seed is not None or generator is None:
             return replay_program_(module, constructor_init, seed, name)
-        with seeded_global_rng(generator):
+        with seeded_torch_rng(generator):
             return replay_program_(module, constructor_init, None, name)
     with torch.no_grad():  # as the constructors run: a reparametrized module's reset writes leaf parameters
         if generator is None:
             constructor_init(module)
             return module
-        with seeded_global_rng(generator):
+        with seeded_torch_rng(generator):
             constructor_init(module)
     return module
 

@@ -58,7 +58,7 @@ from torchinit.recording.inits import recorded_name
 from torchinit.recording.mode import RecordingMode
 from torchinit.recording.owners import claim, recording_of
 from torchinit.recording.threads import recorded_call, thread_recordings
-from torchinit.rng.seeds import seeded_global_rng
+from torchinit.rng.seeds import seeded_torch_rng
 
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
@@ -286,7 +286,7 @@ def _run(i: int, op: Op, result: Replay, device: torch.device, generator_for: Ge
     if op.random and fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
         return
     if gen is not None and op.name in RANDOM_WITHOUT_GENERATOR:
-        with seeded_global_rng(gen):
+        with seeded_torch_rng(gen):
             out = op.func(*args, **kwargs)
     else:
         if gen is not None and kwargs.get("seed") is None:  # a call recorded with seed= is keyed already

@@ -10,8 +10,9 @@ depending on what is being initialized:
    its own ``torch.Generator`` seeded with :func:`stream_seed` ``(base, n)``, a BLAKE2b hash of the
    number and the name. The values of one parameter do not depend on the order or on other layers.
 3. **Code that knows only the global RNG** (``torch_reset_``, a replayed ``randn_like``):
-   one number drawn from ``g`` seeds the global RNG inside ``torch.random.fork_rng``
-   (:func:`seeded_global_rng`), which puts the caller's global state back afterwards.
+   one number drawn from ``g`` seeds private generators that torch's random operations draw from
+   instead of the global ones, in this thread only (:func:`seeded_torch_rng`); the global RNG is
+   never touched.
 
 ``seed=`` (an int, with ``name=`` on a single tensor) is the fourth source and the only one that is
 the same on any number of ranks: the counter-based keyed stream of ``(seed, name)``, derived with
@@ -27,16 +28,16 @@ Every stream named after a qualified name of a model is named after its canonica
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from torchinit.rng.private import private_random
+
 __all__ = [
     "stream_seed", "draw_seed", "draw_key_bits", "derive_seed", "stream_generator", "stream_kwargs",
-    "seeded_global_rng", "canonical_name", "WRAPPER_SEGMENTS",
+    "seeded_torch_rng", "canonical_name", "WRAPPER_SEGMENTS",
 ]  # fmt: skip
 
 _SEED_BOUND = 2**63 - 1
@@ -134,12 +135,10 @@ def stream_kwargs(base_seed: int | None, name: str, device: torch.device, keyed:
     return {"generator": stream_generator(base_seed, name, device)}
 
 
-@contextlib.contextmanager
-def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
-    """Within: the global RNG seeded from one draw of ``generator``, for code that only uses the global RNG
-    (torch's ``reset_parameters``, ``randn_like``); the global RNG's state is restored afterwards."""
-    seed = draw_seed(generator)
-    devices = [generator.device] if generator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+def seeded_torch_rng(generator: torch.Generator) -> Any:
+    """Within, in this thread: torch's random operations that name no generator draw from private generators
+    seeded from one draw of ``generator`` (:class:`~torchinit.rng.private.private_random`), for code that only
+    uses the global RNG (torch's ``reset_parameters``, ``randn_like``). The numbers are those the global RNG
+    would give after ``torch.manual_seed`` of that draw; the global generators are never touched, so another
+    thread drawing from them meanwhile is neither rewound nor sees these draws."""
+    return private_random(seed=draw_seed(generator))
