@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.tensors import tensor_stores
-from torchinit._util.warn import warn
+from torchinit._util.warn import quiet, warn
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -133,8 +133,12 @@ def stage(slots: list[Slot], wanted: dict[Recording, set[int]], device: torch.de
     """Replay each recording into new tensors; nothing in the model changes yet."""
     names = stream_names(slots, root)
     replays: dict[Recording, Replay] = {}
-    for rec, keys in wanted.items():
-        replays[rec] = replay_recording(rec, keys, device, names, base_seed, keyed)
+    # A replayed call gave its warnings when it ran at construction (on meta, or re-enacted): a replay adds none.
+    # A torch.nn.init.trunc_normal_(std=0.02) that a library called gave none, and its keyed twin, torchinit's
+    # trunc_normal_, must not add torchinit's "nothing is truncated" warning, which is for a user's own call.
+    with quiet():
+        for rec, keys in wanted.items():
+            replays[rec] = replay_recording(rec, keys, device, names, base_seed, keyed)
     for s in slots:
         assert s.recording is not None  # wanted_by_recording made sure of it
         replay = replays[s.recording]
