@@ -30,13 +30,14 @@ from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit._util.warn import warn
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import meta_like
-from torchinit.recording.inits import PATCHED_ATTRIBUTES, PATCHED_INITS
+from torchinit.recording.inits import DATA_FACTORIES, PATCHED_ATTRIBUTES, PATCHED_INITS
 from torchinit.recording.log import (
     UNDEFINED,
     Recording,
     RecordingMode,
     claim,
     recorded_call,
+    recorded_factory,
     recording_of,
     storage_key,
     thread_recordings,
@@ -133,9 +134,11 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
         register_module_parameter_registration_hook(cast("Callable[..., None]", _defer_registration))
         _HOOK.append(True)
     installed: list[tuple[Any, str, Any, Any]] = []
+    entries = [(holder, key, original, recorded_call) for holder, key, original in _meta_skipping_inits()]
+    entries += [(holder, key, original, recorded_factory) for holder, key, original in _data_factories()]
     try:
-        for holder, key, original in _meta_skipping_inits():
-            patched = recorded_call(original)
+        for holder, key, original, recorder in entries:
+            patched = recorder(original)
             _set_entry(holder, key, patched)
             installed.append((holder, key, original, patched))
     except BaseException:
@@ -209,6 +212,29 @@ def _meta_skipping_inits() -> list[tuple[Any, str, Any]]:
     return found
 
 
+def _data_factories() -> list[tuple[Any, str, Any]]:
+    """Where the data factories (:data:`~torchinit.recording.inits.DATA_FACTORIES`) are looked up: ``(holder, key,
+    function)``; a method torch.Tensor inherits is :data:`_INHERITED` (the patch is then deleted, not replaced)."""
+    holders = {"torch": torch, "torch.Tensor": torch.Tensor}
+    found = []
+    for holder_name, key in DATA_FACTORIES:
+        holder = holders[holder_name]
+        own = holder is torch or key in holder.__dict__
+        found.append((holder, key, getattr(holder, key) if own else _Inherited(getattr(holder, key))))
+    return found
+
+
+class _Inherited:
+    """A method a class inherits (``torch.Tensor.new_tensor`` from ``TensorBase``): patched by an attribute of the
+    class itself, restored by deleting that attribute, so the class is left exactly as it was."""
+
+    def __init__(self, method: Any) -> None:
+        self.method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method(*args, **kwargs)
+
+
 def _get_entry(holder: Any, key: str) -> Any:
     return holder.get(key) if isinstance(holder, dict) else getattr(holder, key, None)
 
@@ -216,6 +242,8 @@ def _get_entry(holder: Any, key: str) -> Any:
 def _set_entry(holder: Any, key: str, value: Any) -> None:
     if isinstance(holder, dict):
         holder[key] = value
+    elif isinstance(value, _Inherited):
+        delattr(holder, key)
     else:
         setattr(holder, key, value)
 
@@ -338,11 +366,12 @@ def _record_copy(source: torch.Tensor, copy: torch.Tensor) -> None:
 
 
 def names_through_copies(recording: Recording, names: dict[int, str]) -> dict[int, str]:
-    """``names`` (storage -> qualified name), and for each deep copy recorded after construction whose source is not
-    named, the source named as its copy: the random operations of the source's history then draw from the streams
-    of that name, so a copy materializes as its original does with the same ``seed``/``generator``."""
+    """``names`` (storage -> qualified name), and for each deep copy or conversion recorded after construction whose
+    source is not named, the source named as its copy: the random operations of the source's history then draw from
+    the streams of that name, so a copy materializes as its original does with the same ``seed``/``generator``."""
     with _COPIES_LOCK:
         copies = list(_COPIES.get(recording, ()))
+    copies += recording.conversions  # a converted tensor (model.half() after deferred()) is named as its source too
     if not copies:
         return names
     named = dict(names)

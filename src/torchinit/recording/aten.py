@@ -43,6 +43,23 @@ RANDOM_WITHOUT_GENERATOR = {"rand_like", "randn_like", "randint_like", "rand", "
 META_SKIPPED = {"normal_", "uniform_", "erfinv_", "exponential_", "log_normal_", "geometric_", "cauchy_",
                 "random_", "bernoulli_"}  # fmt: skip
 
+
+def reads_only_metadata(name: str) -> bool:
+    """Whether the factory ``name`` takes only the shape, dtype and device of its tensor arguments, never their values.
+
+    ATen names these factories uniformly: ``*_like`` (``zeros_like``, ``full_like``, ``randn_like``, ...) make a
+    tensor like their input, ``new_*`` (``new_zeros``, ``new_full``, ...) one on their input's dtype and device.
+    """
+    return name.endswith("_like") or name.startswith("new_")
+
+
+def shape_stand_in(ref: TensorRef, device: torch.device) -> torch.Tensor:
+    """An uninitialized tensor with ``ref``'s shape, strides and dtype on ``device``: what a factory that reads only
+    metadata is given (its strides decide the result's, so they are kept; untouched pages of a CPU tensor cost no
+    memory)."""
+    return torch.empty_strided(ref.size, ref.stride, dtype=ref.dtype, device=device)
+
+
 UNDEFINED = object()  # the value of a parameter created from uninitialized memory
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PatchedInit", "PATCHED_INITS", "PATCHED_ATTRIBUTES", "RECORDED_NAMES", "keyed_twin_name", "recorded_name"]
+__all__ = [
+    "DATA_FACTORIES", "PatchedInit", "PATCHED_INITS", "PATCHED_ATTRIBUTES", "RECORDED_NAMES", "keyed_twin_name",
+    "recorded_name",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,15 @@ def recorded_name(func: object) -> str:
         if name == init.patched:
             return init.recorded_as
     return name
+
+
+#: The factories that build a tensor from Python data (a list, a NumPy array), as ``(holder, attribute)`` names:
+#: ``torch.tensor``, ``torch.as_tensor``, ``torch.asarray``, ``Tensor.new_tensor`` and the legacy ``Tensor.new``.
+#: torch fills such a tensor below the dispatcher, so on the meta device (``device=p.device`` under
+#: ``deferred()``) a recording sees no operation make it. Within ``deferred()`` they are patched with
+#: :func:`~torchinit.recording.threads.recorded_factory`, which records the value. (The legacy typed
+#: constructors, ``torch.FloatTensor(...)``, refuse the meta device, so they never make a meta tensor.)
+DATA_FACTORIES: tuple[tuple[str, str], ...] = (
+    ("torch", "tensor"), ("torch", "as_tensor"), ("torch", "asarray"), ("torch.Tensor", "new_tensor"),
+    ("torch.Tensor", "new"),
+)  # fmt: skip

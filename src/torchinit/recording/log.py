@@ -50,19 +50,21 @@ from torchinit.recording.aten import (
     meta_keys,
     mutated,
     op_name,
+    reads_only_metadata,
     ref_or_value,
+    shape_stand_in,
     storage_key,
     tensors,
 )
 from torchinit.recording.inits import recorded_name
 from torchinit.recording.mode import RecordingMode
 from torchinit.recording.owners import claim, recording_of
-from torchinit.recording.threads import recorded_call, thread_recordings
+from torchinit.recording.threads import recorded_call, recorded_factory, thread_recordings
 from torchinit.rng.seeds import seeded_torch_rng
 
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
-    "thread_recordings", "recorded_call",
+    "thread_recordings", "recorded_call", "recorded_factory",
 ]  # fmt: skip
 
 @dataclass
@@ -78,6 +80,7 @@ class Op:
     random: bool = False
     undefined: bool = False  # it creates storage with undefined contents
     whole: bool = False  # a function call that writes every element of its tensor
+    shape_only: bool = False  # a factory that takes only the metadata of its tensor arguments (zeros_like)
 
     @property
     def name(self) -> str:
@@ -130,6 +133,7 @@ class Recording:
         self.ops: list[Op] = []
         self.produced: dict[int, int] = {}  # storage key -> index of the op that created it
         self._storages: list[Any] = []  # keeps every recorded meta storage alive, so keys stay unique
+        self.conversions: list[tuple[int, int]] = []  # (converted storage, source storage): see record_conversion
 
     def __repr__(self) -> str:
         return f"Recording({len(self.ops)} operations, {len(self.produced)} storages)"
@@ -163,11 +167,24 @@ class Recording:
         op.read_partial_writes()
         self.ops.append(op)
 
+    def record_conversion(self, source: TensorRef, converted: torch.Tensor) -> None:
+        """Record the meta tensor ``converted`` as ``source`` (a tensor of this recording, as it was when recorded)
+        converted to ``converted``'s dtype: a ``model.half()`` after ``deferred()``, which no recording saw."""
+        self._keep(converted)
+        ref = TensorRef.of(converted)
+        self.produced[ref.key] = len(self.ops)
+        func = torch.ops.aten._to_copy.default
+        self.ops.append(Op(func, (source,), {"dtype": ref.dtype}, outputs=(ref,), reads=frozenset({source.key})))
+        self.conversions.append((ref.key, source.key))
+
     def record(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         """Append ``func(*args, **kwargs) -> result`` (called by :class:`RecordingMode`)."""
         schema = func._schema
         name = op_name(func)
         writes, reads = self._arguments(schema, args, kwargs)
+        shape_only = not writes and reads_only_metadata(name)
+        if shape_only:  # ones_like(p) of an empty parameter is defined: it reads p's shape, not p's values
+            reads = set()
         outputs = self._new_storages(result, meta_keys((args, kwargs)))
         op = Op(
             func,
@@ -178,6 +195,7 @@ class Recording:
             reads=frozenset(reads),
             random=any(a.name == "generator" for a in schema.arguments) or name in RANDOM_WITHOUT_GENERATOR,
             undefined=name in UNDEFINED_FACTORIES,
+            shape_only=shape_only,
         )
         op.read_partial_writes()  # an in-place op that is not an overwrite reads what it modifies
         for ref in outputs:
@@ -236,12 +254,29 @@ class Recording:
                     undefined.add(key)
                 need_value.discard(key)
                 need_exists.discard(key)
-            if op.undefined and op.outputs:
-                continue  # an empty factory reads nothing, and needs its inputs only for their shapes
+            if (op.undefined or op.shape_only) and op.outputs:
+                continue  # an empty or *_like factory reads no values: its inputs need not exist (shape stand-ins)
             need_value |= op.reads
             need_exists |= op.reads | written
         live.reverse()
         return live, undefined
+
+    def evaluate(self, metas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor] | None:
+        """The values the meta tensors ``metas`` hold at this point of the recording, computed on ``device``; None
+        when one is not known (not recorded here) or not decided yet without randomness (a random operation or
+        undefined memory decides it: computing it now would differ from eager construction).
+
+        What construction needs for real while it runs (a buffer table built with a parameter's device, copied into
+        a real buffer); later operations do not change what this computed.
+        """
+        keys = {storage_key(t) for t in metas}
+        if not all(key in self.produced for key in keys):
+            return None
+        live, undefined = self.live_ops(keys)
+        if undefined or any(self.ops[i].random for i in live):
+            return None
+        replayed = self.replay(keys, device)
+        return [replayed.tensor(t).clone() for t in metas]
 
     def replay(
         self,
@@ -280,7 +315,7 @@ class Recording:
 def _run(i: int, op: Op, result: Replay, device: torch.device, generator_for: GeneratorFor | None,
          fill: Fill | None) -> None:
     """Run the live operation ``op`` (the ``i``-th) on real tensors, keeping the storages it creates in ``result``."""
-    real = functools.partial(_real, result=result, device=device)
+    real = functools.partial(_real, result=result, device=device, shape_only=op.shape_only)
     args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
     gen = generator_for(i, op) if op.random and generator_for is not None else None
     if op.random and fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
@@ -296,10 +331,11 @@ def _run(i: int, op: Op, result: Replay, device: torch.device, generator_for: Ge
         result.storages[ref.key] = t
 
 
-def _real(x: Any, *, result: Replay, device: torch.device) -> Any:
-    """A recorded argument as the replay passes it: a meta tensor as its real counterpart, meta as ``device``."""
+def _real(x: Any, *, result: Replay, device: torch.device, shape_only: bool = False) -> Any:
+    """A recorded argument as the replay passes it: a meta tensor as its real counterpart (or, for a factory that
+    reads only metadata, an unwritten tensor of its geometry), meta as ``device``."""
     if isinstance(x, TensorRef):
-        return result.tensor(x)
+        return shape_stand_in(x, device) if shape_only else result.tensor(x)
     if isinstance(x, torch.device) and x.type == "meta":
         return device
     return x

@@ -67,6 +67,8 @@ class RecordingMode(TorchDispatchMode):
         targets = _meta_targets(func._schema, args, kwargs)
         if targets is not None:
             return self._record_in_place(func, name, args, kwargs, targets)
+        if _needs_real_values(func._schema, args, kwargs):
+            return self._run_on_values(func, name, args, kwargs)
         out = func(*args, **kwargs)
         self.recording.record(func, args, kwargs, out)
         for t in tensors(out):
@@ -80,6 +82,37 @@ class RecordingMode(TorchDispatchMode):
         if self.fresh or name in UNDEFINED_FACTORIES:
             self._track_fresh(func, name, args, kwargs, out)
         return out
+
+    def _run_on_values(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """Run an operation that writes a real tensor from meta ones (a buffer table built on a parameter's device
+        and copied into a real buffer) on the meta tensors' values, computed now from the recording.
+
+        Only values that construction decided so far without drawing random numbers can be computed here (drawing
+        now would take other numbers from the global RNG than eager construction does); for any other, torch's own
+        error propagates, with a note saying why.
+        """
+        metas = [t for t in tensors((args, kwargs)) if t.is_meta]
+        self.paused = True  # computing the values is torchinit's doing, not construction's
+        try:
+            device = next(t.device for t in tensors((args, kwargs)) if not t.is_meta)
+            values = self.recording.evaluate(metas, device)
+        finally:
+            self.paused = False
+        if values is None:
+            try:
+                return func(*args, **kwargs)
+            except NotImplementedError as err:  # torch's "Cannot copy out of meta tensor", said in full
+                raise NotImplementedError(
+                    f"{err} (torchinit.deferred(): this operation writes a real tensor from meta tensors whose values "
+                    "are random, undefined or not recorded, so they cannot be computed during construction; build "
+                    "this module outside deferred())"
+                ) from err
+        swapped = {id(t): v for t, v in zip(metas, values)}
+
+        def real(x: Any) -> Any:
+            return swapped.get(id(x), x) if isinstance(x, torch.Tensor) else x
+
+        return self._run_real(func, name, tree_map(real, args), tree_map(real, kwargs))
 
     def _record_in_place(self, func: Any, name: str, args: tuple, kwargs: dict, targets: list[Any]) -> Any:
         """Record an in-place operation on meta tensors without running it; return what it would return."""
@@ -115,6 +148,12 @@ class RecordingMode(TorchDispatchMode):
     def release(self, t: torch.Tensor) -> None:
         """Stop tracking ``t``'s storage (it was registered as a parameter and replaced by a meta one)."""
         self.fresh.pop(storage_key(t), None)
+
+
+def _needs_real_values(schema: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether an operation on meta tensors writes a real tensor (``real_buffer.copy_(meta_table)``)."""
+    bound = bind(schema, args, kwargs)
+    return any(not t.is_meta for i in mutated(schema) for t in tensors(bound[i]))
 
 
 def _meta_targets(schema: Any, args: tuple, kwargs: dict) -> list[Any] | None:
