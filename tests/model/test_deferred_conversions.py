@@ -114,3 +114,60 @@ def test_resnet18_after_a_conversion(conversion: str) -> None:
     # it at 1 sigma (re-enactment gave 0.047)
     std = float(got.conv1.weight.detach().float().std())
     assert abs(std - (2 / (64 * 49)) ** 0.5) < 0.002
+
+
+class _MetaBuffer(nn.Module):
+    """A buffer built on a parameter's (meta, under deferred()) device, as timm SwinV2's attention mask is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        mask = torch.zeros(4, 4, device=self.lin.weight.device)
+        mask[:, 2:] = -100.0
+        self.register_buffer("mask", mask)
+
+
+@pytest.mark.parametrize("conversion", ["half", "to-bfloat16"])
+def test_a_meta_buffer_converted_into_a_new_tensor_keeps_its_recording(conversion: str) -> None:
+    convert = CONVERSIONS[conversion]
+    with ti.deferred():
+        model = _MetaBuffer()
+    assert model.mask.is_meta
+    buffer = model.mask
+    convert(model)
+    assert model.mask is not buffer  # Module._apply replaces a buffer with a new tensor
+    with ti.deferred():
+        reference = _MetaBuffer()
+    _assert_equal_models(_materialized(model, "seed"), convert(_materialized(reference, "seed")))
+    assert float(model.mask[0, 3]) == -100.0
+
+
+def test_parameters_replaced_on_conversion_keep_their_recording() -> None:
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    with ti.deferred():
+        model, reference = _small(), _small()
+    weight = model.conv.weight
+    torch.__future__.set_overwrite_module_params_on_conversion(True)  # .half() then makes new Parameter objects
+    try:
+        model.half()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+    assert model.conv.weight is not weight
+    _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half())
+
+
+@pytest.mark.slow
+def test_swinv2_after_half() -> None:
+    timm = need("timm")
+
+    def build() -> nn.Module:
+        return timm.create_model("swinv2_tiny_window8_256", pretrained=False, num_classes=10, img_size=32,
+                                 embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4)  # fmt: skip
+
+    with ti.deferred():
+        model = build()
+    assert any(b.is_meta for b in model.buffers())  # the shifted window's attention mask
+    model.half()
+    with ti.deferred():
+        reference = build()
+    _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half())

@@ -24,7 +24,10 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_parameter_registration_hook
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit._util.warn import warn
@@ -41,6 +44,7 @@ from torchinit.recording.log import (
     recording_of,
     storage_key,
     thread_recordings,
+    watch_registration,
 )
 
 
@@ -132,6 +136,7 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
     if not _HOOK:
         # torch annotates the hook as returning None; it documents (and uses) a returned parameter
         register_module_parameter_registration_hook(cast("Callable[..., None]", _defer_registration))
+        register_module_buffer_registration_hook(_watch_buffer)
         _HOOK.append(True)
     installed: list[tuple[Any, str, Any, Any]] = []
     entries = [(holder, key, original, recorded_call) for holder, key, original in _meta_skipping_inits()]
@@ -165,9 +170,18 @@ def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn
         param = _make_meta(param, recording, mode)
     if recording.knows(param):
         claim(param, recording)
+        watch_registration(module, name, param, recording)
         if PROVENANCE not in module.__dict__:
             module.__dict__[PROVENANCE] = _Provenance(module)
     return param
+
+
+def _watch_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None) -> None:
+    """The buffer-registration hook: in a thread inside ``deferred()``, a recorded meta buffer (a table built on a
+    parameter's device) is watched in its place, so that a conversion after ``deferred()`` keeps its recording."""
+    stack = thread_recordings()
+    if stack and isinstance(buffer, torch.Tensor) and buffer.is_meta and stack[-1][0].knows(buffer):
+        watch_registration(module, name, buffer, stack[-1][0])
 
 
 def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -> nn.Parameter:

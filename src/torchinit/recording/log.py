@@ -58,13 +58,13 @@ from torchinit.recording.aten import (
 )
 from torchinit.recording.inits import recorded_name
 from torchinit.recording.mode import RecordingMode
-from torchinit.recording.owners import claim, recording_of
+from torchinit.recording.owners import claim, recording_of, watch_registration
 from torchinit.recording.threads import recorded_call, recorded_factory, thread_recordings
 from torchinit.rng.seeds import seeded_torch_rng
 
 __all__ = [
     "Recording", "RecordingMode", "Replay", "TensorRef", "UNDEFINED", "claim", "recording_of", "storage_key",
-    "thread_recordings", "recorded_call", "recorded_factory",
+    "thread_recordings", "recorded_call", "recorded_factory", "watch_registration",
 ]  # fmt: skip
 
 @dataclass

@@ -7,8 +7,11 @@ A claimed tensor object that holds another meta storage of its shape when it is 
 ``deferred()`` exited: ``model.half()``, ``.to(torch.bfloat16)``, ``.float()`` set each parameter's ``.data`` to
 a converted meta copy (``torch.nn.Module._apply``), which no recording saw. Its recording then records the
 conversion (the new storage is the recorded one converted to the new dtype), so it materializes as the
-unconverted tensor would, then converted. Only the last dtype is seen: ``.half()`` then ``.to(torch.bfloat16)``
-materializes as one conversion to bfloat16 (without the float16 rounding in between).
+unconverted tensor would, then converted. A buffer is converted into a new tensor object: a recorded meta tensor
+registered under ``deferred()`` is watched in its place (:func:`watch_registration`), and a new meta tensor of its
+shape found there in another dtype is recorded as its conversion the same way. Only the last dtype is seen:
+``.half()`` then ``.to(torch.bfloat16)`` materializes as one conversion to bfloat16 (without the float16 rounding
+in between).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torchinit.recording.aten import TensorRef, storage_key
 if TYPE_CHECKING:
     from torchinit.recording.log import Recording
 
-__all__ = ["claim", "recording_of"]
+__all__ = ["claim", "recording_of", "watch_registration"]
 
 _OWNERS_LOCK = threading.Lock()
 # id(tensor) -> (weak ref to it, its recording, the storage it was claimed with)
@@ -45,23 +48,70 @@ def claim(t: torch.Tensor, recording: Recording) -> None:
         _OWNED[ident] = (weakref.ref(t, forget), recording, TensorRef.of(t))
 
 
+#: For each module that registered a recorded meta tensor under deferred(): its name -> (the storage registered, its
+#: recording, held weakly so that a model outliving its materialization does not keep the recording alive).
+_WATCHED: weakref.WeakKeyDictionary[Any, dict[str, tuple[TensorRef, weakref.ref]]] = weakref.WeakKeyDictionary()
+
+
+def watch_registration(module: Any, name: str, t: torch.Tensor, recording: Recording) -> None:
+    """Note that ``module`` registered the recorded meta tensor ``t`` as ``name``: a conversion that replaces the
+    tensor object (``Module._apply`` does so for buffers) is then recognized by the place it takes."""
+    with _OWNERS_LOCK:
+        _WATCHED.setdefault(module, {})[name] = (TensorRef.of(t), weakref.ref(recording))
+
+
 def recording_of(t: torch.Tensor) -> Recording | None:
     """The recording that created the meta tensor ``t``'s storage, if it is known."""
     if not t.is_meta:
         return None
     with _OWNERS_LOCK:
-        entry = _OWNED.get(id(t))
-        if entry is not None and entry[0]() is t:
-            if not entry[1].knows(t) and _converted(entry[2], t):
-                entry[1].record_conversion(entry[2], t)
-                _OWNED[id(t)] = (entry[0], entry[1], TensorRef.of(t))
-            if entry[1].knows(t):
-                return entry[1]
+        found = _claimed(t)
+        if found is not None:
+            return found
         key = storage_key(t)  # another tensor object on a recorded storage (Parameter(meta_tensor))
         for rec in _recordings():
             if key in rec.produced:
                 return rec
+        watched = [(ref, rec_ref) for m, names in list(_WATCHED.items()) for name, (ref, rec_ref) in names.items()
+                   if _registered(m, name) is t]  # fmt: skip
+    return _converted_in_place(t, watched)
+
+
+def _claimed(t: torch.Tensor) -> Recording | None:
+    """The recording ``t`` itself was claimed for, a conversion of its ``.data`` recorded first (the caller holds the
+    lock)."""
+    entry = _OWNED.get(id(t))
+    if entry is None or entry[0]() is not t:
+        return None
+    rec, ref = entry[1], entry[2]
+    if not rec.knows(t) and _converted(ref, t):
+        rec.record_conversion(ref, t)
+        _OWNED[id(t)] = (entry[0], rec, TensorRef.of(t))
+    return rec if rec.knows(t) else None
+
+
+def _converted_in_place(t: torch.Tensor, watched: list[tuple[TensorRef, weakref.ref]]) -> Recording | None:
+    """The recording of the tensor ``t`` replaced in one of the ``watched`` places (a buffer converted by
+    ``Module._apply``), its conversion recorded; None if it is not such a conversion."""
+    for ref, rec_ref in watched:
+        rec: Recording | None = rec_ref()
+        if rec is None or ref.key not in rec.produced:
+            continue
+        with _OWNERS_LOCK:
+            known = rec.knows(t)  # another thread recorded the conversion first
+            if not known and _converted(ref, t):
+                rec.record_conversion(ref, t)
+                known = True
+        if known:
+            claim(t, rec)
+            return rec
     return None
+
+
+def _registered(module: Any, name: str) -> Any:
+    """What ``module`` holds as the parameter or buffer ``name`` now (None if neither)."""
+    found = module.__dict__.get("_parameters", {}).get(name)
+    return found if found is not None else module.__dict__.get("_buffers", {}).get(name)
 
 
 def _converted(claimed: TensorRef, t: torch.Tensor) -> bool:
