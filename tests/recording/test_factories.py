@@ -166,3 +166,25 @@ def test_a_real_buffer_computed_from_a_random_parameter_still_fails_with_a_note(
     with ti.deferred(), pytest.raises(NotImplementedError, match=r"Cannot copy out of meta.*build this module outside"):
         FromWeight()
     assert torch._C._len_torch_function_stack() == 0
+
+
+def test_legacy_constructors_under_deferred() -> None:
+    class Legacy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.data = nn.Parameter(torch.FloatTensor([1.0, 2.0]))  # the legacy typed constructors refuse meta,
+            self.sized = nn.Parameter(torch.FloatTensor(3))  # so they make real tensors, moved to meta on registration
+            self.new = nn.Parameter(self.data.new(2))  # a meta parameter's legacy new(sizes): an empty factory
+            self.new_data = nn.Parameter(self.data.new([5.0, 6.0]))
+            with torch.no_grad():
+                self.sized.fill_(0.5)
+
+    with ti.deferred():
+        model = Legacy()
+    assert all(p.is_meta for p in model.parameters())
+    with pytest.raises(ValueError, match=r"strict.*\bnew\b"):  # new(2) is uninitialized memory: unknown
+        ti.materialize_(model, strict=True)
+    ti.materialize_(model, policy=ti.Policy([("new", ti.Zeros())]), strict=True)
+    assert torch.equal(model.data.detach(), torch.tensor([1.0, 2.0]))
+    assert torch.equal(model.sized.detach(), torch.full((3,), 0.5))
+    assert torch.equal(model.new_data.detach(), torch.tensor([5.0, 6.0]))

@@ -72,9 +72,22 @@ def recording_of(t: torch.Tensor) -> Recording | None:
         for rec in _recordings():
             if key in rec.produced:
                 return rec
-        watched = [(ref, rec_ref) for m, names in list(_WATCHED.items()) for name, (ref, rec_ref) in names.items()
-                   if _registered(m, name) is t]  # fmt: skip
+        watched = _watched_at(t)
     return _converted_in_place(t, watched)
+
+
+def _watched_at(t: torch.Tensor) -> list[tuple[TensorRef, weakref.ref]]:
+    """The watched places that hold ``t`` now, with what was registered there (the caller holds the lock). Places
+    whose recording is gone (materialized) are dropped, so the search covers only models still waiting."""
+    found = []
+    shape = tuple(t.shape)
+    for module, names in list(_WATCHED.items()):
+        for name, (ref, rec_ref) in list(names.items()):
+            if rec_ref() is None:
+                del names[name]
+            elif ref.size == shape and _registered(module, name) is t:
+                found.append((ref, rec_ref))
+    return found
 
 
 def _claimed(t: torch.Tensor) -> Recording | None:
