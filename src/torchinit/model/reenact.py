@@ -3,6 +3,8 @@ of the tensors that no recording covers (a model built under ``torch.device("met
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -47,14 +49,65 @@ def reenact(model: nn.Module, unrecorded: list[Slot]) -> Recording:
         owners |= _owners_from_above(model, targets)
         with rehearsal.running():
             failures = _run_own_inits(model, owners)
-            failures += _run_model_init(model)
+            resets = [(0, len(rehearsal.recording.ops))]
+            with _noting_resets(model, rehearsal.recording, resets):
+                failures += _run_model_init(model)
         if failures:
             warn(
                 "materialize_: re-enacting the construction of a model built on meta without deferred(): "
                 + "; ".join(failures),
                 UserWarning,
             )
+    for s in unrecorded:
+        s.reset_spans = resets
+        s.constructors_known = _constructors_known(model, s)
     return rehearsal.recording
+
+
+def _constructors_known(model: nn.Module, slot: Slot) -> bool:
+    """Whether every module above the slot's owners (the root included) is one of torch.nn's own: their
+    constructors change nothing that their children's resets wrote, so a reset's value is eager's."""
+    for name, _, _ in slot.places:
+        owner = name.split(".")[:-1]
+        for depth in range(len(owner)):  # the owner's ancestors: the root, then each prefix above the owner
+            if not is_torch_module(model.get_submodule(".".join(owner[:depth]))):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _noting_resets(model: nn.Module, recording: Recording, spans: list[tuple[int, int]]) -> Iterator[None]:
+    """While the block runs, append to ``spans`` the range of operations each module reset makes.
+
+    A model's own init may reset its modules itself (timm's ``init_weights(needs_reset=True)``, which the
+    constructors call with False): what such a reset writes is a reset's value, which a constructor may
+    have changed after the reset in eager construction (LeViT's BatchNorm weights set to 0), not a value
+    the model's init decides. The resets are wrapped by instance attributes, removed afterwards.
+    """
+    wrapped: list[tuple[nn.Module, str]] = []
+    for module in model.modules():
+        for name in ("reset_parameters", "_reset_parameters"):
+            method = getattr(module, name, None)
+            if callable(method) and name not in vars(module):
+                vars(module)[name] = _span_noting(method, recording, spans)
+                wrapped.append((module, name))
+    try:
+        yield
+    finally:
+        for module, name in wrapped:
+            vars(module).pop(name, None)
+
+
+def _span_noting(method: Any, recording: Recording, spans: list[tuple[int, int]]) -> Any:
+    @functools.wraps(method)
+    def reset(*args: Any, **kwargs: Any) -> Any:
+        start = len(recording.ops)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            spans.append((start, len(recording.ops)))
+
+    return reset
 
 
 def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording) -> set[int]:
@@ -112,16 +165,14 @@ def _run_own_inits(model: nn.Module, owners: set[int]) -> list[str]:
 
 
 def _run_model_init(model: nn.Module) -> list[str]:
-    """The model's own init method, if it has one; the failures (and the lack of one), as sentences."""
+    """The model's own init method, if it has one; its failure, as a sentence.
+
+    A model with none (a torchvision model, timm's EfficientNet) gets each module's reset_parameters only;
+    what its constructor did to them (an init loop) is not known, and :func:`~torchinit.model.slots.find_unknown`
+    names every tensor a reset decides below it (strict raises).
+    """
     model_init = _model_init(model)
     if model_init is None:
-        if reset_method(model) is None and not is_torch_module(model):
-            return [
-                f"{type(model).__name__} has no init method (init_weights, initialize_weights): its values "
-                "come from each module's reset_parameters, and whatever its constructor does to them itself "
-                "(an init loop, as torchvision's models and timm's EfficientNet have) is not known; build it "
-                "under torchinit.deferred() to get it"
-            ]
         return []
     try:
         model_init()

@@ -38,6 +38,14 @@ class Slot:
     source: str = ""
     detail: str = ""
     writers: list[str] = field(default_factory=list)
+    #: Set by a re-enactment (a model built on meta without ``deferred()``): the ranges of operations of its
+    #: recording that modules' ``reset_parameters`` made (all before the model's own init, and those that the
+    #: model's init made by calling resets itself). None: construction was recorded.
+    reset_spans: list[tuple[int, int]] | None = None
+    #: Set by a re-enactment: whether every module above the tensor's owner is one of torch.nn's own, whose
+    #: constructors change nothing their children's resets wrote. Otherwise a constructor above it may have
+    #: (timm LeViT's ``bn_weight_init=0``), and only the model's own init can decide its value.
+    constructors_known: bool = True
 
     @property
     def name(self) -> str:
@@ -104,8 +112,15 @@ def wanted_by_recording(slots: list[Slot]) -> dict[Recording, set[int]]:
 
 
 def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: bool) -> None:
-    """Mark the values no rule covers and construction left undefined: an error with ``strict``, else a warning."""
+    """Mark the values that are not known to equal eager construction's: an error with ``strict``, else a warning.
+
+    Two kinds, named separately: values construction left undefined (no rule, no code wrote them: set to
+    zero), and, on a model re-enacted on meta, values that a module's ``reset_parameters`` gave and that a
+    constructor above it may have changed in eager construction without the model's own init writing them
+    again (kept, and named: :func:`unverified`).
+    """
     unknown: list[str] = []
+    unverified_names: list[str] = []
     for rec, keys in wanted.items():
         live, undefined = rec.live_ops(keys)
         writers = writers_of(rec, live)
@@ -115,15 +130,57 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
                 if s.key in undefined and s.tensor.numel() > 0:  # nothing to know in a zero-element tensor
                     s.source = "unknown"
                     unknown.append(s.name)
-    if strict and unknown:
-        raise ValueError(
-            f"strict: the values of {len(unknown)} tensor(s) cannot be known (no rule, and construction left them "
-            f"uninitialized): {', '.join(unknown)}; add rules for them"
-        )
+        unverified_names += unverified(rec, live, [s for s in slots if s.recording is rec and s.key in keys
+                                                   and s.key not in undefined])
+    _refuse_or_warn(unknown, unverified_names, strict)
+
+
+def unverified(rec: Recording, live: list[int], slots: list[Slot]) -> list[str]:
+    """The names of the re-enacted ``slots`` whose values a module's reset decides, below a constructor that is
+    not torch.nn's own: a live write made by a ``reset_parameters`` (before the model's own init, or called by
+    it). Eager construction may have changed them after that reset, and only a recording would know (timm's
+    LeViT sets BatchNorm weights to 0 in a block's constructor; re-enactment gives BatchNorm's 1)."""
+    doubtful = [s for s in slots if s.reset_spans is not None and not s.constructors_known and s.tensor.numel() > 0]
+    if not doubtful:
+        return []
+    spans = doubtful[0].reset_spans  # one re-enactment, one list
+    assert spans is not None
+    made_by_reset = bytearray(len(rec.ops))
+    for lo, hi in spans:
+        made_by_reset[lo:hi] = b"\x01" * (hi - lo)
+    by_reset = [i for i in live if made_by_reset[i]]
+    reset_written = {ref.key for i in by_reset for ref in rec.ops[i].writes}
+    return [s.name for s in doubtful if s.key in reset_written]
+
+
+def _refuse_or_warn(unknown: list[str], unverified_names: list[str], strict: bool) -> None:
+    if strict and (unknown or unverified_names):
+        parts = []
+        if unknown:
+            parts.append(f"the values of {len(unknown)} tensor(s) cannot be known (no rule, and construction left "
+                         f"them uninitialized): {', '.join(unknown)}")
+        if unverified_names:
+            parts.append(f"{len(unverified_names)} tensor(s) of a model built on meta without deferred() are not "
+                         f"known to equal eager construction's (a constructor may have changed them after their "
+                         f"module's reset_parameters, and the model's own init does not set them): "
+                         f"{', '.join(unverified_names)}")
+        raise ValueError("strict: " + "; ".join(parts) + "; add rules for them, or build the model under "
+                         "torchinit.deferred()")
     if unknown:
         warn(
             f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
             "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
+            UserWarning,
+        )
+    if unverified_names:
+        warn(
+            "materialize_: re-enacting the construction of a model built on meta without deferred(): "
+            f"{', '.join(unverified_names)} come from their modules' reset_parameters. What the constructors above "
+            "them did to them is not known (an init loop in a model with no init method, as torchvision's models "
+            "and timm's EfficientNet have; timm's LeViT sets BatchNorm weights to 0 in its blocks' constructors), "
+            "and the model's own init (init_weights, initialize_weights), if it has one, does not set them: they may "
+            "differ from eager construction. Build the model under torchinit.deferred() to get the constructors' "
+            "values, or add rules for them.",
             UserWarning,
         )
 
