@@ -171,3 +171,13 @@ def test_swinv2_after_half() -> None:
     with ti.deferred():
         reference = build()
     _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half())
+
+
+@pytest.mark.parametrize("how", ["global", "seed", "generator"])
+@pytest.mark.parametrize("build", [_small, _MetaBuffer], ids=["small", "meta-buffer"])
+def test_a_conversion_inside_deferred_materializes_as_materialized_then_converted(build, how: str) -> None:
+    with ti.deferred():
+        model = build().half()
+    with ti.deferred():
+        reference = build()
+    _assert_equal_models(_materialized(model, how), _materialized(reference, how).half())

@@ -67,6 +67,7 @@ __all__ = [
     "thread_recordings", "recorded_call", "recorded_factory", "watch_registration",
 ]  # fmt: skip
 
+
 @dataclass
 class Op:
     """One recorded operation: ``func(*args, **kwargs)`` with meta tensors as :class:`TensorRef`."""
@@ -133,7 +134,8 @@ class Recording:
         self.ops: list[Op] = []
         self.produced: dict[int, int] = {}  # storage key -> index of the op that created it
         self._storages: list[Any] = []  # keeps every recorded meta storage alive, so keys stay unique
-        self.conversions: list[tuple[int, int]] = []  # (converted storage, source storage): see record_conversion
+        # (converted storage, source storage): a dtype conversion, recorded (_to_copy) or found (record_conversion)
+        self.conversions: list[tuple[int, int]] = []
 
     def __repr__(self) -> str:
         return f"Recording({len(self.ops)} operations, {len(self.produced)} storages)"
@@ -202,6 +204,8 @@ class Recording:
             self.produced[ref.key] = len(self.ops)
         if writes or outputs:  # a pure view or a read with no meta result decides nothing
             self.ops.append(op)
+        if name == "_to_copy" and len(outputs) == 1 and len(reads) == 1:  # model.half() inside deferred()
+            self.conversions.append((outputs[0].key, next(iter(reads))))
 
     def _arguments(self, schema: Any, args: tuple, kwargs: dict) -> tuple[list[TensorRef], set[int]]:
         """The meta tensors an op writes, and the storages of those it only reads (all kept alive)."""
@@ -312,8 +316,9 @@ class Recording:
         return result
 
 
-def _run(i: int, op: Op, result: Replay, device: torch.device, generator_for: GeneratorFor | None,
-         fill: Fill | None) -> None:
+def _run(
+    i: int, op: Op, result: Replay, device: torch.device, generator_for: GeneratorFor | None, fill: Fill | None
+) -> None:
     """Run the live operation ``op`` (the ``i``-th) on real tensors, keeping the storages it creates in ``result``."""
     real = functools.partial(_real, result=result, device=device, shape_only=op.shape_only)
     args, kwargs = tree_map(real, op.args), tree_map(real, op.kwargs)
