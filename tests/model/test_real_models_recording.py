@@ -95,3 +95,22 @@ def test_swinv2_buffers_equal_eager_exactly() -> None:
     got = state(model)
     for n in buffers:
         assert torch.equal(got[n], eager[n]), n
+
+
+@pytest.mark.parametrize("how", ["device", "accelerate"])
+def test_rwkv_tables_on_the_meta_paths(how: str) -> None:
+    """Re-enactment records RWKV's _init_weights as deferred() records construction: its torch.tensor tables too."""
+    torch.manual_seed(0)
+    eager = state(rwkv())
+    if how == "device":
+        with torch.device("meta"):
+            model = rwkv()
+    else:
+        with need("accelerate").init_empty_weights():
+            model = rwkv()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what the meta paths warn of is tested with the other real models
+        ti.materialize_(model, seed=0)
+    got = state(model)
+    for n in [n for n in eager if ".time_" in n]:
+        assert torch.equal(got[n], eager[n]), n
