@@ -71,6 +71,20 @@ def hf_vit() -> nn.Module:
     return tf.ViTForImageClassification(cfg)
 
 
+def xlnet() -> nn.Module:
+    tf = need("transformers")
+    return tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=64))
+
+
+def wav2vec2_pretraining() -> nn.Module:
+    tf = need("transformers")
+    cfg = tf.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=2, codevector_dim=16, proj_codevector_dim=16,
+                            num_codevectors_per_group=8, num_codevector_groups=2)  # fmt: skip
+    return tf.Wav2Vec2ForPreTraining(cfg)
+
+
 def _timm(name: str, **kwargs) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         return need("timm").create_model(name, pretrained=False, num_classes=10, **kwargs)
@@ -171,6 +185,10 @@ def run_seq(m: nn.Module) -> torch.Tensor:
     return m(_seq(2, 5, 8))
 
 
+def run_audio(m: nn.Module) -> torch.Tensor:
+    return m(input_values=_seq(2, 400)).projected_states
+
+
 def run_embedding(m: nn.Module) -> torch.Tensor:
     tokens = torch.tensor([[3, 1, 5, 3, 19], [0, 3, 7, 8, 2]])  # 3 is the padding index
     return m(tokens)
@@ -193,6 +211,9 @@ class Spec:
     run: Callable[[nn.Module], torch.Tensor]
     meta: str | None = None  # None: not built on meta here (too slow for what it would add)
     unknown: tuple[str, ...] = ()  # for meta == UNKNOWN: substrings of the names the error must list
+    # parameters a legacy constructor (torch.FloatTensor) made real under torch.device("meta"): the model's own init
+    # sets them, and a warning names them as replaced (substrings of their names)
+    real: tuple[str, ...] = ()
 
 
 SPECS = [
@@ -206,6 +227,11 @@ SPECS = [
     # ViT's _init_weights uses torch.nn.init.trunc_normal_, which returns at once on meta: the re-enactment
     # records it whole, as deferred() does (test_reenactment_records_init_functions_that_skip_meta).
     Spec("hf_vit", hf_vit, run_hf_image, EAGER),
+    # Parameters made with torch.FloatTensor(...): real (uninitialized) under torch.device("meta")
+    Spec("xlnet", xlnet, run_lm, EAGER, real=("rel_attn.", "mask_emb")),
+    # and the positional conv's weight norm (original1: the reset's value, below a transformers constructor)
+    Spec("wav2vec2_pretraining", wav2vec2_pretraining, run_audio, UNVERIFIED,
+         real=("quantizer.codevectors", "masked_spec_embed")),
     # timm
     Spec("timm_convnext_atto", _timm("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), run_image,
          UNKNOWN, ("gamma",)),  # LayerScale constants (ls_init_value): computed by the constructor only
@@ -339,7 +365,7 @@ def test_meta_built_model(spec, how):
     before = snapshot(model)
     if spec.meta == EAGER:
         report, warned = materialize_recording(model, strict=True)
-        assert warned == []
+        _check_replaced(spec, how, warned)
         assert [r.name for r in report if r.rule == "unknown"] == []
         assert {r.rule for r in report} == {"reset_parameters"}
         assert meta_names(model) == []
@@ -359,6 +385,7 @@ def test_meta_built_model(spec, how):
         assert named and all(any(s in n for s in spec.unknown) for n in named), named
     # without strict: warnings name every tensor whose value is not known, and nothing stays on meta
     report, warned = materialize_recording(model)
+    warned = _check_replaced(spec, how, warned)
     assert meta_names(model) == []
     if spec.meta == UNKNOWN:
         for n in named:
@@ -368,6 +395,23 @@ def test_meta_built_model(spec, how):
     # the contract: every tensor that differs from eager construction is named in the strict error and a warning
     differing = [line.split(":")[0] for line in differences(spec.build, model)]
     assert all(_named(n, message) and any(_named(n, w) for w in warned) for n in differing), (differing, warned)
+
+
+def _check_replaced(spec: Spec, how: str, warned: list[str]) -> list[str]:
+    """The warnings but the one that names the real parameters replaced (only a device context leaves them real:
+    ``.to("meta")`` and accelerate make every parameter meta); it names exactly those of ``spec.real``."""
+    replaced = [w for w in warned if "were real, not meta" in w]
+    rest = [w for w in warned if w not in replaced]
+    if spec.meta == EAGER:
+        assert rest == []
+    if not (spec.real and how == "device"):
+        assert replaced == []
+        return rest
+    assert len(replaced) == 1, warned
+    listed = replaced[0].split("deferred(): ", 1)[1].split(" were real")[0].split(", ")
+    assert listed and all(any(s in n for s in spec.real) for n in listed), listed
+    assert all(any(s in n for n in listed) for s in spec.real), listed
+    return rest
 
 
 def _named(name: str, text: str) -> bool:

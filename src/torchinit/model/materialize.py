@@ -38,9 +38,11 @@ from torchinit.model.policy import (
 from torchinit.model.reenact import reenact, retie
 from torchinit.model.sharded import materialize_sharded
 from torchinit.model.slots import (
+    KEPT,
     Slot,
     find_unknown,
     meta_slots,
+    real_parameter_slots,
     slot_report,
     stage,
     wanted_by_recording,
@@ -170,11 +172,15 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
     refuse_lost_recordings(model, [(s.name, s.tensor) for s in unrecorded], strict)  # a pickled deferred model
+    if unrecorded:  # built on meta without deferred(): a real parameter there is suspect (real_parameter_slots)
+        real = real_parameter_slots(model, plans)
+        slots, unrecorded = slots + real, unrecorded + real
     snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
     with snapshot.on_failure():
         _reenact_unrecorded(model, unrecorded)
+        find_unknown(slots, wanted_by_recording(slots), strict)
+        slots = [s for s in slots if s.source != KEPT]  # real parameters nothing sets stay as they are
         wanted = wanted_by_recording(slots)
-        find_unknown(slots, wanted, strict)
         base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator
         with torch.no_grad():
             # the fallible work: every new tensor, moved tensor and weight_norm weight, into new memory
@@ -255,7 +261,7 @@ def _replacements(model: nn.Module, slots: list[Slot], device: torch.device | No
     """
     new: dict[int, Tensor] = {}
     for s in slots:
-        new[id(s.tensor)] = parameter_like(s.tensor, s.staged) if s.is_parameter else s.staged
+        new[id(s.registered)] = parameter_like(s.registered, s.staged) if s.is_parameter else s.staged
     if device is None:
         return new
     for module in model.modules():

@@ -45,12 +45,13 @@ def reenact(model: nn.Module, unrecorded: list[Slot]) -> Recording:
     targets = {id(s.tensor) for s in unrecorded}
     with Rehearsal(model) as rehearsal:
         _clear_init_flags(model)
-        owners = _swap_in_stand_ins(model, targets, rehearsal.recording)
+        stand_ins = {id(s.replaces): s.tensor for s in unrecorded if s.replaces is not None}
+        owners = _swap_in_stand_ins(model, targets, rehearsal.recording, stand_ins)
         owners |= _owners_from_above(model, targets)
         with rehearsal.running():
             failures = _run_own_inits(model, owners)
             resets = [(0, len(rehearsal.recording.ops))]
-            with _noting_resets(model, rehearsal.recording, resets):
+            with _noting_resets(model, rehearsal.recording, resets, _resets_again(model)):
                 failures += _run_model_init(model)
         if failures:
             warn(
@@ -75,17 +76,31 @@ def _constructors_known(model: nn.Module, slot: Slot) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _noting_resets(model: nn.Module, recording: Recording, spans: list[tuple[int, int]]) -> Iterator[None]:
-    """While the block runs, append to ``spans`` the range of operations each module reset makes.
+def _resets_again(model: nn.Module) -> bool:
+    """Whether the model's own init, called as re-enactment calls it, resets modules that eager construction
+    did not reset again: timm's ``init_weights(needs_reset=True)``, which timm's constructors call with
+    ``needs_reset=False`` (their modules have reset themselves). A reset that another model's init calls
+    (transformers' Wav2Vec2 resets its projections in ``_init_weights``) is what eager construction does."""
+    method = _model_init(model)
+    try:
+        parameter = inspect.signature(method).parameters.get("needs_reset") if method is not None else None
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is True
 
-    A model's own init may reset its modules itself (timm's ``init_weights(needs_reset=True)``, which the
-    constructors call with False): what such a reset writes is a reset's value, which a constructor may
-    have changed after the reset in eager construction (LeViT's BatchNorm weights set to 0), not a value
-    the model's init decides. The resets are wrapped by instance attributes, removed afterwards.
+
+@contextlib.contextmanager
+def _noting_resets(model: nn.Module, recording: Recording, spans: list[tuple[int, int]],
+                   active: bool) -> Iterator[None]:
+    """While the block runs, append to ``spans`` the range of operations each module reset makes (if ``active``).
+
+    A model's own init that resets its modules again (:func:`_resets_again`) gives them a reset's value,
+    which a constructor may have changed after the reset in eager construction (LeViT's BatchNorm weights
+    set to 0), not a value the model's init decides. The resets are wrapped by instance attributes, removed
+    afterwards.
     """
     wrapped: list[tuple[nn.Module, str]] = []
-    for module in model.modules():
+    for module in (model.modules() if active else ()):
         for name in ("reset_parameters", "_reset_parameters"):
             method = getattr(module, name, None)
             if callable(method) and name not in vars(module):
@@ -110,10 +125,12 @@ def _span_noting(method: Any, recording: Recording, spans: list[tuple[int, int]]
     return reset
 
 
-def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording) -> set[int]:
+def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording,
+                       stand_ins: dict[int, Tensor]) -> set[int]:
     """Register a meta stand-in for every real tensor (its value a leaf of ``recording``) and for every later
-    registration of a tied target; the targets' values are undefined leaves. Returns the ids of the modules
-    that own a target."""
+    registration of a tied target; the targets' values are undefined leaves. A real parameter with a slot
+    (``stand_ins``, by its id) gets its slot's stand-in, a target. Returns the ids of the modules that own a
+    target."""
     owners: set[int] = set()
     swapped: dict[int, Tensor] = {}
     first_seen: set[int] = set()
@@ -122,6 +139,8 @@ def _swap_in_stand_ins(model: nn.Module, targets: set[int], recording: Recording
             for k, v in store.items():
                 if v is None:
                     continue
+                if id(v) in stand_ins:
+                    v = store[k] = stand_ins[id(v)]
                 if id(v) in targets:
                     owners.add(id(module))
                     if storage_key(v) in first_seen:  # a tie: untied for the re-enactment (see reenact)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from torchinit._util.tensors import tensor_stores
+from torchinit._util.tensors import is_uninitialized, tensor_stores
 from torchinit._util.warn import quiet, warn
 from torchinit.model.policy import (
     InitReport,
@@ -17,11 +17,13 @@ from torchinit.model.policy import (
     parameter_shape,
 )
 from torchinit.model.replay import replay_recording, writers_of
+from torchinit.model.standins import meta_like
 from torchinit.recording.log import (
     Recording,
     Replay,
     storage_key,
 )
+from torchinit.rng.sampling import is_dtensor
 from torchinit.rng.seeds import canonical_name
 
 
@@ -46,6 +48,15 @@ class Slot:
     #: constructors change nothing their children's resets wrote. Otherwise a constructor above it may have
     #: (timm LeViT's ``bn_weight_init=0``), and only the model's own init can decide its value.
     constructors_known: bool = True
+    #: For a real parameter of a model built on meta: the real tensor registered in the model, for which
+    #: ``tensor`` is a meta stand-in (a legacy constructor such as ``torch.FloatTensor(n)`` ignores
+    #: ``torch.device("meta")``: its memory is real but was never written). None for a meta tensor.
+    replaces: Tensor | None = None
+
+    @property
+    def registered(self) -> Tensor:
+        """The tensor registered in the model: the meta tensor, or the real one a stand-in replaces."""
+        return self.tensor if self.replaces is None else self.replaces
 
     @property
     def name(self) -> str:
@@ -91,6 +102,24 @@ def meta_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
     return slots
 
 
+def real_parameter_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
+    """A slot with a meta stand-in for every real parameter (of a model built on meta without ``deferred()``).
+
+    Such a model's parameters should all be meta; a real one was most likely made by a legacy constructor
+    (``nn.Parameter(torch.FloatTensor(n))``: transformers' XLNet, Wav2Vec2's codevectors), which ignores the
+    device context and leaves its memory uninitialized. Re-enactment then decides its value as it decides
+    a meta one's (:func:`find_unknown` names it when nothing does, and it is kept as it is).
+    """
+    by_param = {id(p.param): p for p in plans}
+    slots = []
+    for param, owners in named_parameter_owners(model):
+        if param.is_meta or is_uninitialized(param) or is_dtensor(param) or id(param) not in by_param:
+            continue
+        slots.append(Slot(meta_like(param), [(o.name, o.module, o.attr) for o in owners], True, by_param[id(param)],
+                          replaces=param))  # fmt: skip
+    return slots
+
+
 def stream_names(slots: list[Slot], root: nn.Module | None) -> dict[int, str]:
     """The stream name of each slot's storage, as a replay wants it: its canonical name in ``root``
     (:func:`~torchinit.rng.seeds.canonical_name`: wrapper segments removed)."""
@@ -111,28 +140,53 @@ def wanted_by_recording(slots: list[Slot]) -> dict[Recording, set[int]]:
     return wanted
 
 
+#: The source of a real parameter that nothing decides on the meta path: it stays registered as it is.
+KEPT = "kept"
+
+
+@dataclass
+class _Doubts:
+    """The names of the tensors whose values are not known to equal eager construction's, by kind."""
+
+    unknown: list[str] = field(default_factory=list)  # left undefined: set to zero
+    unverified: list[str] = field(default_factory=list)  # a reset's value below a constructor not torch.nn's own
+    kept: list[str] = field(default_factory=list)  # real in a model built on meta, and nothing sets them
+    replaced: list[str] = field(default_factory=list)  # real in a model built on meta, set by its own init
+
+    def note(self, s: Slot, undefined: set[int]) -> None:
+        if s.replaces is not None:
+            if s.key in undefined:
+                s.source = KEPT
+                if s.tensor.numel() > 0:
+                    self.kept.append(s.name)
+            else:
+                self.replaced.append(s.name)
+        elif s.key in undefined and s.tensor.numel() > 0:  # nothing to know in a zero-element tensor
+            s.source = "unknown"
+            self.unknown.append(s.name)
+
+
 def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: bool) -> None:
     """Mark the values that are not known to equal eager construction's: an error with ``strict``, else a warning.
 
-    Two kinds, named separately: values construction left undefined (no rule, no code wrote them: set to
-    zero), and, on a model re-enacted on meta, values that a module's ``reset_parameters`` gave and that a
-    constructor above it may have changed in eager construction without the model's own init writing them
-    again (kept, and named: :func:`unverified`).
+    Named separately: values construction left undefined (no rule, no code wrote them: set to zero); on a
+    model re-enacted on meta, values that a module's ``reset_parameters`` gave and that a constructor above
+    it may have changed in eager construction without the model's own init writing them again (kept:
+    :func:`unverified`); and real parameters of a model built on meta (:func:`real_parameter_slots`) that no
+    init code sets (their slots' source becomes :data:`KEPT`: the caller leaves them registered as they are).
+    A real parameter that the model's own init does set gets its value, and a warning says it was replaced.
     """
-    unknown: list[str] = []
-    unverified_names: list[str] = []
+    doubts = _Doubts()
     for rec, keys in wanted.items():
         live, undefined = rec.live_ops(keys)
         writers = writers_of(rec, live)
         for s in slots:
             if s.recording is rec and s.key in keys:
                 s.writers = writers.get(s.key, [])
-                if s.key in undefined and s.tensor.numel() > 0:  # nothing to know in a zero-element tensor
-                    s.source = "unknown"
-                    unknown.append(s.name)
-        unverified_names += unverified(rec, live, [s for s in slots if s.recording is rec and s.key in keys
-                                                   and s.key not in undefined])
-    _refuse_or_warn(unknown, unverified_names, strict)
+                doubts.note(s, undefined)
+        doubts.unverified += unverified(rec, live, [s for s in slots if s.recording is rec and s.key in keys
+                                                    and s.key not in undefined])
+    _refuse_or_warn(doubts, strict)
 
 
 def unverified(rec: Recording, live: list[int], slots: list[Slot]) -> list[str]:
@@ -153,36 +207,61 @@ def unverified(rec: Recording, live: list[int], slots: list[Slot]) -> list[str]:
     return [s.name for s in doubtful if s.key in reset_written]
 
 
-def _refuse_or_warn(unknown: list[str], unverified_names: list[str], strict: bool) -> None:
-    if strict and (unknown or unverified_names):
-        parts = []
-        if unknown:
-            parts.append(f"the values of {len(unknown)} tensor(s) cannot be known (no rule, and construction left "
-                         f"them uninitialized): {', '.join(unknown)}")
-        if unverified_names:
-            parts.append(f"{len(unverified_names)} tensor(s) of a model built on meta without deferred() are not "
-                         f"known to equal eager construction's (a constructor may have changed them after their "
-                         f"module's reset_parameters, and the model's own init does not set them): "
-                         f"{', '.join(unverified_names)}")
-        raise ValueError("strict: " + "; ".join(parts) + "; add rules for them, or build the model under "
-                         "torchinit.deferred()")
-    if unknown:
+_REENACTING = "materialize_: re-enacting the construction of a model built on meta without deferred(): "
+
+
+def _refuse_or_warn(doubts: _Doubts, strict: bool) -> None:
+    if strict and (doubts.unknown or doubts.unverified or doubts.kept):
+        raise ValueError("strict: " + "; ".join(_strict_parts(doubts)) + "; add rules for them, or build the model "
+                         "under torchinit.deferred()")
+    if doubts.unknown:
         warn(
-            f"materialize_: construction left {', '.join(unknown)} uninitialized and no rule covers them; they are "
-            "set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
+            f"materialize_: construction left {', '.join(doubts.unknown)} uninitialized and no rule covers them; "
+            "they are set to zero. Add rules for them (e.g. a LayerScale gamma: Constant(1e-5)).",
             UserWarning,
         )
-    if unverified_names:
+    if doubts.unverified:
         warn(
-            "materialize_: re-enacting the construction of a model built on meta without deferred(): "
-            f"{', '.join(unverified_names)} come from their modules' reset_parameters. What the constructors above "
-            "them did to them is not known (an init loop in a model with no init method, as torchvision's models "
-            "and timm's EfficientNet have; timm's LeViT sets BatchNorm weights to 0 in its blocks' constructors), "
-            "and the model's own init (init_weights, initialize_weights), if it has one, does not set them: they may "
-            "differ from eager construction. Build the model under torchinit.deferred() to get the constructors' "
-            "values, or add rules for them.",
+            f"{_REENACTING}{', '.join(doubts.unverified)} come from their modules' reset_parameters. What the "
+            "constructors above them did to them is not known (an init loop in a model with no init method, as "
+            "torchvision's models and timm's EfficientNet have; timm's LeViT sets BatchNorm weights to 0 in its "
+            "blocks' constructors), and the model's own init (init_weights, initialize_weights), if it has one, "
+            "does not set them: they may differ from eager construction. Build the model under torchinit.deferred() "
+            "to get the constructors' values, or add rules for them.",
             UserWarning,
         )
+    if doubts.kept:
+        warn(
+            f"{_REENACTING}{', '.join(doubts.kept)} were real, not meta, and no init code sets them: they are kept "
+            "as they are, but may be uninitialized memory (a legacy constructor such as torch.FloatTensor(n) "
+            "ignores torch.device('meta')). Check them, add rules for them, or build the model under "
+            "torchinit.deferred().",
+            UserWarning,
+        )
+    if doubts.replaced:
+        warn(
+            f"{_REENACTING}{', '.join(doubts.replaced)} were real, not meta (a legacy constructor such as "
+            "torch.FloatTensor(n) ignores torch.device('meta') and leaves memory uninitialized); the model's own "
+            "init sets them, so they get the values eager construction gives them. Values loaded into them before "
+            "materialize_ are replaced: load them afterwards.",
+            UserWarning,
+        )
+
+
+def _strict_parts(doubts: _Doubts) -> list[str]:
+    parts = []
+    if doubts.unknown:
+        parts.append(f"the values of {len(doubts.unknown)} tensor(s) cannot be known (no rule, and construction "
+                     f"left them uninitialized): {', '.join(doubts.unknown)}")
+    if doubts.unverified:
+        parts.append(f"{len(doubts.unverified)} tensor(s) of a model built on meta without deferred() are not known "
+                     "to equal eager construction's (a constructor may have changed them after their module's "
+                     f"reset_parameters, and the model's own init does not set them): {', '.join(doubts.unverified)}")
+    if doubts.kept:
+        parts.append(f"{len(doubts.kept)} parameter(s) were real in a model built on meta and no init code sets "
+                     "them, so their values may be uninitialized memory (a legacy constructor such as "
+                     f"torch.FloatTensor(n) ignores torch.device('meta')): {', '.join(doubts.kept)}")
+    return parts
 
 
 def stage(slots: list[Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None,
