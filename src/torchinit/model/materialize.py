@@ -84,23 +84,32 @@ def materialize_(
        construction is re-enacted on meta instead: every module's ``reset_parameters``
        (children first, as constructors run), then the model's own init
        (transformers' ``initialize_weights``, or an ``init_weights()`` method), and the
-       result is replayed the same way;
-    4. anything still undefined (a ``torch.empty`` no code wrote, a buffer no init
-       recomputes) is unknown: with ``strict=True`` a ValueError names it; otherwise a
-       warning names it and it is set to zero. It is never silently zero.
+       result is replayed the same way. A real parameter of such a model (a legacy
+       ``torch.FloatTensor(n)`` ignores ``torch.device("meta")``: never-written memory) is
+       re-enacted like a meta one: set where the model's init or a rule sets it (a warning
+       says it was replaced), else kept;
+    4. every value not known to equal eager construction's is named (``docs/materialize.md``,
+       "Unknown values"): with ``strict=True`` in a ValueError, before anything changes;
+       otherwise in a warning. Undefined values (a ``torch.empty`` no code wrote, a buffer
+       no init recomputes) are then zero, never silently; on the meta paths, a reset's value
+       below a constructor that is not torch.nn's own and that the model's own init does not
+       set again is kept (a constructor may have changed it: timm LeViT's
+       ``bn_weight_init=0``), and so is a real parameter nothing sets.
 
     The call is all-or-nothing: every check runs before any memory is allocated, values are computed into
     new tensors, and the registrations are replaced only once all are ready; if anything raises
     (``KeyboardInterrupt`` included) the model and ``generator`` are put back as they were. Ties stay tied,
     Python attributes on parameters are kept, already-real tensors are left as they are (moved to ``device``
-    when it is given). The guarantees in full: ``docs/materialize.md``, "All or nothing".
+    when it is given), but for the real parameters of a model built on meta (point 3). The guarantees in
+    full: ``docs/materialize.md``, "All or nothing".
 
     Args:
         model: a model built under :func:`deferred` or on the meta device.
         policy: rules that take precedence over construction.
         device: where to allocate (default: the CPU): a ``torch.device``, a string such as
             ``"cuda:0"`` or a device index; one this process cannot allocate on is a ValueError.
-        strict: raise instead of zero-filling values that cannot be known.
+        strict: raise, before anything changes, for every value not known to equal eager
+            construction's (point 4), instead of warning.
         generator: the seed source. One number is drawn from it per call; every random
             value drawn at materialization then comes from a stream keyed by that number
             and the parameter's qualified name (:func:`~torchinit.rng.seeds.stream_seed`), so
