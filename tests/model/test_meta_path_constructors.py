@@ -110,3 +110,14 @@ def test_timm_levit_bn_weight_init_zero_is_named():
     warned = " ".join(_caught(model))
     assert all(n in warned for n in zeroed)
     assert not any(p.is_meta for p in model.parameters())
+
+
+def test_the_resets_are_unwrapped_afterwards():
+    # re-enactment notes the resets a timm-style init_weights(needs_reset=True) makes by wrapping them
+    with torch.device("meta"):
+        model = Net()
+    with pytest.raises(ValueError):
+        ti.materialize_(model, strict=True)
+    _caught(model)
+    assert not [m for m in model.modules() if {"reset_parameters", "_reset_parameters"} & set(vars(m))]
+    assert type(model.a.bn).reset_parameters is nn.BatchNorm1d.reset_parameters

@@ -100,13 +100,13 @@ def _noting_resets(model: nn.Module, recording: Recording, spans: list[tuple[int
     afterwards.
     """
     wrapped: list[tuple[nn.Module, str]] = []
-    for module in (model.modules() if active else ()):
-        for name in ("reset_parameters", "_reset_parameters"):
-            method = getattr(module, name, None)
-            if callable(method) and name not in vars(module):
-                vars(module)[name] = _span_noting(method, recording, spans)
-                wrapped.append((module, name))
-    try:
+    try:  # installed inside the try, each noted before it is set: an interrupt leaves none behind
+        for module in (model.modules() if active else ()):
+            for name in ("reset_parameters", "_reset_parameters"):
+                method = getattr(module, name, None)
+                if callable(method) and name not in vars(module):
+                    wrapped.append((module, name))
+                    vars(module)[name] = _span_noting(method, recording, spans)
         yield
     finally:
         for module, name in wrapped:
