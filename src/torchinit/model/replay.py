@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.tensors import is_uninitialized, tensor_stores
+from torchinit._util.warn import quiet
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
@@ -159,7 +160,8 @@ def replay_program_(module: nn.Module, program: Any, seed: int | None, prefix: s
         return module
     device = next(iter(metas.values()))[0].device
     wanted = {storage_key(meta) for _, meta in metas.values()}
-    replay = replay_recording(rehearsal.recording, wanted, device, names, seed, seed is not None)
+    with quiet():  # the program's calls warned when they ran on the stand-ins
+        replay = replay_recording(rehearsal.recording, wanted, device, names, seed, seed is not None)
     with torch.no_grad():
         values = [(t, replay.tensor(meta)) for t, meta in metas.values() if storage_key(meta) in replay.storages]
         for t, value in values:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchinit._util.warn import quiet
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -124,7 +125,8 @@ def _write_own_init(pairs: list[tuple[Slot, Slot]], device: torch.device, names:
         assert src.recording is not None  # recorded under deferred(), or re-enacted
         if len(group) == 1 and _fill_locally(_registered(s), src, lives[src.recording], names, base_seed, keyed):
             continue
-        replay = replay_recording(src.recording, {g.key for _, g in group}, device, names, base_seed, keyed)
+        with quiet():  # a replayed call warned when it ran at construction
+            replay = replay_recording(src.recording, {g.key for _, g in group}, device, names, base_seed, keyed)
         for s, src in group:
             write_full_value(_registered(s), replay.tensor(src.tensor))
         del replay  # the temporaries go before the next group's
@@ -225,7 +227,8 @@ def _run_fill(op: Op, t: Tensor, seed: int | None, name: str) -> None:
         make_sampler(seed=seed, name=name).fill(t, kind, a, b)
         return
     kwargs = {k: v for k, v in op.kwargs.items() if k != "generator"}
-    _keyed_twin(op.func)(t, *op.args[1:], **kwargs, seed=seed, name=name)
+    with quiet():  # a replayed call warned when it ran at construction
+        _keyed_twin(op.func)(t, *op.args[1:], **kwargs, seed=seed, name=name)
 
 
 def _mesh_device(slots: list[Slot]) -> torch.device:
