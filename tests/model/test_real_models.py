@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from test_real_models_recording import run_rwkv, run_swinv2, rwkv, swinv2
 from torch import nn
 
 import torchinit as ti
@@ -227,6 +228,8 @@ SPECS = [
     # ViT's _init_weights uses torch.nn.init.trunc_normal_, which returns at once on meta: the re-enactment
     # records it whole, as deferred() does (test_reenactment_records_init_functions_that_skip_meta).
     Spec("hf_vit", hf_vit, run_hf_image, EAGER),
+    # tables made by torch.tensor(..., device=p.device) and time_first from ones_like of an empty parameter
+    Spec("rwkv", rwkv, run_rwkv, EAGER),
     # Parameters made with torch.FloatTensor(...): real (uninitialized) under torch.device("meta")
     Spec("xlnet", xlnet, run_lm, EAGER, real=("rel_attn.", "mask_emb")),
     # and the positional conv's weight norm (original1: the reset's value, below a transformers constructor)
@@ -245,6 +248,8 @@ SPECS = [
     Spec("timm_test_efficientnet", _timm("test_efficientnet"), run_image, UNVERIFIED),
     Spec("timm_swin", _timm("swin_tiny_patch4_window7_224", img_size=32, window_size=4, embed_dim=16, depths=(1, 1),
                             num_heads=(2, 4)), run_image, UNVERIFIED),
+    # relative-position tables built with device=proj.weight.device and copied into real buffers
+    Spec("timm_swinv2", swinv2, run_swinv2),
     # BatchNorm weights set to 0 in the blocks' constructors (bn_weight_init=0); re-enactment gives 1: named
     Spec("timm_levit", _timm("levit_128s", img_size=32, embed_dim=(16, 32, 48), key_dim=8, num_heads=(2, 2, 2),
                              depth=(1, 1, 1)), run_image, UNVERIFIED),
