@@ -402,7 +402,9 @@ def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.
     """
     lost_ids = {id(t) for m in model.modules() if isinstance(marker := m.__dict__.get(PROVENANCE), _LostRecording)
                 for t in marker.tensors()}  # fmt: skip
+    tensors = list(tensors)
     lost = [name for name, t in tensors if id(t) in lost_ids]
+    _refuse_replaced(model, [name for name, t in tensors if id(t) not in lost_ids], strict)
     if not lost:
         return
     message = (
@@ -415,3 +417,29 @@ def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.
         raise ValueError(f"strict: {message}")
     warn(f"materialize_: {message}; they are re-enacted from the modules' init methods instead, and what a "
          "constructor computed (a LayerScale gamma) is lost.", UserWarning)  # fmt: skip
+
+
+def _refuse_replaced(model: nn.Module, names: list[str], strict: bool) -> None:
+    """Say which of the named meta tensors without a recording belong to modules built under ``deferred()``:
+    they were replaced after construction, by something the recording cannot follow."""
+    replaced = [name for name in names if isinstance(_owner(model, name).__dict__.get(PROVENANCE), _Provenance)]
+    if not replaced:
+        return
+    message = (
+        f"{', '.join(replaced)} of a model built under deferred() are meta tensors its recording does not know: "
+        "they were replaced after construction (a conversion whose result has the recorded dtype in new memory, "
+        "such as .half().float(), or a new tensor assigned). Convert with one .to(dtype) (inside deferred() or "
+        "after it) or after materialize_"
+    )
+    if strict:
+        raise ValueError(f"strict: {message}")
+    warn(f"materialize_: {message}; they are re-enacted from the modules' init methods instead, and what a "
+         "constructor computed (a LayerScale gamma) is lost.", UserWarning)  # fmt: skip
+
+
+def _owner(model: nn.Module, name: str) -> nn.Module:
+    prefix = name.rpartition(".")[0]
+    try:
+        return model.get_submodule(prefix) if prefix else model
+    except AttributeError:  # a name that is not a plain module path (a tied or parametrized tensor)
+        return model
