@@ -2,9 +2,12 @@
 
 ``torch.FloatTensor(n)`` (and ``torch.Tensor(n)``) ignore the device context: the parameter is real and its
 memory was never written (transformers' XLNet ``rel_attn.*`` and ``mask_emb``, Wav2Vec2's ``codevectors``).
-``materialize_`` treats a real parameter of a model built on meta as construction's: where the model's own
-init sets it, it gets eager's value (a warning says it was replaced); where nothing does, it is kept, a
-warning names it, and ``strict=True`` raises before anything changes.
+``materialize_`` treats a real parameter of a model built on meta whose values no weight can hold (non-finite,
+or beyond 1e30) as construction's: where the model's own init sets it, it gets eager's value (a warning says it
+was replaced); where nothing does, it is kept, a warning names it, and ``strict=True`` raises before anything
+changes. Real parameters with plausible values (loaded ones) are left as they are. The tests put values no weight
+has into the legacy parameters, as uninitialized memory often holds, so that they do not depend on what the
+allocator hands out.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ def test_a_real_parameter_nothing_sets_is_named_and_strict_raises():
         model = Legacy(orphan=True)
     orphan = model.orphan
     with torch.no_grad():
-        orphan.fill_(3.0)
+        orphan.fill_(1e35)
+        model.v.fill_(1e35)
     with pytest.raises(ValueError, match=r"real in a model built on meta .*: orphan") as err, \
             warnings.catch_warnings(record=True):
         ti.materialize_(model, strict=True)
@@ -75,15 +79,34 @@ def test_a_real_parameter_nothing_sets_is_named_and_strict_raises():
     assert model.lin.weight.is_meta and model.orphan is orphan  # raised before anything changed
     warned = _caught(model)
     assert any("orphan were real, not meta" in w and "kept" in w for w in warned), warned
-    assert model.orphan is orphan and bool((orphan == 3).all())  # kept as it is, never zeroed silently
+    assert model.orphan is orphan and bool((orphan == 1e35).all())  # kept as it is, never zeroed silently
 
 
 def test_a_rule_covers_a_real_parameter_too():
     with torch.device("meta"):
         model = Legacy(orphan=True)
+    _uninitialized(model)
     warned = _caught(model, policy=ti.Policy([("orphan", ti.Constant(2.0))]), strict=True)
     assert torch.equal(model.orphan.detach(), torch.full((5,), 2.0))
     assert not any("orphan" in w and "kept" in w for w in warned), warned
+
+
+def _uninitialized(model: nn.Module) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.is_meta:
+                p.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_loaded_real_parameters_stay_as_they_are(strict):
+    source = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model[0].load_state_dict(source[0].state_dict(), assign=True)
+    warned = _caught(model, strict=strict, seed=0)
+    assert torch.equal(model[0].weight, source[0].weight) and torch.equal(model[0].bias, source[0].bias)
+    assert not model[1].weight.is_meta and not any("were real" in w for w in warned), warned
 
 
 def test_deferred_is_unaffected():
@@ -98,6 +121,7 @@ def test_xlnet_rel_attn_gets_eager_values():
     tf = need("transformers")
     with torch.device("meta"):
         model = tf.XLNetLMHeadModel(tf.XLNetConfig(vocab_size=96, d_model=32, n_layer=2, n_head=4, d_inner=64))
+    _uninitialized(model)
     warned = _caught(model, strict=True)
     assert len(warned) == 1 and "transformer.layer.0.rel_attn.v" in warned[0], warned
     v = model.transformer.layer[0].rel_attn.v.detach()
@@ -115,6 +139,7 @@ def test_wav2vec2_codevectors_get_eager_values():
                             num_codevectors_per_group=8, num_codevector_groups=2)  # fmt: skip
     with torch.device("meta"):
         model = tf.Wav2Vec2ForPreTraining(cfg)
+    _uninitialized(model)
     warned = _caught(model)
     assert any("quantizer.codevectors" in w and "were real, not meta" in w for w in warned), warned
     c = model.quantizer.codevectors.detach()

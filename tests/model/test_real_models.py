@@ -290,7 +290,12 @@ def build_deferred(spec: Spec) -> nn.Module:
 def build_meta(spec: Spec, how: str) -> nn.Module:
     if how == "device":
         with torch.device("meta"):
-            return spec.build()
+            model = spec.build()
+        with torch.no_grad():  # a legacy constructor's real parameters: uninitialized memory, made deterministic
+            for p in model.parameters():
+                if not p.is_meta:
+                    p.fill_(1e35)
+        return model
     if how == "to":
         return spec.build().to("meta")
     accelerate = need("accelerate")

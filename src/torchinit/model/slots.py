@@ -103,21 +103,39 @@ def meta_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
 
 
 def real_parameter_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
-    """A slot with a meta stand-in for every real parameter (of a model built on meta without ``deferred()``).
+    """A slot with a meta stand-in for every real parameter of a model built on meta without ``deferred()`` whose
+    values cannot be anyone's: non-finite, or beyond :data:`UNINITIALIZED_MAGNITUDE`.
 
-    Such a model's parameters should all be meta; a real one was most likely made by a legacy constructor
-    (``nn.Parameter(torch.FloatTensor(n))``: transformers' XLNet, Wav2Vec2's codevectors), which ignores the
-    device context and leaves its memory uninitialized. Re-enactment then decides its value as it decides
-    a meta one's (:func:`find_unknown` names it when nothing does, and it is kept as it is).
+    A legacy constructor (``nn.Parameter(torch.FloatTensor(n))``: transformers' XLNet, Wav2Vec2's codevectors)
+    ignores the device context and leaves its memory uninitialized. Values a user loaded (``load_state_dict(...,
+    assign=True)``, accelerate's loading) are real too and must stay: only memory that holds no plausible
+    weight is taken for a legacy constructor's. Re-enactment then decides its value as it decides a meta one's
+    (:func:`find_unknown` names it when nothing does, and it is kept as it is). Uninitialized memory that happens
+    to hold plausible numbers (fresh pages read as zeros) cannot be told from loaded values and is left alone.
     """
     by_param = {id(p.param): p for p in plans}
     slots = []
     for param, owners in named_parameter_owners(model):
         if param.is_meta or is_uninitialized(param) or is_dtensor(param) or id(param) not in by_param:
             continue
+        if not _holds_no_weight(param):
+            continue
         slots.append(Slot(meta_like(param), [(o.name, o.module, o.attr) for o in owners], True, by_param[id(param)],
                           replaces=param))  # fmt: skip
     return slots
+
+
+#: No initialized or trained weight reaches this magnitude; uninitialized float memory often does.
+UNINITIALIZED_MAGNITUDE = 1e30
+
+
+def _holds_no_weight(t: torch.Tensor) -> bool:
+    """Whether ``t``'s values cannot be a weight anyone set: a float tensor with a non-finite value or one beyond
+    :data:`UNINITIALIZED_MAGNITUDE` (what uninitialized memory often holds)."""
+    if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):
+        return False
+    values = t.detach()
+    return bool(~torch.isfinite(values).all() or values.abs().max() > UNINITIALIZED_MAGNITUDE)
 
 
 def stream_names(slots: list[Slot], root: nn.Module | None) -> dict[int, str]:
