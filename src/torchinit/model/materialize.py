@@ -84,10 +84,11 @@ def materialize_(
        construction is re-enacted on meta instead: every module's ``reset_parameters``
        (children first, as constructors run), then the model's own init
        (transformers' ``initialize_weights``, or an ``init_weights()`` method), and the
-       result is replayed the same way. A real parameter of such a model (a legacy
-       ``torch.FloatTensor(n)`` ignores ``torch.device("meta")``: never-written memory) is
-       re-enacted like a meta one: set where the model's init or a rule sets it (a warning
-       says it was replaced), else kept;
+       result is replayed the same way. A real parameter of such a model whose values no
+       weight can hold (non-finite, or beyond 1e30: a legacy ``torch.FloatTensor(n)`` ignores
+       ``torch.device("meta")`` and leaves its memory unwritten) is re-enacted like a meta
+       one: set where the model's init or a rule sets it (a warning says it was replaced),
+       else kept; real parameters with plausible values (loaded ones) are left as they are;
     4. every value not known to equal eager construction's is named (``docs/materialize.md``,
        "Unknown values"): with ``strict=True`` in a ValueError, before anything changes;
        otherwise in a warning. Undefined values (a ``torch.empty`` no code wrote, a buffer
