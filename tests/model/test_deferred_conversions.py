@@ -1,8 +1,11 @@
 """A model built under deferred() and converted afterwards (``.half()``, ``.to(torch.bfloat16)``, ``.double()``)
-keeps its recording: it materializes as the unconverted model would, then converted."""
+keeps its recording: it materializes as the unconverted model would, then converted. torchinit sees only the last
+dtype of a conversion made after deferred() exited, so it names such tensors (a warning; strict=True raises); a
+conversion inside deferred() is recorded step by step and names nothing."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 
@@ -45,13 +48,26 @@ def _kwargs(how: str) -> dict:
     return {"seed": 0} if how == "seed" else {"generator": gen(0)} if how == "generator" else {}
 
 
-def _materialized(model: nn.Module, how: str) -> nn.Module:
-    """``model`` materialized with strict=True, asserting no warning; under a fixed global seed for "global"."""
+def _materialized(model: nn.Module, how: str, *, converted: bool = False) -> nn.Module:
+    """``model`` materialized under a fixed global seed for "global": with strict=True and no warning, or, for a model
+    ``converted`` after deferred() exited, after strict=True refused it (changing nothing) and with the one warning
+    that names the conversion."""
+    if converted:
+        before = [(name, t.dtype) for name, t in model.state_dict().items()]
+        with pytest.raises(ValueError, match=r"strict: .*converted after deferred\(\) exited"):
+            ti.materialize_(model, strict=True, **_kwargs(how))
+        assert [(name, t.dtype) for name, t in model.state_dict().items()] == before
+        assert all(t.is_meta for t in model.parameters())
     torch.manual_seed(7)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ti.materialize_(model, strict=True, **_kwargs(how))
-    assert [str(w.message) for w in caught] == []
+        ti.materialize_(model, strict=not converted, **_kwargs(how))
+    messages = [str(w.message) for w in caught]
+    if converted:
+        assert len(messages) == 1 and "converted after deferred() exited" in messages[0], messages
+        assert "several steps" in messages[0] and "inside the `with torchinit.deferred():` block" in messages[0]
+    else:
+        assert messages == []
     return model
 
 
@@ -74,7 +90,7 @@ def test_a_converted_deferred_model_materializes_as_materialized_then_converted(
     with ti.deferred():
         reference = _small()
     want = convert(_materialized(reference, how))
-    _assert_equal_models(_materialized(model, how), want)
+    _assert_equal_models(_materialized(model, how, converted=True), want)
 
 
 def test_a_conversion_changes_nothing_of_the_recording_of_another_model() -> None:
@@ -108,7 +124,7 @@ def test_resnet18_after_a_conversion(conversion: str) -> None:
     with ti.deferred():
         reference = _resnet18()
     want = convert(_materialized(reference, "seed"))
-    got = _materialized(model, "seed")
+    got = _materialized(model, "seed", converted=True)
     _assert_equal_models(got, want)
     # kaiming_normal_(fan_out, relu): sqrt(2 / (64 * 49)) = 0.0253; the sample std of 9408 draws is within 2e-4 of
     # it at 1 sigma (re-enactment gave 0.047)
@@ -138,7 +154,7 @@ def test_a_meta_buffer_converted_into_a_new_tensor_keeps_its_recording(conversio
     assert model.mask is not buffer  # Module._apply replaces a buffer with a new tensor
     with ti.deferred():
         reference = _MetaBuffer()
-    _assert_equal_models(_materialized(model, "seed"), convert(_materialized(reference, "seed")))
+    _assert_equal_models(_materialized(model, "seed", converted=True), convert(_materialized(reference, "seed")))
     assert float(model.mask[0, 3]) == -100.0
 
 
@@ -153,7 +169,7 @@ def test_parameters_replaced_on_conversion_keep_their_recording() -> None:
     finally:
         torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
     assert model.conv.weight is not weight
-    _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half())
+    _assert_equal_models(_materialized(model, "seed", converted=True), _materialized(reference, "seed").half())
 
 
 @pytest.mark.slow
@@ -170,7 +186,7 @@ def test_swinv2_after_half() -> None:
     model.half()
     with ti.deferred():
         reference = build()
-    _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half())
+    _assert_equal_models(_materialized(model, "seed", converted=True), _materialized(reference, "seed").half())
 
 
 @pytest.mark.parametrize("how", ["global", "seed", "generator"])
@@ -181,3 +197,47 @@ def test_a_conversion_inside_deferred_materializes_as_materialized_then_converte
     with ti.deferred():
         reference = build()
     _assert_equal_models(_materialized(model, how), _materialized(reference, how).half())
+
+
+def test_a_conversion_in_several_steps_inside_deferred_is_exact() -> None:
+    """Inside deferred() each step is recorded: .half() then .to(bfloat16) keeps the float16 rounding, as eager."""
+    with ti.deferred():
+        model = _small().half().to(torch.bfloat16)
+    with ti.deferred():
+        reference = _small()
+    _assert_equal_models(_materialized(model, "seed"), _materialized(reference, "seed").half().to(torch.bfloat16))
+
+
+def test_a_conversion_in_several_steps_after_deferred_is_named_with_its_last_dtypes() -> None:
+    """After deferred() exited only the last dtype is seen: the values are the recorded ones converted once, which
+    differ from eager's float16-then-bfloat16 rounding somewhere, and the warning says so."""
+    with ti.deferred():
+        model = _small()
+    model.half().to(torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"conv\.weight.*\(float32 -> bfloat16\).*several steps"):
+        ti.materialize_(model, seed=0)
+    with ti.deferred():
+        reference = _small()
+    once = _materialized(reference, "seed").to(torch.bfloat16)
+    assert torch.equal(model.conv.weight, once.conv.weight)  # what the warning says it gives
+
+
+def test_to_empty_before_materialize_is_named() -> None:
+    """to_empty() replaces every recorded tensor with uninitialized memory: materialize_ has nothing to do, and says
+    why (strict=True raises), keeping the tensors as they are; after materialize_, a second call names nothing."""
+    with ti.deferred():
+        model = _small()
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3.0)  # known values: the check must not depend on what the allocator left
+    with pytest.raises(ValueError, match=r"strict: nothing to materialize.*to_empty\(\)"):
+        ti.materialize_(model, strict=True)
+    with pytest.warns(UserWarning, match=r"nothing to materialize.*instead of to_empty"):
+        ti.materialize_(model)
+    assert all(bool((p == 3.0).all()) for p in model.parameters())  # kept
+    with ti.deferred():
+        done = _small()
+    _materialized(done, "seed")
+    _materialized(done, "seed")  # materialized already: nothing to say
+    _materialized(copy.deepcopy(done), "seed")

@@ -90,13 +90,20 @@ def test_torch_modules_only_are_known():
     assert _caught(model, strict=True) == []
 
 
+_BN_WEIGHT_INIT_ZERO = {
+    "levit_128s": dict(embed_dim=(16, 32, 48), key_dim=8, num_heads=(2, 2, 2), depth=(1, 1, 1)),
+    "efficientvit_m0": dict(embed_dim=(16, 32, 48), key_dim=(8, 8, 8), num_heads=(2, 2, 2), depth=(1, 1, 1),
+                            window_size=(2, 2, 2)),
+}
+
+
 @pytest.mark.slow
-def test_timm_levit_bn_weight_init_zero_is_named():
+@pytest.mark.parametrize("name", list(_BN_WEIGHT_INIT_ZERO))
+def test_timm_bn_weight_init_zero_is_named(name: str):
     timm = need("timm")
 
     def build() -> nn.Module:
-        return timm.create_model("levit_128s", pretrained=False, num_classes=10, img_size=32, embed_dim=(16, 32, 48),
-                                 key_dim=8, num_heads=(2, 2, 2), depth=(1, 1, 1))  # fmt: skip
+        return timm.create_model(name, pretrained=False, num_classes=10, img_size=32, **_BN_WEIGHT_INIT_ZERO[name])
 
     eager = build()
     zeroed = [n for n, p in eager.named_parameters() if n.endswith("bn.weight") and bool((p == 0).all())]

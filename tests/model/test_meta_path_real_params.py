@@ -147,3 +147,23 @@ def test_wav2vec2_codevectors_get_eager_values():
     assert float((c == 0).float().mean()) < 0.05
     # n = 128 values of U[0, 1): the mean is within 6 standard errors of 1/2
     assert abs(float(c.mean()) - 0.5) < 6 * (1 / 12 / c.numel()) ** 0.5
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_plausible_unwritten_real_parameters_are_named_and_kept(strict):
+    """A legacy constructor's memory that looks like weights cannot be told from values loaded without a copy: both
+    are kept, and a warning says which, strict or not; a parameter written in place (load_state_dict) is not named."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    plausible = torch.full((4, 4), 0.25)  # what a fresh page or an old weight could hold
+    model[0].weight = nn.Parameter(plausible)  # made, never written in place: _version 0
+    model[0].bias = nn.Parameter(torch.zeros(4))
+    with torch.no_grad():
+        model[0].bias.add_(0.5)  # written in place: not named
+    assert model[0].weight._version == 0 and model[0].bias._version > 0
+    warned = _caught(model, strict=strict, seed=0)
+    named = [w for w in warned if "nothing wrote them in place" in w]
+    assert len(named) == 1 and "0.weight" in named[0] and "0.bias" not in named[0], warned
+    assert "cannot tell from loaded values" in named[0]
+    assert torch.equal(model[0].weight.detach(), torch.full((4, 4), 0.25))
+    assert torch.equal(model[0].bias.detach(), torch.full((4,), 0.5))

@@ -253,6 +253,10 @@ SPECS = [
     # BatchNorm weights set to 0 in the blocks' constructors (bn_weight_init=0); re-enactment gives 1: named
     Spec("timm_levit", _timm("levit_128s", img_size=32, embed_dim=(16, 32, 48), key_dim=8, num_heads=(2, 2, 2),
                              depth=(1, 1, 1)), run_image, UNVERIFIED),
+    # the same bn_weight_init=0 in EfficientViT (MSRA)'s blocks (19 BatchNorm weights here)
+    Spec("timm_efficientvit_m0", _timm("efficientvit_m0", img_size=32, embed_dim=(16, 32, 48), key_dim=(8, 8, 8),
+                                       num_heads=(2, 2, 2), depth=(1, 1, 1), window_size=(2, 2, 2)), run_image,
+         UNVERIFIED),
     # torchvision
     Spec("tv_resnet18", _torchvision("resnet18"), run_image),
     Spec("tv_mobilenet_v2", _torchvision("mobilenet_v2", width_mult=0.25), run_image, UNVERIFIED),

@@ -317,8 +317,9 @@ class _Provenance:
     It holds the module weakly and the recording not at all (the meta tensors keep their recording alive).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, *, materialized: bool = False) -> None:
         self._module = weakref.ref(module)
+        self.materialized = materialized  # set by materialize_: its tensors are real because they were given values
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         module = self._module()
@@ -330,7 +331,7 @@ class _Provenance:
                 copied = memo.get(id(t)) if t is not None else None
                 if t is not None and isinstance(copied, torch.Tensor) and copied is not t:
                     _record_copy(t, copied)
-        return _Provenance(copy)
+        return _Provenance(copy, materialized=self.materialized)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """A pickle carries no recording: it unpickles as a :class:`_LostRecording` of the module's meta tensors that
@@ -395,18 +396,20 @@ def names_through_copies(recording: Recording, names: dict[int, str]) -> dict[in
     return named
 
 
-def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], strict: bool) -> None:
+def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], strict: bool) -> set[str]:
     """Say which of the named meta ``tensors`` (none of which has a recording) lost theirs in a pickle of ``model``.
 
     With ``strict``, a ValueError; otherwise a warning (they are then re-enacted, as for a model built on meta).
+    Returns the names said, lost or replaced after construction (:func:`_refuse_replaced`), so that the
+    re-enactment's own report does not name them again as something they are not.
     """
     lost_ids = {id(t) for m in model.modules() if isinstance(marker := m.__dict__.get(PROVENANCE), _LostRecording)
                 for t in marker.tensors()}  # fmt: skip
     tensors = list(tensors)
     lost = [name for name, t in tensors if id(t) in lost_ids]
-    _refuse_replaced(model, [name for name, t in tensors if id(t) not in lost_ids], strict)
+    replaced = _refuse_replaced(model, [name for name, t in tensors if id(t) not in lost_ids], strict)
     if not lost:
-        return
+        return set(replaced)
     message = (
         f"the model is a pickled copy (pickle, torch.save/torch.load) of a model built under deferred(), and "
         f"deferred()'s recording of its construction did not travel with it: {', '.join(lost)} cannot be replayed. "
@@ -417,24 +420,54 @@ def refuse_lost_recordings(model: nn.Module, tensors: Iterable[tuple[str, torch.
         raise ValueError(f"strict: {message}")
     warn(f"materialize_: {message}; they are re-enacted from the modules' init methods instead, and what a "
          "constructor computed (a LayerScale gamma) is lost.", UserWarning)  # fmt: skip
+    return set(lost) | set(replaced)
 
 
-def _refuse_replaced(model: nn.Module, names: list[str], strict: bool) -> None:
+def note_materialized(model: nn.Module) -> None:
+    """Note on ``model``'s deferred modules that ``materialize_`` gave them their values."""
+    for module in model.modules():
+        marker = module.__dict__.get(PROVENANCE)
+        if isinstance(marker, _Provenance):
+            marker.materialized = True
+
+
+def refuse_emptied(model: nn.Module, strict: bool) -> None:
+    """Say so when ``model`` (which has no meta tensor left) was built under ``deferred()`` and never materialized:
+    its recorded tensors were replaced by real ones (``to_empty()``, whose memory holds no values, or a whole state
+    dict loaded), and ``materialize_`` has nothing to give values to."""
+    emptied = [name or type(model).__name__ for name, m in model.named_modules()
+               if isinstance(marker := m.__dict__.get(PROVENANCE), _Provenance) and not marker.materialized]
+    if not emptied:
+        return
+    message = (
+        f"nothing to materialize: the model was built under deferred(), and every tensor its recording knows was "
+        f"replaced by a real one before materialize_ ran (in {', '.join(emptied[:5])}"
+        f"{', ...' if len(emptied) > 5 else ''}). to_empty() does that and leaves the memory uninitialized; a whole "
+        "state dict loaded with assign=True does it too. The tensors are kept as they are. To initialize, call "
+        "materialize_ instead of to_empty(): it allocates and initializes in one step"
+    )
+    if strict:
+        raise ValueError(f"strict: {message}")
+    warn(f"materialize_: {message}.", UserWarning)
+
+
+def _refuse_replaced(model: nn.Module, names: list[str], strict: bool) -> list[str]:
     """Say which of the named meta tensors without a recording belong to modules built under ``deferred()``:
     they were replaced after construction, by something the recording cannot follow."""
     replaced = [name for name in names if isinstance(_owner(model, name).__dict__.get(PROVENANCE), _Provenance)]
     if not replaced:
-        return
+        return replaced
     message = (
         f"{', '.join(replaced)} of a model built under deferred() are meta tensors its recording does not know: "
         "they were replaced after construction (a conversion whose result has the recorded dtype in new memory, "
-        "such as .half().float(), or a new tensor assigned). Convert with one .to(dtype) (inside deferred() or "
-        "after it) or after materialize_"
+        "such as .half().float(), or a new tensor assigned). Convert inside the `with torchinit.deferred():` "
+        "block, where every step is recorded, or after materialize_"
     )
     if strict:
         raise ValueError(f"strict: {message}")
     warn(f"materialize_: {message}; they are re-enacted from the modules' init methods instead, and what a "
          "constructor computed (a LayerScale gamma) is lost.", UserWarning)  # fmt: skip
+    return replaced
 
 
 def _owner(model: nn.Module, name: str) -> nn.Module:

@@ -27,7 +27,7 @@ from torchinit._util.tensors import is_uninitialized, keeps_thread_modes, tensor
 from torchinit.model.construction import (
     weight_norm_hooks,
 )
-from torchinit.model.deferral import deferred, refuse_lost_recordings
+from torchinit.model.deferral import deferred, note_materialized, refuse_emptied, refuse_lost_recordings
 from torchinit.model.policy import (
     InitReport,
     Planned,
@@ -45,7 +45,9 @@ from torchinit.model.slots import (
     real_parameter_slots,
     slot_report,
     stage,
+    unwritten_real_parameters,
     wanted_by_recording,
+    warn_unwritten,
 )
 from torchinit.model.snapshot import Snapshot
 from torchinit.model.standins import module_stand_in, module_tree_stand_in, parameter_like
@@ -160,9 +162,14 @@ def materialize_(
     for slot in slots:  # every rule's arguments, checked on meta before anything is allocated
         if slot.plan is not None and slot.plan.initializer is not None:
             check_on_meta(slot.plan)
+    if not slots:
+        refuse_emptied(model, strict)  # to_empty() before materialize_ leaves nothing to give values to
     if any(is_dtensor(s.tensor) for s in slots):
-        return materialize_sharded(model, plans, slots, moved_to, strict, generator, seed)
-    return _materialize_plain(model, plans, slots, device, moved_to, strict, generator, seed)
+        report = materialize_sharded(model, plans, slots, moved_to, strict, generator, seed)
+    else:
+        report = _materialize_plain(model, plans, slots, device, moved_to, strict, generator, seed)
+    note_materialized(model)
+    return report
 
 
 def _check_arguments(model: Any, policy: Any, strict: Any) -> None:
@@ -181,14 +188,16 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
     for slot in slots:
         slot.recording = recording_of(slot.tensor)
     unrecorded = [s for s in slots if s.recording is None]
-    refuse_lost_recordings(model, [(s.name, s.tensor) for s in unrecorded], strict)  # a pickled deferred model
+    said = refuse_lost_recordings(model, [(s.name, s.tensor) for s in unrecorded], strict)  # replaced, pickled
     if unrecorded:  # built on meta without deferred(): a real parameter there is suspect (real_parameter_slots)
         real = real_parameter_slots(model, plans)
         slots, unrecorded = slots + real, unrecorded + real
     snapshot = Snapshot(model, generator=generator)  # registrations only: no tensor of the model is written
     with snapshot.on_failure():
         _reenact_unrecorded(model, unrecorded)
-        find_unknown(slots, wanted_by_recording(slots), strict)
+        find_unknown(slots, wanted_by_recording(slots), strict, said)
+        if unrecorded:
+            warn_unwritten(unwritten_real_parameters(model, plans))
         slots = [s for s in slots if s.source != KEPT]  # real parameters nothing sets stay as they are
         wanted = wanted_by_recording(slots)
         base_seed = derive_seed(generator) if seed is None else seed  # the one draw from the caller's generator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -125,6 +126,37 @@ def real_parameter_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
     return slots
 
 
+def unwritten_real_parameters(model: nn.Module, plans: list[Planned]) -> list[str]:
+    """The names of the real parameters of a model built on meta without ``deferred()`` that hold plausible values
+    and that nothing wrote in place since they were made (their version counter is still 0).
+
+    A legacy constructor's memory that looks like weights is one of them, and so is a tensor loaded without a copy
+    (safetensors, accelerate's ``set_module_tensor_to_device``); torchinit cannot tell which, so it keeps them and
+    :func:`warn_unwritten` says so. A parameter written in place (``load_state_dict`` copies; ``torch.load``'s
+    tensors were set; a constructor's ``fill_`` on a real tensor wrote real values) is not named.
+    """
+    by_param = {id(p.param) for p in plans}
+    return [owners[0].name for param, owners in named_parameter_owners(model)
+            if not (param.is_meta or is_uninitialized(param) or is_dtensor(param)) and id(param) in by_param
+            and param._version == 0 and param.numel() > 0 and not _holds_no_weight(param)]  # fmt: skip
+
+
+def warn_unwritten(names: list[str]) -> None:
+    """Name the real parameters :func:`unwritten_real_parameters` found (a warning, strict or not: loaded values are
+    the user's and stay)."""
+    if not names:
+        return
+    listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    warn(
+        f"materialize_: {listed} were real, not meta, in a model built on meta, and nothing wrote them in place "
+        "since they were made: they are kept as they are. If you loaded them (safetensors, accelerate), that is "
+        "right. If a legacy constructor made them (torch.FloatTensor(n) ignores torch.device('meta')), they hold "
+        "uninitialized memory that looks like weights, which torchinit cannot tell from loaded values: build the "
+        "model under torchinit.deferred(), or add rules for them.",
+        UserWarning,
+    )
+
+
 #: No initialized or trained weight reaches this magnitude; uninitialized float memory often does.
 UNINITIALIZED_MAGNITUDE = 1e30
 
@@ -170,6 +202,18 @@ class _Doubts:
     unverified: list[str] = field(default_factory=list)  # a reset's value below a constructor not torch.nn's own
     kept: list[str] = field(default_factory=list)  # real in a model built on meta, and nothing sets them
     replaced: list[str] = field(default_factory=list)  # real in a model built on meta, set by its own init
+    #: converted after deferred() exited, each name with its (recorded dtype, dtype now): the steps are unseen
+    converted: list[tuple[str, torch.dtype, torch.dtype]] = field(default_factory=list)
+
+    #: named already (replaced after deferred(), or a lost recording), and left undefined: set to zero
+    zeroed: list[str] = field(default_factory=list)
+
+    def set_aside(self, said: Collection[str]) -> None:
+        """Leave out the names ``said`` already, keeping those that end up zero."""
+        if said:
+            self.zeroed = [name for name in self.unknown if name in said]
+            self.unknown = [name for name in self.unknown if name not in said]
+            self.unverified = [name for name in self.unverified if name not in said]
 
     def note(self, s: Slot, undefined: set[int]) -> None:
         if s.replaces is not None:
@@ -184,7 +228,8 @@ class _Doubts:
             self.unknown.append(s.name)
 
 
-def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: bool) -> None:
+def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: bool,
+                 said: Collection[str] = ()) -> None:
     """Mark the values that are not known to equal eager construction's: an error with ``strict``, else a warning.
 
     Named separately: values construction left undefined (no rule, no code wrote them: set to zero); on a
@@ -193,6 +238,8 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
     :func:`unverified`); and real parameters of a model built on meta (:func:`real_parameter_slots`) that no
     init code sets (their slots' source becomes :data:`KEPT`: the caller leaves them registered as they are).
     A real parameter that the model's own init does set gets its value, and a warning says it was replaced.
+    The names ``said`` were named already, as replaced after ``deferred()`` or as having lost their recording in a
+    pickle: they are not named again as something they are not, only those that end up zero.
     """
     doubts = _Doubts()
     for rec, keys in wanted.items():
@@ -202,8 +249,11 @@ def find_unknown(slots: list[Slot], wanted: dict[Recording, set[int]], strict: b
             if s.recording is rec and s.key in keys:
                 s.writers = writers.get(s.key, [])
                 doubts.note(s, undefined)
+                if s.key in rec.found_conversions:
+                    doubts.converted.append((s.name, *rec.found_conversions[s.key]))
         doubts.unverified += unverified(rec, live, [s for s in slots if s.recording is rec and s.key in keys
                                                     and s.key not in undefined])
+    doubts.set_aside(said)
     _refuse_or_warn(doubts, strict)
 
 
@@ -229,7 +279,7 @@ _REENACTING = "materialize_: re-enacting the construction of a model built on me
 
 
 def _refuse_or_warn(doubts: _Doubts, strict: bool) -> None:
-    if strict and (doubts.unknown or doubts.unverified or doubts.kept):
+    if strict and (doubts.unknown or doubts.unverified or doubts.kept or doubts.converted):
         raise ValueError("strict: " + "; ".join(_strict_parts(doubts)) + "; add rules for them, or build the model "
                          "under torchinit.deferred()")
     if doubts.unknown:
@@ -256,6 +306,11 @@ def _refuse_or_warn(doubts: _Doubts, strict: bool) -> None:
             "torchinit.deferred().",
             UserWarning,
         )
+    if doubts.converted:
+        warn(f"materialize_: {_converted_part(doubts.converted)}.", UserWarning)
+    if doubts.zeroed:
+        warn(f"materialize_: {', '.join(doubts.zeroed)}, named above, are set by no module's init method and no "
+             "rule: they are set to zero. Add rules for them, or convert inside deferred().", UserWarning)
     if doubts.replaced:
         warn(
             f"{_REENACTING}{', '.join(doubts.replaced)} were real, not meta (a legacy constructor such as "
@@ -279,7 +334,27 @@ def _strict_parts(doubts: _Doubts) -> list[str]:
         parts.append(f"{len(doubts.kept)} parameter(s) were real in a model built on meta and no init code sets "
                      "them, so their values may be uninitialized memory (a legacy constructor such as "
                      f"torch.FloatTensor(n) ignores torch.device('meta')): {', '.join(doubts.kept)}")
+    if doubts.converted:
+        parts.append(_converted_part(doubts.converted))
     return parts
+
+
+def _converted_part(converted: list[tuple[str, torch.dtype, torch.dtype]]) -> str:
+    """What happened to tensors converted after ``deferred()`` exited, and what to do."""
+    by_dtypes: dict[tuple[torch.dtype, torch.dtype], list[str]] = {}
+    for name, recorded, now in converted:
+        by_dtypes.setdefault((recorded, now), []).append(name)
+    groups = "; ".join(f"{', '.join(names)} ({_dtype(a)} -> {_dtype(b)})" for (a, b), names in by_dtypes.items())
+    return (
+        f"{len(converted)} tensor(s) were converted after deferred() exited: {groups}. They get the recorded values "
+        "converted once to the dtype they have now; a conversion in several steps (.half() then "
+        ".to(torch.bfloat16)) rounds in between, which torchinit cannot see. To be exact, convert inside the "
+        "`with torchinit.deferred():` block, where every step is recorded, or after materialize_"
+    )
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def stage(slots: list[Slot], wanted: dict[Recording, set[int]], device: torch.device, base_seed: int | None,

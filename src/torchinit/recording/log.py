@@ -136,6 +136,9 @@ class Recording:
         self._storages: list[Any] = []  # keeps every recorded meta storage alive, so keys stay unique
         # (converted storage, source storage): a dtype conversion, recorded (_to_copy) or found (record_conversion)
         self.conversions: list[tuple[int, int]] = []
+        #: converted storage -> (source dtype, dtype): the conversions found after ``deferred()`` exited, whose
+        #: intermediate steps nobody saw (``.half().to(torch.bfloat16)`` looks like one conversion to bfloat16)
+        self.found_conversions: dict[int, tuple[torch.dtype, torch.dtype]] = {}
 
     def __repr__(self) -> str:
         return f"Recording({len(self.ops)} operations, {len(self.produced)} storages)"
@@ -178,6 +181,7 @@ class Recording:
         func = torch.ops.aten._to_copy.default
         self.ops.append(Op(func, (source,), {"dtype": ref.dtype}, outputs=(ref,), reads=frozenset({source.key})))
         self.conversions.append((ref.key, source.key))
+        self.found_conversions[ref.key] = (source.dtype, ref.dtype)
 
     def record(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         """Append ``func(*args, **kwargs) -> result`` (called by :class:`RecordingMode`)."""

@@ -10,8 +10,9 @@ conversion (the new storage is the recorded one converted to the new dtype), so 
 unconverted tensor would, then converted. A buffer is converted into a new tensor object: a recorded meta tensor
 registered under ``deferred()`` is watched in its place (:func:`watch_registration`), and a new meta tensor of its
 shape found there in another dtype is recorded as its conversion the same way. Only the last dtype is seen:
-``.half()`` then ``.to(torch.bfloat16)`` materializes as one conversion to bfloat16 (without the float16 rounding
-in between).
+``.half()`` then ``.to(torch.bfloat16)`` looks like one conversion to bfloat16 (the float16 rounding in between is
+unseen), so every conversion found this way is noted (``Recording.found_conversions``) and ``materialize_`` names it
+(a warning; an error with ``strict=True``). A conversion inside ``deferred()`` is recorded step by step and exact.
 """
 
 from __future__ import annotations
