@@ -85,7 +85,7 @@ __all__ = [
     "probe", "SignalReport", "jacobian_spectrum", "lsuv_",
 ]  # fmt: skip
 
-from torchinit import presets  # noqa: E402  (presets build on everything above)
+from torchinit import mup, presets  # noqa: E402  (they build on everything above)
 from torchinit._legacy import register as _register_old_paths  # noqa: E402
 from torchinit.schemes.deprecated import ALIASES as _ALIASES  # noqa: E402
 
