@@ -241,3 +241,57 @@ def test_to_empty_before_materialize_is_named() -> None:
     _materialized(done, "seed")
     _materialized(done, "seed")  # materialized already: nothing to say
     _materialized(copy.deepcopy(done), "seed")
+
+
+def _two() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+
+
+def test_a_warned_to_empty_is_not_taken_for_materialized():
+    with ti.deferred():
+        model = _two()
+    model.to_empty(device="cpu")
+    with pytest.warns(UserWarning, match="nothing to materialize"):
+        ti.materialize_(model)
+    with pytest.raises(ValueError, match="strict: nothing to materialize"):  # still: nothing was given values
+        ti.materialize_(model, strict=True)
+
+
+def test_to_empty_of_part_of_a_model_is_named():
+    with ti.deferred():
+        model = _two()
+    model[1].to_empty(device="cpu")
+    with pytest.warns(UserWarning, match=r"1 module\(s\) built under deferred\(\) hold real parameters .*\(in 1\)"):
+        ti.materialize_(model, seed=0, strict=True)  # the meta half is materialized; the real half is named
+    assert not model[0].weight.is_meta
+
+
+@pytest.mark.parametrize("conversion", ["half", "double"])
+def test_a_deep_copy_of_a_model_converted_after_deferred_is_named_too(conversion: str):
+    with ti.deferred():
+        model = _two()
+    CONVERSIONS[conversion](model)
+    copied = copy.deepcopy(model)
+    with pytest.raises(ValueError, match=r"strict: .*converted after deferred\(\) exited"):
+        ti.materialize_(copied, seed=0, strict=True)
+
+
+def test_a_conversion_inside_then_one_after_starts_from_the_recorded_one():
+    """.half() inside the block is recorded; .to(bfloat16) after it is found and starts from the float16 tensor: the
+    values are eager's float32 -> float16 -> bfloat16, and the warning names float16 -> bfloat16."""
+    with ti.deferred():
+        model = nn.Sequential(nn.Linear(256, 256)).half()
+    model.to(torch.bfloat16)
+    with pytest.warns(UserWarning, match=r"0\.weight, 0\.bias \(float16 -> bfloat16\)"):
+        ti.materialize_(model, seed=0)
+    with ti.deferred():
+        reference = nn.Sequential(nn.Linear(256, 256))
+    want = _materialized(reference, "seed").half().to(torch.bfloat16)
+    _assert_equal_models(model, want)
+    # the test can fail: straight float32 -> bfloat16 rounds some of these 65,536 values otherwise
+    assert not torch.equal(_materialized(_fresh_linear(), "seed").to(torch.bfloat16)[0].weight, model[0].weight)
+
+
+def _fresh_linear() -> nn.Module:
+    with ti.deferred():
+        return nn.Sequential(nn.Linear(256, 256))

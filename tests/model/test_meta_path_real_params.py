@@ -167,3 +167,26 @@ def test_plausible_unwritten_real_parameters_are_named_and_kept(strict):
     assert "cannot tell from loaded values" in named[0]
     assert torch.equal(model[0].weight.detach(), torch.full((4, 4), 0.25))
     assert torch.equal(model[0].bias.detach(), torch.full((4,), 0.5))
+
+
+def test_values_materialize_gave_are_not_named_as_unwritten():
+    """A submodule materialized first holds torchinit's values (a zero it gave has version 0): materializing the
+    rest names none of them."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.gamma = nn.Parameter(torch.empty(4))
+
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blk = Block()
+            self.head = nn.Linear(4, 2)
+
+    with torch.device("meta"):
+        model = Root()
+    _caught(model.blk, seed=0)
+    warned = _caught(model, seed=0)
+    assert not [w for w in warned if "nothing wrote them in place" in w], warned

@@ -375,6 +375,9 @@ def _record_copy(source: torch.Tensor, copy: torch.Tensor) -> None:
     if not recording.knows(copy):
         recording.add_leaf(copy, UNDEFINED)
         recording.record(torch.ops.aten.copy_.default, (copy, source), {}, None)
+        found = recording.found_conversions.get(storage_key(source))
+        if found is not None:  # a copy of a tensor converted after deferred(): as uncertain as its source
+            recording.found_conversions[storage_key(copy)] = found
         with _COPIES_LOCK:
             _COPIES.setdefault(recording, []).append((storage_key(copy), storage_key(source)))
     claim(copy, recording)
@@ -431,22 +434,27 @@ def note_materialized(model: nn.Module) -> None:
             marker.materialized = True
 
 
-def refuse_emptied(model: nn.Module, strict: bool) -> None:
-    """Say so when ``model`` (which has no meta tensor left) was built under ``deferred()`` and never materialized:
-    its recorded tensors were replaced by real ones (``to_empty()``, whose memory holds no values, or a whole state
-    dict loaded), and ``materialize_`` has nothing to give values to."""
+def refuse_emptied(model: nn.Module, strict: bool, *, whole: bool) -> None:
+    """Name the modules of ``model`` built under ``deferred()`` and never materialized whose parameters are all real
+    now: their recorded tensors were replaced (``to_empty()``, whose memory holds no values, or a state dict loaded
+    with ``assign=True``), and ``materialize_`` keeps them as they are. ``whole``: nothing in ``model`` is meta, so
+    there is nothing to materialize at all (``strict`` then raises); otherwise a warning names them."""
     emptied = [name or type(model).__name__ for name, m in model.named_modules()
-               if isinstance(marker := m.__dict__.get(PROVENANCE), _Provenance) and not marker.materialized]
+               if isinstance(marker := m.__dict__.get(PROVENANCE), _Provenance) and not marker.materialized
+               and m._parameters and not any(p is not None and p.is_meta for p in m._parameters.values())]
     if not emptied:
         return
+    where = ", ".join(emptied[:5]) + (", ..." if len(emptied) > 5 else "")
+    what = ("nothing to materialize: the model was built under deferred(), and every tensor its recording knows was "
+            "replaced by a real one before materialize_ ran" if whole else
+            f"{len(emptied)} module(s) built under deferred() hold real parameters that replaced the recorded ones "
+            "before materialize_ ran")  # fmt: skip
     message = (
-        f"nothing to materialize: the model was built under deferred(), and every tensor its recording knows was "
-        f"replaced by a real one before materialize_ ran (in {', '.join(emptied[:5])}"
-        f"{', ...' if len(emptied) > 5 else ''}). to_empty() does that and leaves the memory uninitialized; a whole "
-        "state dict loaded with assign=True does it too. The tensors are kept as they are. To initialize, call "
-        "materialize_ instead of to_empty(): it allocates and initializes in one step"
+        f"{what} (in {where}). to_empty() does that and leaves the memory uninitialized; a state dict loaded with "
+        "assign=True does it too. The tensors are kept as they are. To initialize, call materialize_ instead of "
+        "to_empty(): it allocates and initializes in one step"
     )
-    if strict:
+    if strict and whole:
         raise ValueError(f"strict: {message}")
     warn(f"materialize_: {message}.", UserWarning)
 

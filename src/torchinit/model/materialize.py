@@ -42,6 +42,7 @@ from torchinit.model.slots import (
     Slot,
     find_unknown,
     meta_slots,
+    note_given,
     real_parameter_slots,
     slot_report,
     stage,
@@ -162,13 +163,13 @@ def materialize_(
     for slot in slots:  # every rule's arguments, checked on meta before anything is allocated
         if slot.plan is not None and slot.plan.initializer is not None:
             check_on_meta(slot.plan)
-    if not slots:
-        refuse_emptied(model, strict)  # to_empty() before materialize_ leaves nothing to give values to
+    refuse_emptied(model, strict, whole=not slots)  # to_empty() before materialize_: nothing to give values to
     if any(is_dtensor(s.tensor) for s in slots):
         report = materialize_sharded(model, plans, slots, moved_to, strict, generator, seed)
     else:
         report = _materialize_plain(model, plans, slots, device, moved_to, strict, generator, seed)
-    note_materialized(model)
+    if slots:  # given values (a call with nothing to materialize gave none)
+        note_materialized(model)
     return report
 
 
@@ -208,6 +209,7 @@ def _materialize_plain(model: nn.Module, plans: list[Planned], slots: list[Slot]
             new = _replacements(model, slots, moved_to)
             computed = _weight_norm_weights(model, new)
             _commit(model, new, computed)  # assignments only
+            note_given(new.values())
             if unrecorded:
                 retie(model)
         for p in plans:

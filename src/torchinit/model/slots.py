@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -126,6 +127,16 @@ def real_parameter_slots(model: nn.Module, plans: list[Planned]) -> list[Slot]:
     return slots
 
 
+#: The tensors materialize_ registered, by id: values torchinit gave are never taken for uninitialized memory.
+_GIVEN: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
+
+
+def note_given(tensors: Collection[Tensor]) -> None:
+    """Note that materialize_ registered ``tensors`` (its own values, whatever their version counters say)."""
+    for t in tensors:
+        _GIVEN[id(t)] = t
+
+
 def unwritten_real_parameters(model: nn.Module, plans: list[Planned]) -> list[str]:
     """The names of the real parameters of a model built on meta without ``deferred()`` that hold plausible values
     and that nothing wrote in place since they were made (their version counter is still 0).
@@ -138,7 +149,8 @@ def unwritten_real_parameters(model: nn.Module, plans: list[Planned]) -> list[st
     by_param = {id(p.param) for p in plans}
     return [owners[0].name for param, owners in named_parameter_owners(model)
             if not (param.is_meta or is_uninitialized(param) or is_dtensor(param)) and id(param) in by_param
-            and param._version == 0 and param.numel() > 0 and not _holds_no_weight(param)]  # fmt: skip
+            and param._version == 0 and param.numel() > 0 and _GIVEN.get(id(param)) is not param
+            and not _holds_no_weight(param)]  # fmt: skip
 
 
 def warn_unwritten(names: list[str]) -> None:

@@ -183,6 +183,17 @@ class Recording:
         self.conversions.append((ref.key, source.key))
         self.found_conversions[ref.key] = (source.dtype, ref.dtype)
 
+    def latest_conversion(self, ref: TensorRef) -> TensorRef:
+        """The last conversion of ``ref``'s storage this recording knows (conversions of conversions followed), or
+        ``ref``: what a tensor claimed as ``ref`` held after ``model.half()`` inside ``deferred()``."""
+        newest = {source: converted for converted, source in self.conversions}  # later conversions win
+        key = ref.key
+        while key in newest:
+            key = newest[key]
+        if key == ref.key:
+            return ref
+        return next(out for out in self.ops[self.produced[key]].outputs if out.key == key)
+
     def record(self, func: Any, args: tuple, kwargs: dict, result: Any) -> None:
         """Append ``func(*args, **kwargs) -> result`` (called by :class:`RecordingMode`)."""
         schema = func._schema

@@ -98,6 +98,8 @@ def _claimed(t: torch.Tensor) -> Recording | None:
     if entry is None or entry[0]() is not t:
         return None
     rec, ref = entry[1], entry[2]
+    if not rec.knows(t):
+        ref = rec.latest_conversion(ref)  # converted inside deferred() too: the conversion after starts from there
     if not rec.knows(t) and _converted(ref, t):
         rec.record_conversion(ref, t)
         _OWNED[id(t)] = (entry[0], rec, TensorRef.of(t))
@@ -113,6 +115,7 @@ def _converted_in_place(t: torch.Tensor, watched: list[tuple[TensorRef, weakref.
             continue
         with _OWNERS_LOCK:
             known = rec.knows(t)  # another thread recorded the conversion first
+            ref = ref if known else rec.latest_conversion(ref)
             if not known and _converted(ref, t):
                 rec.record_conversion(ref, t)
                 known = True
