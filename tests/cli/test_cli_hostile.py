@@ -60,7 +60,7 @@ def write(directory: Path, name: str, source: str) -> None:
 # -- 1. argparse: one line, exit 2; --help and --version still exit 0 ---------------------------------------------
 
 @pytest.mark.parametrize("argv,culprit", [
-    ([], "a command is required: compare, probe or train"),
+    ([], "a command is required: compare, probe, train or coordcheck"),
     (["frobnicate"], "'frobnicate'"),
     (["compare", "--bogus"], "--bogus"),
     (["compare", "--batch"], "--batch"),

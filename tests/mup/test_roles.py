@@ -39,6 +39,16 @@ def test_the_base_itself_is_all_multiplier_one():
     assert got["2.weight"].kind == "input"  # nothing grows: every rule is the standard parametrization
 
 
+def test_delta_tells_the_width_dims_of_a_model_at_the_base_width():
+    got = mup.roles(mlp(64), on_meta(mlp, 64), delta=on_meta(mlp, 96))
+    assert [got[n].kind for n in ("0.weight", "2.weight", "4.weight")] == ["input", "hidden", "output"]
+    assert {r.width_mult for r in got.values()} == {1.0}
+    wide = mup.roles(mlp(256), on_meta(mlp, 64), delta=on_meta(mlp, 96))
+    assert wide == mup.roles(mlp(256), on_meta(mlp, 64))  # delta names the same dims: the same roles
+    with pytest.raises(ValueError, match=r"differs from base in dim 1 .* does not change between base and delta"):
+        mup.roles(Uneven(64, 128), on_meta(Uneven, 16, 64), delta=on_meta(Uneven, 16, 96))
+
+
 class Conv(nn.Module):
     def __init__(self, w: int) -> None:
         super().__init__()
@@ -108,8 +118,8 @@ class Kernel(nn.Module):
 @pytest.mark.parametrize(
     "model, base, match",
     [
-        (mlp(64), nn.Sequential(nn.Linear(8, 16)), r"base has no parameter '2\.weight'"),
-        (nn.Sequential(nn.Linear(8, 16)), mlp(16), r"model has no parameter '2\.weight' that base has"),
+        (mlp(64), nn.Sequential(nn.Linear(8, 16)), r"base has no parameter '2\.bias'"),
+        (nn.Sequential(nn.Linear(8, 16)), mlp(16), r"model has no parameter '2\.bias' that base has"),
         (mlp(16), mlp(64), r"0\.weight is smaller in dim 0 \(16\) than in base \(64\)"),
         (Kernel(5), Kernel(3), r"conv\.weight grows in a kernel dim"),
         (Cube(8), Cube(4), r"t grows in 3 dims"),
@@ -129,7 +139,7 @@ def test_different_number_of_dims():
             super().__init__()
             self.p = nn.Parameter(torch.zeros(shape))
 
-    with pytest.raises(ValueError, match=r"p has shape \(4, 4\) and base's has \(4,\): a different number of dims"):
+    with pytest.raises(ValueError, match=r"p has shape \(4, 4\) in model and \(4,\) in base: a different number"):
         mup.roles(A((4, 4)), A((4,)))
 
 

@@ -100,9 +100,9 @@ def test_policy_with_a_base_std():
     _assert_std(model[0].weight, 0.02)  # input: as at the base width
     _assert_std(model[2].weight, 0.02 / 4)  # hidden: / sqrt(m)
     _assert_std(model[4].weight, 0.02 / 16)  # output: / m
-    for name in ("0.bias", "2.bias", "4.bias"):  # vectors keep the model's own init
-        assert torch.equal(dict(model.named_parameters())[name], before[name])
-    assert "mup_hidden_x16" in str(report)
+    for name in ("0.bias", "2.bias", "4.bias"):  # biases zero: torch's shrink as 1/sqrt(fan_in)
+        assert before[name].any() and not dict(model.named_parameters())[name].any()
+    assert "mup_hidden_x16" in str(report) and "mup_biases" in str(report)
 
 
 def test_policy_without_std_keeps_the_models_own_init_and_zeroes_the_readout():
@@ -110,12 +110,33 @@ def test_policy_without_std_keeps_the_models_own_init_and_zeroes_the_readout():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     mup.policy(model, base).apply_(model, seed=0)
     assert not model[4].weight.any()
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n != "4.weight")
+    weights = [n for n, _ in model.named_parameters() if n.endswith("weight") and n != "4.weight"]
+    assert all(torch.equal(dict(model.named_parameters())[n], before[n]) for n in weights)
+    assert not any(p.any() for n, p in model.named_parameters() if n.endswith("bias"))
     with pytest.raises(ValueError, match="readout='scaled' needs std"):
         mup.policy(model, base, readout="scaled")
     mup.policy(model, base, std=0.02, readout="zero").apply_(model, seed=0)
     assert not model[4].weight.any()
     _assert_std(model[2].weight, 0.02 / 4)
+
+
+def test_norm_weights_keep_their_init():
+    model = nn.Sequential(nn.Linear(4, 64), nn.LayerNorm(64), nn.Linear(64, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(0.5)
+    mup.policy(model, on_meta(lambda: nn.Sequential(nn.Linear(4, 16), nn.LayerNorm(16), nn.Linear(16, 2)))).apply_(
+        model, seed=0)
+    assert torch.equal(model[1].weight.detach(), torch.full((64,), 0.5)) and not model[1].bias.any()
+
+
+def test_at_the_base_width_with_delta_the_readout_is_zero_as_at_every_width():
+    """Without delta a model at the base width shows no width dim (all input-like: the model's own init); with it,
+    the base-width model gets the same rules as the wide ones, so what is tuned there transfers."""
+    model = mlp(64)
+    mup.policy(model, on_meta(mlp, 64), delta=on_meta(mlp, 128)).apply_(model, seed=0)
+    assert not model[4].weight.any()
+    groups = mup.param_groups(model, on_meta(mlp, 64), lr=LR, delta=on_meta(mlp, 128))
+    assert [g["kind"] for g in groups] == ["input", "vector", "hidden", "output"]  # multipliers 1: one vector group
 
 
 def test_at_the_base_width_mup_is_the_standard_parametrization():

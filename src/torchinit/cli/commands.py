@@ -16,6 +16,11 @@
     the final training loss and the steps until the loss halved (:mod:`torchinit.diagnostics.trainability`;
     scikit-learn comes with ``pip install 'torchinit[train]'``).
 
+``torchinit coordcheck``
+    muP's coordinate check (:func:`torchinit.mup.coord_check`): train a model family for a few steps at several
+    widths under the standard parametrization and muP, and flag every layer whose activation size moves with
+    width (``--model mlp|resmlp|gpt2`` or your ``pkg.mod:build`` taking ``width=``, with ``--input-shape``).
+
 Your own model: ``pkg.mod`` is imported from the current directory when its top-level
 package (``pkg.py`` or ``pkg/``) is there, else as installed. Only that package is taken
 from the current directory: while it is imported the directory is *last* on ``sys.path``,
@@ -76,6 +81,8 @@ from torchinit.diagnostics.models import ResidualMLP, SmallCNN
 from torchinit.diagnostics.probing import first_tensor, plot_reports
 from torchinit.diagnostics.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
 from torchinit.diagnostics.trainability import MODELS as TRAIN_MODELS
+from torchinit.mup.coord import DEFAULT_TOL, FAMILIES, PARAMETRIZATIONS, Family, coord_check, regression_loss
+from torchinit.mup.rules import OPTIMIZERS
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
 
@@ -374,7 +381,102 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
                      help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory)")
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    _add_coordcheck(sub, debug_help)
     return parser  # fmt: skip
+
+
+def _add_coordcheck(sub: argparse._SubParsersAction, debug_help: str) -> None:
+    help_text = "muP's coordinate check: does any layer's activation size move with width after a few steps?"
+    families = "; ".join(f"{k}: {v.description}" for k, v in FAMILIES.items())
+    cmd = sub.add_parser("coordcheck", help=help_text, description=f"{help_text} Embedded families: {families}.")
+    cmd.add_argument("--model", default="mlp", metavar="MODEL",
+                     help=f"{', '.join(FAMILIES)}, or module:callable taking width= (default: mlp)")
+    cmd.add_argument("--input-shape", "--shape", dest="input_shape", metavar="SHAPE",
+                     help="input size without the batch for your own model (a batch of 64 N(0, 1) inputs, "
+                          "mean squared error to fixed N(0, 1) targets)")
+    cmd.add_argument("--widths", type=_width_list, default=[64, 128, 256, 512], metavar="LIST",
+                     help="comma-separated widths, at least 3 (default: 64,128,256,512)")
+    cmd.add_argument("--param", type=_param_list, default=list(PARAMETRIZATIONS), metavar="LIST",
+                     help=f"comma-separated parametrizations of {','.join(PARAMETRIZATIONS)} (default: sp,mup)")
+    cmd.add_argument("--steps", type=_positive_int, default=4, help="training steps, at least 2 (default: 4)")
+    cmd.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default: 0.01)")
+    cmd.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the optimizer (default: adamw)")
+    cmd.add_argument("--tol", type=_positive_float, default=DEFAULT_TOL,
+                     help=f"flag a layer whose |slope| of log size against log width exceeds this (default: "
+                          f"{DEFAULT_TOL})")
+    cmd.add_argument("--seed", type=_seed, default=DEFAULT_SEED, help=f"init and data seed (default: {DEFAULT_SEED})")
+    cmd.add_argument("--out", metavar="PATH", help="write the log-log plot of activation size against width here "
+                                                    f"({', '.join(PLOT_SUFFIXES)}; a directory gets coordcheck.png)")
+    cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    cmd.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar (default: one on stderr when it is a terminal)")
+    cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+
+
+def _width_list(text: str) -> list[int]:
+    widths = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if len(set(widths)) < 3:
+        raise argparse.ArgumentTypeError(f"needs at least 3 distinct widths; got {text!r}")
+    return sorted(set(widths))
+
+
+def _param_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in PARAMETRIZATIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(PARAMETRIZATIONS)}; got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}")
+    return value
+
+
+def _coord_family(args: argparse.Namespace) -> Family:
+    """The family ``--model`` names: an embedded one, or the user's builder with a regression loss on random
+    inputs of ``--input-shape``."""
+    if args.model in FAMILIES:
+        if args.input_shape is not None:
+            raise UsageError(f"--input-shape is for your own model; --model {args.model!r} brings its data")
+        return FAMILIES[args.model]
+    if ":" not in args.model:
+        raise UsageError(f"--model {args.model!r} is unknown; use {', '.join(FAMILIES)} or module:callable")
+    builder = load_model(args.model)
+    if args.input_shape is None:
+        raise UsageError(f"--input-shape is required with --model {args.model!r}")
+    inputs = torch.randn(64, *parse_shape(args.input_shape), generator=torch.Generator().manual_seed(args.seed))
+    return Family(builder, regression_loss(inputs, args.seed), None, args.model)
+
+
+def _run_coordcheck(args: argparse.Namespace, stdout: TextIO) -> int:
+    out = _plot_path(args.out, "coordcheck") if args.out is not None else None
+    family = _coord_family(args)
+    errors = (Exception, SystemExit) if args.model not in FAMILIES else (ImportError,)
+    with _user_code(f"--model {args.model!r}", errors):
+        result = coord_check(family, args.widths, params=args.param, steps=max(args.steps, 2), lr=args.lr,
+                             optimizer=args.optimizer, tol=args.tol, seed=args.seed,
+                             progress=None if args.progress else False)  # fmt: skip
+    if args.format == "json":
+        json.dump(result.to_dict(), stdout, indent=2)
+        stdout.write("\n")
+    else:
+        stdout.write(f"{args.model}: widths {','.join(map(str, result.widths))}, {result.steps} {args.optimizer} "
+                     f"steps at lr {args.lr:g}; mean |activation| at the last step, and the largest |slope| of log "
+                     "size against log width after the first update\n")
+        stdout.write(result.table() + "\n")
+    if out:
+        try:
+            result.plot(out)
+            print(f"wrote {out}", file=sys.stderr)
+        except ModuleNotFoundError as err:
+            print(f"torchinit: the plot was not written: {err}", file=sys.stderr)
+    return 0
 
 
 def build_model_on_meta(model: str, depth: int, width: int) -> nn.Module:
@@ -469,6 +571,8 @@ def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
 def _run(args: argparse.Namespace, stdout: TextIO) -> int:
     if args.command == "train":
         return _run_train(args, stdout)
+    if args.command == "coordcheck":
+        return _run_coordcheck(args, stdout)
     shape = _input_shape(args)
     out = _plot_path(args.out, args.command) if args.out else None
     builder = _checked_builder(args.model, load_model(args.model))
@@ -566,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version (usage errors raise UsageError)
             return exc.code if isinstance(exc.code, int) else 0
         if args.command is None:
-            raise UsageError("a command is required: compare, probe or train (see torchinit --help)")
+            raise UsageError("a command is required: compare, probe, train or coordcheck (see torchinit --help)")
         return _run(args, sys.stdout)
     except (Exception, KeyboardInterrupt) as err:
         return _report(err, args)

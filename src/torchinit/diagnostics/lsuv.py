@@ -8,7 +8,6 @@ output on a batch is within ``tol`` of the target.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from torchinit._util.checks import finite, positive_int
+from torchinit._util.progress import Progress
 from torchinit._util.tensors import keeps_thread_modes
 from torchinit._util.text import text_table
 from torchinit._util.warn import warn
@@ -243,15 +243,12 @@ def _fit_in_order(model: nn.Module, layers: list[tuple[str, Layer]], data: Any, 
                   max_iter: int, progress: bool | None) -> list[LSUVRow]:  # fmt: skip
     """Fit every layer, in execution order; ``progress``: a progress bar (None: on a terminal, for many layers)."""
     order = _execution_order(model, layers, data)
-    show = progress if progress is not None else (len(order) >= PROGRESS_MIN_LAYERS and sys.stderr.isatty())
+    show = progress if progress is not None else (None if len(order) >= PROGRESS_MIN_LAYERS else False)
     rows = []
-    with torch.no_grad():
-        for i, (name, layer) in enumerate(order):
+    with torch.no_grad(), Progress(len(order), "lsuv_", enabled=show) as bar:
+        for name, layer in order:
             rows.append(_fit_layer(model, name, layer, data, target, tol, max_iter))
-            if show:
-                _progress(i + 1, len(order), name)
-    if show:
-        print(file=sys.stderr)
+            bar.step(name)
     return rows
 
 
@@ -268,8 +265,3 @@ def _fit_layer(model: nn.Module, name: str, layer: Layer, data: Any, target: flo
             layer.weight.mul_(target / std)
     return LSUVRow(name, iteration, std, False)
 
-
-def _progress(done: int, total: int, name: str) -> None:
-    width = 30
-    filled = width * done // total
-    print(f"\rlsuv_ [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}", end="", file=sys.stderr)

@@ -7,7 +7,9 @@ like) and stores nothing on the tensors:
 
 - :func:`roles`: ``{name: Role}`` (``kind``: input, hidden, output or vector; ``width_mult``);
 - :func:`policy`: muP's init as a :class:`~torchinit.Policy` (``apply_``, ``materialize_``, sharded models);
-- :func:`param_groups`: the optimizer groups with muP's learning rates and weight decay (AdamW or SGD).
+- :func:`param_groups`: the optimizer groups with muP's learning rates and weight decay (AdamW or SGD);
+- :func:`coord_check`: trains a model family at several widths and flags the layers whose activations move with
+  width (``torchinit coordcheck`` on the command line).
 
 Example::
 
@@ -23,7 +25,9 @@ Example::
 The formulation and how it relates to the mup package: :mod:`torchinit.mup.rules` and ``docs/mup.md``.
 """
 
+from torchinit.mup.coord import FAMILIES, PARAMETRIZATIONS, CoordCheck, Family, coord_check
 from torchinit.mup.roles import KINDS, Role, roles
 from torchinit.mup.rules import OPTIMIZERS, READOUTS, param_groups, policy
 
-__all__ = ["KINDS", "OPTIMIZERS", "READOUTS", "Role", "roles", "policy", "param_groups"]
+__all__ = ["KINDS", "OPTIMIZERS", "READOUTS", "Role", "roles", "policy", "param_groups", "coord_check", "CoordCheck",
+           "Family", "FAMILIES", "PARAMETRIZATIONS"]

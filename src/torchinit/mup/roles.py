@@ -67,17 +67,22 @@ class Role:
         return f"Role({self.kind!r}, width_mult={self.width_mult:g})"
 
 
-def roles(model: nn.Module, base: nn.Module) -> dict[str, Role]:
+def roles(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None) -> dict[str, Role]:
     """The muP role of every parameter of ``model``, found by comparing its shapes with those of ``base``.
 
     ``base`` is the same architecture at a smaller width (on any device: ``torch.device("meta")`` costs no
     memory). A dim grows where ``model``'s size is larger than ``base``'s; the table in :mod:`torchinit.mup.roles`
-    turns the growing dims into a kind and a width multiplier. Nothing is stored on the parameters, so the roles
-    hold for FSDP2's DTensors (their global shapes are compared) and under ``torch.compile``.
+    turns the growing dims into a kind and a width multiplier. A model at the base width itself shows no growing
+    dim: pass ``delta``, the architecture at any other width, and the width dims are those where ``delta`` differs
+    from ``base`` (the multipliers still compare ``model`` with ``base``; the mup package's ``delta`` does the
+    same). Nothing is stored on the parameters, so the roles hold for FSDP2's DTensors (their global shapes are
+    compared) and under ``torch.compile``.
 
     Args:
         model: the model to train.
         base: the same architecture at the base width (where muP equals the standard parametrization).
+        delta: the same architecture at another width, to tell the width dims where ``model`` has the base's
+            shapes (default: ``model`` itself).
 
     Returns:
         ``{qualified name: Role}`` in ``named_parameters()`` order; a tied parameter appears once, under its first
@@ -103,22 +108,50 @@ def roles(model: nn.Module, base: nn.Module) -> dict[str, Role]:
     """
     _check_module("model", model)
     _check_module("base", base)
-    base_params = {o.name: p for p, owners in named_parameter_owners(base) for o in owners}
+    base_shapes = _shapes("base", base, model)
+    delta_shapes = _shapes("delta", delta, model) if delta is not None else None
     found: dict[str, Role] = {}
-    seen: set[str] = set()
     for param, owners in named_parameter_owners(model):
         name = owners[0].name
-        seen.update(o.name for o in owners)
-        if name not in base_params:
-            raise ValueError(f"base has no parameter {name!r}: base must be the same architecture as model at a "
-                             "smaller width")  # fmt: skip
-        found[name] = _role(name, tuple(param.shape), tuple(base_params[name].shape), owners[0].module,
-                            owners[0].attr)  # fmt: skip
-    extra = [n for n in base_params if n not in seen]
-    if extra:
-        raise ValueError(f"model has no parameter {extra[0]!r} that base has: base must be the same architecture as "
-                         "model at a smaller width")  # fmt: skip
+        shape, base_shape = tuple(param.shape), base_shapes[name]
+        width_dims = _width_dims(name, shape, base_shape, delta_shapes[name] if delta_shapes else shape)
+        found[name] = _role(name, shape, base_shape, width_dims, owners[0].module, owners[0].attr)
     return found
+
+
+def _shapes(what: str, other: nn.Module, model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The shape of every parameter of ``other`` by each of its names, checked to name the same parameters as
+    ``model``."""
+    if what == "delta":
+        _check_module(what, other)
+    shapes = {o.name: tuple(p.shape) for p, owners in named_parameter_owners(other) for o in owners}
+    names = {o.name for _, owners in named_parameter_owners(model) for o in owners}
+    missing, extra = [n for n in names if n not in shapes], [n for n in shapes if n not in names]
+    if missing:
+        raise ValueError(f"{what} has no parameter {sorted(missing)[0]!r}: {what} must be the same architecture as "
+                         "model at another width")  # fmt: skip
+    if extra:
+        raise ValueError(f"model has no parameter {sorted(extra)[0]!r} that {what} has: {what} must be the same "
+                         "architecture as model at another width")  # fmt: skip
+    return shapes
+
+
+def _width_dims(name: str, shape: tuple[int, ...], base: tuple[int, ...], delta: tuple[int, ...]) -> list[int]:
+    """The dims of the parameter ``name`` that change with width: where ``delta`` (the model itself, by default)
+    differs from ``base``; ``model`` may differ from ``base`` only there."""
+    for other, what in ((shape, "model"), (delta, "delta")):
+        if len(other) != len(base):
+            raise ValueError(f"{name} has shape {other} in {what} and {base} in base: a different number of dims "
+                             "is not a width change")  # fmt: skip
+    dims = [i for i, (d, b) in enumerate(zip(delta, base)) if d != b]
+    moved = [i for i, (s, b) in enumerate(zip(shape, base)) if s != b and i not in dims]
+    if moved:
+        raise ValueError(f"{name} differs from base in dim {moved[0]} ({shape} against {base}), which does not "
+                         f"change between base and delta ({delta}): not a width change")  # fmt: skip
+    if len(dims) > _MAX_GROWING:
+        raise ValueError(f"{name} grows in {len(dims)} dims ({delta} against base {base}): muP has rules for "
+                         "weights with at most two width dims")  # fmt: skip
+    return dims
 
 
 def _check_module(name: str, module: object) -> None:
@@ -128,34 +161,31 @@ def _check_module(name: str, module: object) -> None:
         raise TypeError(f"{name} has lazy parameters whose shapes are not known yet: run a forward pass first")
 
 
-def _role(name: str, shape: tuple[int, ...], base: tuple[int, ...], module: nn.Module, attr: str) -> Role:
-    """The role of the parameter ``name`` of ``shape`` whose base has shape ``base``."""
-    if len(shape) != len(base):
-        raise ValueError(f"{name} has shape {shape} and base's has {base}: a different number of dims is not a "
-                         "width change")  # fmt: skip
+def _role(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims: list[int], module: nn.Module,
+          attr: str) -> Role:
+    """The role of the parameter ``name`` of ``shape``, whose base has shape ``base`` and whose ``width_dims``
+    change with width."""
     growth = [_growth(name, i, s, b) for i, (s, b) in enumerate(zip(shape, base))]
-    growing = [i for i, g in enumerate(growth) if g != 1.0]
-    if len(growing) > _MAX_GROWING:
-        raise ValueError(f"{name} grows in {len(growing)} dims ({shape} against base {base}): muP has rules for "
-                         "weights with at most two width dims")  # fmt: skip
     if len(shape) <= 1:
-        return Role("vector", growth[0] if growing else 1.0)
-    fan_in_mult, fan_out_mult = _fan_mults(name, shape, base, growth, module, attr)
-    if fan_in_mult != 1.0 and fan_out_mult != 1.0:
+        return Role("vector", growth[0] if shape else 1.0)
+    in_width, out_width = _split(name, shape, base, width_dims, module, attr)
+    fan_in_mult, fan_out_mult = math.prod(growth[i] for i in in_width), math.prod(growth[i] for i in out_width)
+    if in_width and out_width:
         return Role("hidden", fan_in_mult, fan_in_mult, fan_out_mult)
-    if fan_in_mult != 1.0:
+    if in_width:
         return Role("output", fan_in_mult, fan_in_mult, 1.0)
     return Role("input", fan_out_mult, 1.0, fan_out_mult)
 
 
-def _fan_mults(name: str, shape: tuple[int, ...], base: tuple[int, ...], growth: list[float], module: nn.Module,
-               attr: str) -> tuple[float, float]:
-    """How much the input and the output dims of a weight grew (a growing kernel dim of a known layer: an error)."""
+def _split(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims: list[int], module: nn.Module,
+           attr: str) -> tuple[list[int], list[int]]:
+    """The width dims that are input dims, and the others (a kernel dim of a known layer: an error)."""
     in_dims, known = _input_dims(module, attr)
-    out_growing = [i for i, g in enumerate(growth) if g != 1.0 and i not in in_dims]
-    if known and any(i not in module_layout(module).out_dims for i in out_growing):
+    in_width = [i for i in width_dims if i in in_dims]
+    out_width = [i for i in width_dims if i not in in_dims]
+    if known and any(i not in module_layout(module).out_dims for i in out_width):
         raise ValueError(f"{name} grows in a kernel dim ({shape} against base {base}): that is not a width change")
-    return math.prod(growth[i] for i in in_dims), math.prod(growth[i] for i in out_growing)
+    return in_width, out_width
 
 
 def _growth(name: str, dim: int, size: int, base: int) -> float:

@@ -16,7 +16,8 @@ SGD learning rate           ``lr * m``            ``lr * fan_out_mult``   ``lr /
 
 ``std=None`` relies on the model's own init being fan-in based where muP needs it (torch's Linear and ConvNd:
 variance ``1 / (3 fan_in)``, muP's hidden rule at every width), and zeroes the readout, which the paper allows
-and which needs no scale. Vectors (biases, norm weights) keep the model's own init and follow the input column's
+and which needs no scale. Biases are zero (muP keeps them of constant size; torch's bias init shrinks as
+``1 / sqrt(fan_in)``); other vectors (norm weights) keep the model's own init. Vectors follow the input column's
 learning rates. Weight decay
 is scaled inversely to the learning rate in every group (``weight_decay * lr / group lr``), so the decay per step,
 ``lr * weight_decay`` in torch's AdamW and SGD, does not change with width: the mup package's ``MuAdamW`` and
@@ -71,7 +72,8 @@ class Named:
         return f"Named({self.__name__!r}, {len(self.names)} parameters)"
 
 
-def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, readout: str | None = None) -> Policy:
+def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, readout: str | None = None,
+           delta: nn.Module | None = None) -> Policy:
     """muP's initialization of ``model`` as a :class:`~torchinit.Policy`, from the roles against ``base``.
 
     With ``std=s`` (a model initialized ``Normal(std=s)`` at the base width, as GPT-2 and Llama are): input
@@ -79,9 +81,10 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
     ``mup.init.normal_`` with its ``MuReadout`` gives them. With ``std=None`` every weight keeps the model's own init
     (torch's layers draw hidden weights with variance ``1 / (3 fan_in)``, muP's hidden rule) and output weights are
     zero. ``readout="zero"`` zeroes the output weights with ``std=s`` too (the paper allows a zero readout at any
-    width); ``readout="scaled"`` needs ``std``. Vectors (biases, norm weights) are not covered: they keep the model's
-    own init. ``m`` is each weight's :attr:`Role.width_mult`; the formulation and its equivalence with the mup
-    package: :mod:`torchinit.mup.rules`.
+    width); ``readout="scaled"`` needs ``std``. Biases are zero: muP keeps them of constant size, and torch's layers
+    draw them with std ``1 / sqrt(3 fan_in)``, which shrinks with width (the mup package rescales them instead).
+    Other vectors (norm weights) keep the model's own init. ``m`` is each weight's :attr:`Role.width_mult`; the
+    formulation and its equivalence with the mup package: :mod:`torchinit.mup.rules`.
 
     The policy composes like any other (``mup.policy(model, base) + Policy([...])``: later rules win) and works
     with ``apply_`` and ``materialize_`` on eager, deferred, meta and sharded models; with ``seed=`` the weights are
@@ -92,6 +95,7 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
         base: the same architecture at the base width (any device; meta costs nothing).
         std: the base width's init std, or None for the model's own init.
         readout: ``"scaled"`` (the default with ``std``) or ``"zero"`` (the default, and the only choice, without).
+        delta: the architecture at another width, for a ``model`` at the base width (:func:`roles`).
 
     Example:
         >>> import torch, torchinit as ti, torchinit.mup as mup
@@ -104,6 +108,24 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
         >>> abs(float(model[2].weight.std()) - 0.02 / 4) < 0.0005  # the readout's std shrinks as 1/m
         True
     """
+    readout = _checked_init(std, readout)
+    found = roles(model, base, delta=delta)
+    aliases = _aliases(model)
+    rules: list[tuple[Any, Initializer]] = []
+    for role, names in _groups(found).items():
+        init = _initializer(role.kind, role.width_mult, std, readout)
+        if init is not None:
+            every = [alias for name in names for alias in aliases[name]]
+            rules.append((Named(f"mup_{role.kind}_x{role.width_mult:g}", every), init))
+    biases = [alias for name, role in found.items() if role.kind == "vector" for alias in aliases[name]
+              if alias.rpartition(".")[2] == "bias"]  # fmt: skip
+    if biases:
+        rules.append((Named("mup_biases", biases), Zeros()))
+    return Policy(rules)
+
+
+def _checked_init(std: Any, readout: Any) -> str:
+    """``readout`` with its default, once ``std`` and ``readout`` are known to be valid together."""
     if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0
                             or not math.isfinite(std)):  # fmt: skip
         raise ValueError(f"std must be a positive finite number or None; got {std!r}")
@@ -112,15 +134,7 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
         raise ValueError(f"readout must be one of {', '.join(map(repr, READOUTS))}; got {readout!r}")
     if readout == "scaled" and std is None:
         raise ValueError("readout='scaled' needs std (the base width's init std); without std the readout is zero")
-    found = roles(model, base)
-    aliases = _aliases(model)
-    rules: list[tuple[Any, Initializer]] = []
-    for role, names in _groups(found).items():
-        init = _initializer(role.kind, role.width_mult, std, readout)
-        if init is not None:
-            every = [alias for name in names for alias in aliases[name]]
-            rules.append((Named(f"mup_{role.kind}_x{role.width_mult:g}", every), init))
-    return Policy(rules)
+    return readout
 
 
 def _initializer(kind: str, mult: float, std: float | None, readout: str) -> Initializer | None:
@@ -133,7 +147,7 @@ def _initializer(kind: str, mult: float, std: float | None, readout: str) -> Ini
 
 
 def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = "adamw",
-                 weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                 weight_decay: float = 0.0, *, delta: nn.Module | None = None) -> list[dict[str, Any]]:
     """torch.optim parameter groups with muP's learning rate (and weight decay) for each parameter of ``model``.
 
     One group per (kind, width multiplier), each with ``params``, ``lr``, ``weight_decay`` and, for reading, ``kind``,
@@ -155,6 +169,7 @@ def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = 
         lr: the learning rate tuned at the base width.
         optimizer: ``"adamw"`` or ``"sgd"``.
         weight_decay: the weight decay tuned at the base width.
+        delta: the architecture at another width, for a ``model`` at the base width (:func:`roles`).
 
     Example:
         >>> import torch, torchinit.mup as mup
@@ -171,7 +186,7 @@ def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = 
     _check_number("weight_decay", weight_decay, zero=True)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {optimizer!r}")
-    found = roles(model, base)
+    found = roles(model, base, delta=delta)
     params = {owners[0].name: p for p, owners in named_parameter_owners(model)}
     groups = []
     for role, names in _groups(found).items():

@@ -1,0 +1,72 @@
+"""``torchinit coordcheck``: the table, JSON, the plot, a user's builder, and one-line errors."""
+
+import json
+import textwrap
+
+import pytest
+
+from torchinit.cli.commands import main
+
+FAST = ["--widths", "32,64,128", "--steps", "3", "--no-progress"]
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table(capsys):
+    code, out, err = run_main(capsys, "coordcheck", *FAST)
+    assert code == 0, err
+    assert "mlp: widths 32,64,128, 3 adamw steps at lr 0.01" in out
+    assert "mup: 0 of 4 layer(s) move with width" in out
+    assert "sp: " in out and "readout" in out
+    assert err == ""  # no progress bar with --no-progress (and none when stderr is not a terminal)
+
+
+def test_json_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "cc.png"
+    code, out, err = run_main(capsys, "coordcheck", "--model", "resmlp", "--param", "mup", "--format", "json",
+                              "--out", str(png), *FAST)
+    assert code == 0, err
+    data = json.loads(out)
+    assert list(data["sizes"]) == ["mup"] and data["flagged"] == {"mup": []} and data["widths"] == [32, 64, 128]
+    assert png.stat().st_size > 0 and f"wrote {png}" in err
+
+
+def test_a_users_builder(capsys, tmp_path, monkeypatch):
+    (tmp_path / "widthmodel.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def build(width):
+            return nn.Sequential(nn.Linear(5, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(),
+                                 nn.Linear(width, 3))
+    """))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(capsys, "coordcheck", "--model", "widthmodel:build", "--input-shape", "5", *FAST)
+    assert code == 0, err
+    assert "mup: 0 of 5 layer(s) move with width" in out
+    code, _, err = run_main(capsys, "coordcheck", "--model", "widthmodel:build", *FAST)
+    assert code == 2 and "--input-shape is required with --model 'widthmodel:build'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, culprit",
+    [
+        (["--model", "mpl"], "--model 'mpl' is unknown; use mlp, resmlp, gpt2 or module:callable"),
+        (["--widths", "32,64"], "needs at least 3 distinct widths"),
+        (["--widths", "32,x,64"], "must be a positive integer"),
+        (["--param", "sp,ntk"], "choose from sp,mup"),
+        (["--lr", "0"], "must be a positive number"),
+        (["--optimizer", "lion"], "invalid choice: 'lion'"),
+        (["--model", "mlp", "--input-shape", "8"], "--input-shape is for your own model"),
+        (["--out", "plot.txt"], "--out 'plot.txt': name a .png, .pdf, .svg file"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, argv, culprit):
+    code, out, err = run_main(capsys, "coordcheck", *argv)
+    assert code == 2 and out == ""
+    assert culprit in err and len(err.strip().splitlines()) == 1, err
