@@ -154,7 +154,8 @@ def test_bad_input_exit_2_one_line_no_traceback(tmp_path, argv, culprit):
 def test_no_subcommand_and_version(capsys):
     code, out, err = run_main(capsys)
     assert code == 2
-    assert err == "torchinit: error: a command is required: compare, probe, train or coordcheck (see torchinit --help)\n"
+    assert err == ("torchinit: error: a command is required: compare, probe, train or coordcheck (see torchinit "
+                   "--help)\n")
     code, out, _ = run_main(capsys, "--version")
     assert code == 0 and out.strip() == f"torchinit {torchinit.__version__}"
 

@@ -125,7 +125,33 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 SCENARIOS = ("placements", "fsdp", "fsdp_own", "fsdp_apply", "tp", "tp_apply", "tp_fsdp", "fault", "generator",
              "partial")
 #: Scenarios run only when asked for (tests/model/test_sharded_wrappers.py).
-EXTRA_SCENARIOS = ("checkpointed", "checkpointed_own", "order", "ddp")
+EXTRA_SCENARIOS = ("checkpointed", "checkpointed_own", "order", "ddp", "mup")
+
+
+def mup_base() -> nn.Module:
+    """TinyLM's base for muP: width 5 (of 10), hidden 4 (of 7): every width dim grows, by uneven ratios."""
+    return Model(vocab=13, width=5, hidden=4, depth=2)
+
+
+def mup_policy(model: nn.Module, base: nn.Module) -> ti.Policy:
+    """muP's init (std 0.02), and the norms' weights, which muP leaves to a model with no init method of its own."""
+    import torchinit.mup as mup
+
+    return mup.policy(model, base, std=0.02) + ti.Policy([("*.norm.weight", ti.Ones())])
+
+
+def mup_step(model: nn.Module, base: nn.Module) -> tuple[list[tuple[str, float, float, list[str]]], torch.Tensor]:
+    """muP's init is done: build AdamW from muP's groups, take one step on fixed tokens; the groups (kind, lr,
+    weight decay, names) and the loss."""
+    import torchinit.mup as mup
+
+    groups = mup.param_groups(model, base, lr=1e-2, weight_decay=0.1)
+    opt = torch.optim.AdamW(groups)
+    tokens = torch.arange(24).reshape(3, 8) % 13
+    loss = model(tokens).float().square().mean()
+    loss.backward()
+    opt.step()
+    return [(g["kind"], g["lr"], g["weight_decay"], g["names"]) for g in groups], loss.detach()
 
 
 class DrawsOutOfOrder(nn.Module):
@@ -217,6 +243,21 @@ def run(scenario: str) -> dict[str, object]:
         }
         for name, b in model.named_buffers():
             out[name] = _full(b)
+    elif scenario == "mup":
+        from torch.distributed.fsdp import fully_shard
+
+        import torchinit.mup as mup
+
+        mesh = init_device_mesh("cpu", (world,))
+        with torch.device("meta"):
+            model, base = TinyLM(), mup_base()
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        out["roles"] = mup.roles(model, base)  # DTensors: their global shapes
+        ti.materialize_(model, mup_policy(model, base), seed=SEED)
+        out["init"] = {n: _full(p).detach().clone() for n, p in model.named_parameters()}
+        out["groups"], out["loss"] = mup_step(model, base)
     elif scenario in ("ddp", "order"):
         model = _run_ddp() if scenario == "ddp" else _run_out_of_order(init_device_mesh("cpu", (world,)))
     elif scenario in ("fsdp", "fsdp_own", "fsdp_apply", "fault", "generator", "checkpointed", "checkpointed_own"):
