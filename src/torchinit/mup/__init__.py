@@ -8,6 +8,8 @@ like) and stores nothing on the tensors:
 - :func:`roles`: ``{name: Role}`` (``kind``: input, hidden, output or vector; ``width_mult``);
 - :func:`policy`: muP's init as a :class:`~torchinit.Policy` (``apply_``, ``materialize_``, sharded models);
 - :func:`param_groups`: the optimizer groups with muP's learning rates and weight decay (AdamW or SGD);
+- :func:`forward_changes`: what muP needs in the forward pass (a tied readout's ``1/m``, attention scaled by
+  ``1/d``), made with hooks and attributes, undone by ``remove()``;
 - :func:`coord_check`: trains a model family at several widths and flags the layers whose activations move with
   width (``torchinit coordcheck`` on the command line).
 
@@ -26,8 +28,9 @@ The formulation and how it relates to the mup package: :mod:`torchinit.mup.rules
 """
 
 from torchinit.mup.coord import FAMILIES, PARAMETRIZATIONS, CoordCheck, Family, coord_check
+from torchinit.mup.forward import ForwardChanges, forward_changes
 from torchinit.mup.roles import KINDS, Role, roles
 from torchinit.mup.rules import OPTIMIZERS, READOUTS, param_groups, policy
 
 __all__ = ["KINDS", "OPTIMIZERS", "READOUTS", "Role", "roles", "policy", "param_groups", "coord_check", "CoordCheck",
-           "Family", "FAMILIES", "PARAMETRIZATIONS"]
+           "Family", "FAMILIES", "PARAMETRIZATIONS", "forward_changes", "ForwardChanges"]

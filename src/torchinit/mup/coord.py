@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torchinit._util.progress import Progress
 from torchinit.diagnostics.plots import colors, figure
 from torchinit.model.materialize import deferred, materialize_
+from torchinit.mup.forward import forward_changes
 from torchinit.mup.rules import OPTIMIZERS, param_groups, policy
 from torchinit.rng.private import private_random
 
@@ -214,10 +215,11 @@ def coord_check(
     module's mean ``|output|`` at each step; flag the layers whose size moves with width.
 
     ``"sp"`` is the model's own init with one learning rate ``lr`` for every parameter; ``"mup"`` is
-    :func:`~torchinit.mup.policy` (``std``) and :func:`~torchinit.mup.param_groups` against the model at
-    ``base_width`` (default: the smallest width). Step 0 is recorded before any update. A layer's slope is the
-    least-squares slope of ``log(size)`` against ``log(width)`` at one step; a layer is flagged when the magnitude of
-    its slope exceeds ``tol`` at a step after the first update (at step 0 a muP readout is small by design).
+    :func:`~torchinit.mup.policy` (``std``), :func:`~torchinit.mup.param_groups` and
+    :func:`~torchinit.mup.forward_changes` against the model at ``base_width`` (default: the smallest width). Step
+    0 is recorded before any update. A layer's slope is the least-squares slope of ``log(size)`` against
+    ``log(width)`` at one step; a layer is flagged when the magnitude of its slope exceeds ``tol`` at a step after
+    the first update (at step 0 a muP readout is small by design).
 
     Args:
         family: ``"mlp"``, ``"resmlp"``, ``"gpt2"`` (:data:`FAMILIES`), a :class:`Family`, or a callable
@@ -306,6 +308,7 @@ def _build(spec: Family, width: int, base_width: int, param: str, seed: int) -> 
     with torch.device("meta"):  # shapes only: the base, and another width that tells the width dims at the base
         base, delta = spec.build(width=base_width), spec.build(width=2 * base_width)
     materialize_(model, policy(model, base, std=spec.std, delta=delta), seed=seed)
+    forward_changes(model, base, delta=delta)  # a tied readout's 1/m, attention by 1/d (the model is discarded)
     return model, param_groups(model, base, lr=1.0, delta=delta)
 
 

@@ -37,7 +37,7 @@ from torchinit._util.tensors import is_uninitialized
 from torchinit.model.policy import named_parameter_owners
 from torchinit.schemes.layout import module_layout
 
-__all__ = ["KINDS", "Role", "roles"]
+__all__ = ["KINDS", "Role", "roles", "registration_role"]
 
 #: The kinds of parameters, as the muP tables name them.
 KINDS = ("input", "hidden", "output", "vector")
@@ -117,6 +117,25 @@ def roles(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None) 
         width_dims = _width_dims(name, shape, base_shape, delta_shapes[name] if delta_shapes else shape)
         found[name] = _role(name, shape, base_shape, width_dims, owners[0].module, owners[0].attr)
     return found
+
+
+def registration_role(model: nn.Module, base: nn.Module, delta: nn.Module | None, name: str, module: nn.Module,
+                      attr: str) -> Role:
+    """The role the parameter registered as ``name`` (attribute ``attr`` of ``module``) would have from that
+    registration's layout: for a tied parameter's later registrations (a tied readout), which :func:`roles` does
+    not give their own role."""
+    shape = tuple(module._parameters[attr].shape)  # type: ignore[union-attr]
+    base_shape = _shape_at(base, "base", name)
+    width_dims = _width_dims(name, shape, base_shape, _shape_at(delta, "delta", name) if delta is not None else shape)
+    return _role(name, shape, base_shape, width_dims, module, attr)
+
+
+def _shape_at(other: nn.Module, what: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(other.get_parameter(name).shape)
+    except AttributeError:
+        raise ValueError(f"{what} has no parameter {name!r}: {what} must be the same architecture as model at "
+                         "another width") from None
 
 
 def _shapes(what: str, other: nn.Module, model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -1,0 +1,152 @@
+"""The changes muP needs in the forward pass, made without editing model code: :func:`forward_changes`.
+
+Two places need them (Yang et al., "Tensor Programs V", Table 3 and section 4):
+
+- **A tied readout.** An output layer that shares its weight with the input embedding cannot take the output
+  weights' init and learning rate (the weight is the embedding's, ``input``-like: :mod:`torchinit.mup.roles`), so
+  its ``1/m`` goes into the forward pass: the layer sees ``x / m`` (``m``: the growth of its input dim), as the mup
+  package's ``MuSharedReadout`` computes. A forward pre-hook does it.
+- **Attention logits scaled by 1/d.** When the head dim ``d`` grows with width (the number of heads fixed), muP
+  scales the attention logits by ``1/d`` instead of ``1/sqrt(d)``: ``sqrt(d0) / d`` against the base head dim
+  ``d0``, which equals the standard ``1/sqrt(d0)`` at the base width. Modules that keep their scale in an attribute
+  are changed in place: transformers' attention modules (``scaling`` beside ``head_dim``: GPT-2, Llama, Mistral,
+  Qwen2 and the others built on the same attention interface) and timm's ``Attention`` (``scale`` beside
+  ``head_dim``; its fused path ignores ``scale``, so ``fused_attn`` is turned off for the changed modules). When
+  heads grow and the head dim stays, nothing changes. ``torch.nn.MultiheadAttention`` computes its scale inside
+  ``F.multi_head_attention_forward`` and cannot be changed from outside: keep its head dim fixed.
+
+An untied readout needs nothing in the forward pass: :func:`~torchinit.mup.policy` and
+:func:`~torchinit.mup.param_groups` give it its ``1/m``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from torchinit.model.policy import named_parameter_owners
+from torchinit.mup.roles import registration_role
+
+__all__ = ["forward_changes", "ForwardChanges"]
+
+
+@dataclass
+class ForwardChanges:
+    """What :func:`forward_changes` changed in a model (``changes``, one line each), and how to undo it: ``remove()``,
+    or leave a ``with`` block."""
+
+    changes: list[str] = field(default_factory=list)
+    _hooks: list[Any] = field(default_factory=list, repr=False)
+    _attributes: list[tuple[nn.Module, str, Any]] = field(default_factory=list, repr=False)
+
+    def remove(self) -> None:
+        """Undo every change (idempotent)."""
+        for handle in self._hooks:
+            handle.remove()
+        for module, attr, value in reversed(self._attributes):
+            setattr(module, attr, value)
+        self._hooks.clear()
+        self._attributes.clear()
+
+    def __enter__(self) -> ForwardChanges:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None, readout: bool = True,
+                    attention: bool = True) -> ForwardChanges:
+    """Make the forward-pass changes muP needs in ``model`` (see :mod:`torchinit.mup.forward`), from its shapes
+    against ``base`` (and ``delta``, for a model at the base width: :func:`~torchinit.mup.roles`).
+
+    ``readout``: a tied output layer sees its input divided by its width multiplier ``m`` (a forward pre-hook).
+    ``attention``: attention modules whose head dim grows scale their logits by ``sqrt(d0) / d`` instead of
+    ``1 / sqrt(d)`` (``d``: head dim, ``d0``: the base's). Returns a :class:`ForwardChanges` that lists what changed
+    and undoes it; the parameters are not touched, so the state dict is unchanged.
+
+    Args:
+        model: the model to train.
+        base: the same architecture at the base width.
+        delta: the architecture at another width, for a ``model`` at the base width.
+        readout: change tied readouts (default True).
+        attention: change attention scales (default True).
+
+    Example:
+        >>> import torch, torchinit.mup as mup
+        >>> class LM(torch.nn.Module):
+        ...     def __init__(self, d):
+        ...         super().__init__()
+        ...         self.embed, self.head = torch.nn.Embedding(50, d), torch.nn.Linear(d, 50, bias=False)
+        ...         self.head.weight = self.embed.weight  # tied
+        ...     def forward(self, idx):
+        ...         return self.head(self.embed(idx))
+        >>> with torch.device("meta"):
+        ...     base = LM(16)
+        >>> model = LM(64)
+        >>> changes = mup.forward_changes(model, base)
+        >>> changes.changes
+        ['head: tied readout, input / 4']
+        >>> changes.remove()
+    """
+    if not isinstance(readout, bool) or not isinstance(attention, bool):
+        raise TypeError("readout and attention must be bools")
+    done = ForwardChanges()
+    try:
+        if readout:
+            _tied_readouts(model, base, delta, done)
+        if attention:
+            _attention_scales(model, base, done)
+    except BaseException:
+        done.remove()  # all or nothing
+        raise
+    return done
+
+
+def _tied_readouts(model: nn.Module, base: nn.Module, delta: nn.Module | None, done: ForwardChanges) -> None:
+    for _, owners in named_parameter_owners(model):
+        for owner in owners[1:]:  # the first registration decides the parameter's role; later ones may read out
+            role = registration_role(model, base, delta, owner.name, owner.module, owner.attr)
+            if role.kind == "output" and isinstance(owner.module, nn.Linear):
+                done._hooks.append(owner.module.register_forward_pre_hook(_divide_input(role.width_mult)))
+                module_name = owner.name.rpartition(".")[0]
+                done.changes.append(f"{module_name}: tied readout, input / {role.width_mult:g}")
+
+
+def _divide_input(m: float) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] / m, *args[1:])
+
+    return hook
+
+
+def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -> None:
+    base_modules = dict(base.named_modules())
+    for name, module in model.named_modules():
+        attr = _scale_attribute(module)
+        counterpart = base_modules.get(name)
+        if attr is None or counterpart is None:
+            continue
+        d, d0 = module.head_dim, getattr(counterpart, "head_dim", None)
+        if not isinstance(d0, int) or d == d0:
+            continue
+        old = getattr(module, attr)
+        done._attributes.append((module, attr, old))
+        setattr(module, attr, old * (d0 / d) ** 0.5)
+        if attr == "scale" and getattr(module, "fused_attn", False):  # timm: the fused path ignores ``scale``
+            done._attributes.append((module, "fused_attn", True))
+            module.fused_attn = False
+        done.changes.append(f"{name}: attention scale x sqrt({d0}/{d}) (1/d instead of 1/sqrt(d))")
+
+
+def _scale_attribute(module: nn.Module) -> str | None:
+    """The attribute holding ``module``'s attention scale, next to an int ``head_dim``: ``scaling`` (transformers)
+    or ``scale`` (timm), or None."""
+    if not isinstance(getattr(module, "head_dim", None), int):
+        return None
+    for attr in ("scaling", "scale"):
+        if isinstance(module.__dict__.get(attr), float):
+            return attr
+    return None
