@@ -31,7 +31,7 @@ def test_json_and_plot(capsys, tmp_path):
     code, out, err = run_main(capsys, "coordcheck", "--model", "resmlp", "--param", "mup", "--format", "json",
                               "--out", str(png), *FAST)
     assert code == 0, err
-    data = json.loads(out)
+    data = json.loads(out, parse_constant=lambda name: pytest.fail(f"not strict JSON: {name}"))
     assert list(data["sizes"]) == ["mup"] and data["flagged"] == {"mup": []} and data["widths"] == [32, 64, 128]
     assert png.stat().st_size > 0 and f"wrote {png}" in err
 
@@ -64,6 +64,9 @@ def test_a_users_builder(capsys, tmp_path, monkeypatch):
         (["--optimizer", "lion"], "invalid choice: 'lion'"),
         (["--model", "mlp", "--input-shape", "8"], "--input-shape is for your own model"),
         (["--out", "plot.txt"], "--out 'plot.txt': name a .png, .pdf, .svg file"),
+        (["--steps", "1"], "must be an integer of at least 2"),
+        (["--widths", "16,32,100000000"], "width 100000000 would need about"),
+        (["--widths", "16,32,64", "--max-memory", "1K"], "over the --max-memory limit of 1 KiB"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, culprit):

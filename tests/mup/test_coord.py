@@ -87,6 +87,11 @@ def test_table_json_and_plot(tmp_path):
         ({"optimizer": "lion"}, ValueError, "optimizer must be one of"),
         ({"lr": -1.0}, ValueError, "lr must be a positive finite number"),
         ({"tol": float("nan")}, ValueError, "tol must be a positive finite number"),
+        ({"widths": 64}, TypeError, "widths must be a sequence of positive integers; got int"),
+        ({"widths": (w for w in (32, 64))}, ValueError, r"at least 3 distinct widths to fit a slope; got \[32, 64\]"),
+        ({"base_width": 0}, ValueError, "base_width must be a positive integer; got 0"),
+        ({"base_width": True}, ValueError, "base_width must be a positive integer"),
+        ({"std": -1.0}, ValueError, "std must be a positive finite number or None"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
@@ -125,3 +130,38 @@ def test_gpt2_family():
     assert len(check.flagged["sp"]) > 3 * len(check.flagged["mup"])
     # the readout: sp's logits grow about as width^0.7; muP's stay within a mild finite-width shrink
     assert _worst(check.slopes["sp"]["lm_head"]) > 0.6 > 0.4 > _worst(check.slopes["mup"]["lm_head"])
+
+
+def test_params_may_be_any_iterable():
+    check = mup.coord_check("mlp", params=(p for p in ["mup"]), **FAST)
+    assert list(check.sizes) == ["mup"]
+
+
+class RandomBuffer(nn.Module):
+    """A model whose constructor draws from torch's RNG (a random projection buffer)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.l, self.o = nn.Linear(8, width), nn.Linear(width, 3)
+        self.register_buffer("p", torch.randn(8, 8))
+
+    def forward(self, x):
+        return self.o(torch.relu(self.l(x @ self.p)))
+
+
+def test_a_builder_that_draws_neither_touches_nor_depends_on_the_global_rng():
+    loss = regression_loss(torch.ones(16, 8))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = mup.coord_check(RandomBuffer, loss=loss, **FAST)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(1)
+    assert mup.coord_check(RandomBuffer, loss=loss, **FAST).to_dict() == first.to_dict()
+
+
+def test_json_has_no_nan():
+    import json
+
+    data = mup.coord_check("mlp", **FAST).to_dict()
+    json.dumps(data, allow_nan=False)  # muP's zero readout at step 0 has no slope: null, not NaN
+    assert data["slopes"]["mup"]["readout"][0] is None

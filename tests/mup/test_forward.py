@@ -134,3 +134,12 @@ def test_arguments():
         mup.forward_changes(LM(32), LM(16), readout="yes")
     with pytest.raises(ValueError, match="base has no parameter"):
         mup.forward_changes(LM(32), nn.Linear(2, 2))
+
+
+def test_applying_twice_is_refused_until_removed():
+    model = LM(64)
+    first = mup.forward_changes(model, on_meta(LM, 16))
+    with pytest.raises(ValueError, match="already has muP's forward changes"):
+        mup.forward_changes(model, on_meta(LM, 16))
+    first.remove()
+    mup.forward_changes(model, on_meta(LM, 16)).remove()

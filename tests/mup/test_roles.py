@@ -214,3 +214,34 @@ def test_timm_vit_roles():
     assert kinds["head.weight"] == "output" and kinds["head.bias"] == "vector"
     assert kinds["blocks.0.attn.qkv.weight"] == "hidden" and kinds["blocks.0.mlp.fc1.weight"] == "hidden"
     assert all(kinds[n] == "vector" for n in got if "norm" in n)
+
+
+def test_embedding_bag_is_an_embedding():
+    bag = lambda w: nn.Sequential(nn.EmbeddingBag(100, w), nn.Linear(w, 3))  # noqa: E731
+    assert mup.roles(bag(256), on_meta(bag, 64))["0.weight"] == Role("input", 4.0, 1.0, 4.0)
+
+
+def test_grouped_transposed_conv_whose_groups_grow():
+    """ConvTranspose's dim 0 holds every group's inputs: with groups = width, each group's fan-in is fixed."""
+    net = lambda w: nn.Sequential(nn.Conv2d(3, w, 3), nn.ConvTranspose2d(w, w, 4, stride=2, groups=w),  # noqa: E731
+                                  nn.ConvTranspose2d(w, w, 2), nn.Conv2d(w, 3, 1))
+    got = mup.roles(net(256), on_meta(net, 64))
+    assert got["1.weight"] == Role("input", 4.0, 1.0, 4.0)  # depthwise, as the depthwise Conv2d
+    assert got["2.weight"] == Role("hidden", 4.0, 4.0, 4.0)  # groups 1: dim 0 is the fan-in
+
+
+class HeadFirst(nn.Module):
+    """A tied embedding whose readout registers the weight first."""
+
+    def __init__(self, w: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(w, 50, bias=False)
+        self.embed = nn.Embedding(50, w)
+        self.head.weight = self.embed.weight
+
+
+def test_a_tied_weight_is_input_whichever_registration_comes_first():
+    got = mup.roles(HeadFirst(64), on_meta(HeadFirst, 16))
+    assert list(got) == ["head.weight"] and got["head.weight"] == Role("input", 4.0, 1.0, 4.0)
+    changes = mup.forward_changes(HeadFirst(64), on_meta(HeadFirst, 16))
+    assert changes.changes == ["head: tied readout, input / 4"]

@@ -141,7 +141,8 @@ def test_at_the_base_width_with_delta_the_readout_is_zero_as_at_every_width():
 
 def test_at_the_base_width_mup_is_the_standard_parametrization():
     model, base = mlp(64), mlp(64)
-    mup.policy(model, base, std=0.02).apply_(model, seed=0)
+    with pytest.warns(UserWarning, match="model has base's shapes.*pass delta="):
+        mup.policy(model, base, std=0.02).apply_(model, seed=0)
     reference = mlp(64)
     ti.Policy([(nn.Linear, {"weight": ti.Normal(std=0.02)})]).apply_(reference, seed=0)
     assert all(torch.equal(model[i].weight, reference[i].weight) for i in (0, 2, 4))
@@ -198,3 +199,27 @@ def test_a_compiled_model_trains_with_mup_groups_as_the_eager_one():
     compiled = _train(mlp(64), base, compiled=True)
     assert compiled == pytest.approx(eager, rel=1e-5)
     assert compiled[-1] < 0.9 * compiled[0], compiled
+
+
+def test_lstm_biases_are_zero_too():
+    lstm = lambda h: nn.Sequential(nn.LSTM(4, h))  # noqa: E731
+    model = lstm(64)
+    mup.policy(model, on_meta(lstm, 16)).apply_(model, seed=0)
+    assert not model[0].bias_ih_l0.any() and not model[0].bias_hh_l0.any()
+
+
+def test_reparametrized_weights_keep_their_init():
+    """weight_norm on the readout: its g and v keep the model's own init (zeroing v would make the weight 0/0)."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    def build(w: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(8, w), nn.ReLU(), weight_norm(nn.Linear(w, 10)))
+
+    model = build(256)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mup.policy(model, on_meta(build, 64)).apply_(model, seed=0)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if "parametrizations" in n)
+    assert bool(torch.isfinite(model(torch.randn(4, 8))).all())
+    got = mup.roles(model, on_meta(build, 64))
+    assert got["2.parametrizations.weight.original1"] == mup.Role("output", 4.0, 4.0, 1.0)  # v: the readout's layout
+    assert got["2.parametrizations.weight.original0"].kind == "vector"  # g: one magnitude per output

@@ -398,7 +398,7 @@ def _add_coordcheck(sub: argparse._SubParsersAction, debug_help: str) -> None:
                      help="comma-separated widths, at least 3 (default: 64,128,256,512)")
     cmd.add_argument("--param", type=_param_list, default=list(PARAMETRIZATIONS), metavar="LIST",
                      help=f"comma-separated parametrizations of {','.join(PARAMETRIZATIONS)} (default: sp,mup)")
-    cmd.add_argument("--steps", type=_positive_int, default=4, help="training steps, at least 2 (default: 4)")
+    cmd.add_argument("--steps", type=_steps, default=4, help="training steps, at least 2 (default: 4)")
     cmd.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default: 0.01)")
     cmd.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="the optimizer (default: adamw)")
     cmd.add_argument("--tol", type=_positive_float, default=DEFAULT_TOL,
@@ -408,9 +408,18 @@ def _add_coordcheck(sub: argparse._SubParsersAction, debug_help: str) -> None:
     cmd.add_argument("--out", metavar="PATH", help="write the log-log plot of activation size against width here "
                                                     f"({', '.join(PLOT_SUFFIXES)}; a directory gets coordcheck.png)")
     cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+    cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
+                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory)")
     cmd.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (default: one on stderr when it is a terminal)")
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+
+
+def _steps(text: str) -> int:
+    value = _integer(text, "an integer of at least 2")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 2 (step 0 is the init); got {text!r}")
+    return value
 
 
 def _width_list(text: str) -> list[int]:
@@ -454,12 +463,28 @@ def _coord_family(args: argparse.Namespace) -> Family:
     return Family(builder, regression_loss(inputs, args.seed), None, args.model)
 
 
+def _check_coord_memory(args: argparse.Namespace, family: Family, errors: tuple[type[BaseException], ...]) -> None:
+    """Refuse a run whose widest model's parameters, gradients and AdamW state (16 bytes a parameter in float32,
+    counted on the meta device) would not fit ``--max-memory``."""
+    widest = max(args.widths)
+    with _user_code(f"--model {args.model!r}: building width {widest} on meta", errors), torch.device("meta"):
+        model = family.build(width=widest)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {args.model!r} returned {type(model).__name__}, not an nn.Module")
+    need = 16 * sum(p.numel() for p in model.parameters())
+    limit = _default_memory_limit() if args.max_memory is None else args.max_memory
+    if need > limit:
+        raise UsageError(f"width {widest} would need about {_human(need)} for its parameters, gradients and AdamW "
+                         f"state, over the --max-memory limit of {_human(limit)}; lower --widths")
+
+
 def _run_coordcheck(args: argparse.Namespace, stdout: TextIO) -> int:
     out = _plot_path(args.out, "coordcheck") if args.out is not None else None
     family = _coord_family(args)
     errors = (Exception, SystemExit) if args.model not in FAMILIES else (ImportError,)
+    _check_coord_memory(args, family, errors)
     with _user_code(f"--model {args.model!r}", errors):
-        result = coord_check(family, args.widths, params=args.param, steps=max(args.steps, 2), lr=args.lr,
+        result = coord_check(family, args.widths, params=args.param, steps=args.steps, lr=args.lr,
                              optimizer=args.optimizer, tol=args.tol, seed=args.seed,
                              progress=None if args.progress else False)  # fmt: skip
     if args.format == "json":

@@ -15,7 +15,7 @@ reproducible and never touches the global RNG.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from torchinit._util.progress import Progress
 from torchinit.diagnostics.plots import colors, figure
 from torchinit.model.materialize import deferred, materialize_
 from torchinit.mup.forward import forward_changes
-from torchinit.mup.rules import OPTIMIZERS, param_groups, policy
+from torchinit.mup.rules import OPTIMIZERS, checked_init, param_groups, policy
 from torchinit.rng.private import private_random
 
 __all__ = ["coord_check", "CoordCheck", "Family", "FAMILIES", "PARAMETRIZATIONS", "DEFAULT_TOL", "regression_loss"]
@@ -97,7 +97,7 @@ def gpt2(width: int) -> nn.Module:
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError as err:
-        raise ImportError("the gpt2 family needs transformers: pip install transformers") from err
+        raise ImportError(f"the gpt2 family needs transformers, which cannot be imported here ({err})") from err
     config = GPT2Config(vocab_size=96, n_positions=32, n_embd=width, n_layer=2, n_head=max(width // 16, 1),
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, bos_token_id=0,
                         eos_token_id=0)  # fmt: skip
@@ -167,9 +167,9 @@ class CoordCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for JSON): widths, steps, tol, sizes, slopes and flagged layers."""
-        return {"widths": self.widths, "steps": self.steps, "tol": self.tol,
-                "sizes": {p: {str(w): v for w, v in by_width.items()} for p, by_width in self.sizes.items()},
-                "slopes": self.slopes, "flagged": self.flagged}  # fmt: skip
+        return _finite({"widths": self.widths, "steps": self.steps, "tol": self.tol,
+                        "sizes": {p: {str(w): v for w, v in by_width.items()} for p, by_width in self.sizes.items()},
+                        "slopes": self.slopes, "flagged": self.flagged})  # fmt: skip
 
     def plot(self, path: str) -> None:
         """Log-log plots of size against width, one panel per parametrization (rows) and step (columns), one line
@@ -194,6 +194,17 @@ class CoordCheck:
             if self.flagged[param]:
                 axes[row][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.savefig(path)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def coord_check(
@@ -244,7 +255,8 @@ def coord_check(
     """
     spec = _family(family, loss, std)
     widths, steps, params = _checked(widths, steps, params, optimizer, lr, tol)
-    base_width = widths[0] if base_width is None else base_width
+    base_width = _checked_base_width(widths[0] if base_width is None else base_width)
+    checked_init(spec.std, None)  # before any run: a bad std would fail only after the sp runs
     result = CoordCheck(list(widths), steps, tol)
     with Progress(len(params) * len(widths) * steps, "coord_check", enabled=progress) as bar:
         for param in params:
@@ -271,8 +283,9 @@ def _family(family: Any, loss: Callable[[nn.Module], Tensor] | None, std: float 
     return Family(spec.build, loss or spec.loss, std if std is not None else spec.std, spec.description)
 
 
-def _checked(widths: Sequence[int], steps: int, params: Sequence[str], optimizer: str, lr: float,
+def _checked(widths: Any, steps: int, params: Any, optimizer: str, lr: float,
              tol: float) -> tuple[list[int], int, list[str]]:  # fmt: skip
+    params = list(params) if isinstance(params, Iterable) and not isinstance(params, str) else params
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer of at least 2 (step 0 is the init); got {steps!r}")
     unknown = [p for p in params if p not in PARAMETRIZATIONS]
@@ -280,20 +293,32 @@ def _checked(widths: Sequence[int], steps: int, params: Sequence[str], optimizer
         raise ValueError(f"params must name some of {', '.join(map(repr, PARAMETRIZATIONS))}; got {params!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {optimizer!r}")
-    for name, value in (("lr", lr), ("tol", tol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    _positive("lr", lr)
+    _positive("tol", tol)
     return _checked_widths(widths), steps, list(dict.fromkeys(params))
 
 
-def _checked_widths(widths: Sequence[int]) -> list[int]:
-    if isinstance(widths, (str, bytes)) or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0
-                                                   for w in widths):  # fmt: skip
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+
+
+def _checked_widths(widths: Any) -> list[int]:
+    if not isinstance(widths, Iterable) or isinstance(widths, (str, bytes)):
+        raise TypeError(f"widths must be a sequence of positive integers; got {type(widths).__name__}")
+    widths = list(widths)
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
         raise ValueError(f"widths must be positive integers; got {widths!r}")
     distinct = sorted(set(widths))
     if len(distinct) < 3:
         raise ValueError(f"widths must hold at least 3 distinct widths to fit a slope; got {distinct}")
     return distinct
+
+
+def _checked_base_width(base_width: Any) -> int:
+    if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
+        raise ValueError(f"base_width must be a positive integer; got {base_width!r}")
+    return base_width
 
 
 def _build(spec: Family, width: int, base_width: int, param: str, seed: int) -> tuple[nn.Module, list[dict]]:
@@ -315,10 +340,12 @@ def _build(spec: Family, width: int, base_width: int, param: str, seed: int) -> 
 def _train(spec: Family, width: int, base_width: int, param: str, steps: int, lr: float, optimizer: str, seed: int,
            bar: Progress) -> list[dict[str, float]]:  # fmt: skip
     """Train one model for ``steps`` steps; each step's mean |output| of every leaf module, recorded before the
-    step's update."""
-    model, groups = _build(spec, width, base_width, param, seed)
-    for group in groups:  # muP's groups hold multipliers of lr (built with lr=1)
+    step's update. Everything it draws, construction included, comes from private generators seeded by ``seed``."""
+    with private_random(seed=seed):
+        model, groups = _build(spec, width, base_width, param, seed)
+    for group in groups:  # muP's groups hold multipliers of lr (built with lr=1); no weight decay in either
         group["lr"] = lr * group.get("lr", 1.0)
+        group["weight_decay"] = 0.0
     opt = torch.optim.AdamW(groups, lr=lr) if optimizer == "adamw" else torch.optim.SGD(groups, lr=lr)
     model.train()
     sizes: list[dict[str, float]] = []

@@ -21,13 +21,16 @@ An untied readout needs nothing in the forward pass: :func:`~torchinit.mup.polic
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from torchinit.model.policy import named_parameter_owners
-from torchinit.mup.roles import registration_role
+from torchinit.mup.depth import Depth, check_alpha, depth_of
+from torchinit.mup.roles import registration_role, roles
 
 __all__ = ["forward_changes", "ForwardChanges"]
 
@@ -40,9 +43,13 @@ class ForwardChanges:
     changes: list[str] = field(default_factory=list)
     _hooks: list[Any] = field(default_factory=list, repr=False)
     _attributes: list[tuple[nn.Module, str, Any]] = field(default_factory=list, repr=False)
+    _model: Any = field(default=None, repr=False)  # a weak reference to the model
 
     def remove(self) -> None:
         """Undo every change (idempotent)."""
+        model = self._model() if self._model is not None else None
+        if model is not None and _ACTIVE.get(model) is self:
+            del _ACTIVE[model]
         for handle in self._hooks:
             handle.remove()
         for module, attr, value in reversed(self._attributes):
@@ -57,8 +64,13 @@ class ForwardChanges:
         self.remove()
 
 
+#: The changes in force in each model: a second call on a model would stack them (scale twice).
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, ForwardChanges] = weakref.WeakKeyDictionary()
+
+
 def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None, readout: bool = True,
-                    attention: bool = True) -> ForwardChanges:
+                    attention: bool = True, depth_alpha: float | None = None,
+                    branches: Sequence[str] | None = None) -> ForwardChanges:
     """Make the forward-pass changes muP needs in ``model`` (see :mod:`torchinit.mup.forward`), from its shapes
     against ``base`` (and ``delta``, for a model at the base width: :func:`~torchinit.mup.roles`).
 
@@ -73,6 +85,11 @@ def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | Non
         delta: the architecture at another width, for a ``model`` at the base width.
         readout: change tied readouts (default True).
         attention: change attention scales (default True).
+        depth_alpha: with a ``base`` of smaller depth, multiply every residual branch's output by
+            ``(L0 / L) ** depth_alpha`` (0.5: depth-muP; 1: CompleteP; :mod:`torchinit.mup.depth`); pair it with
+            :func:`~torchinit.mup.param_groups`'s ``depth_alpha``.
+        branches: glob patterns of the modules that end the residual branches (default: the known layouts,
+            :data:`~torchinit.mup.depth.BRANCH_ENDS`).
 
     Example:
         >>> import torch, torchinit.mup as mup
@@ -93,21 +110,31 @@ def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | Non
     """
     if not isinstance(readout, bool) or not isinstance(attention, bool):
         raise TypeError("readout and attention must be bools")
-    done = ForwardChanges()
+    depth = depth_of(model, base, branches) if depth_alpha is not None and check_alpha(depth_alpha) else None
+    if model in _ACTIVE:
+        raise ValueError("model already has muP's forward changes (they would apply twice): call remove() on the "
+                         "ForwardChanges that forward_changes returned first")  # fmt: skip
+    done = ForwardChanges(_model=weakref.ref(model))
     try:
         if readout:
             _tied_readouts(model, base, delta, done)
         if attention:
             _attention_scales(model, base, done)
+        if depth is not None and depth.ratio != 1:
+            _branch_multipliers(model, depth, depth.branch_multiplier(depth_alpha), done)  # type: ignore[arg-type]
     except BaseException:
         done.remove()  # all or nothing
         raise
+    _ACTIVE[model] = done
     return done
 
 
 def _tied_readouts(model: nn.Module, base: nn.Module, delta: nn.Module | None, done: ForwardChanges) -> None:
+    found = roles(model, base, delta=delta)
     for _, owners in named_parameter_owners(model):
-        for owner in owners[1:]:  # the first registration decides the parameter's role; later ones may read out
+        if len(owners) < 2 or found[owners[0].name].kind != "input":
+            continue
+        for owner in owners:  # every registration that reads out through the shared (input-like) weight
             role = registration_role(model, base, delta, owner.name, owner.module, owner.attr)
             if role.kind == "output" and isinstance(owner.module, nn.Linear):
                 done._hooks.append(owner.module.register_forward_pre_hook(_divide_input(role.width_mult)))
@@ -139,6 +166,21 @@ def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -
             done._attributes.append((module, "fused_attn", True))
             module.fused_attn = False
         done.changes.append(f"{name}: attention scale x sqrt({d0}/{d}) (1/d instead of 1/sqrt(d))")
+
+
+def _branch_multipliers(model: nn.Module, depth: Depth, multiplier: float, done: ForwardChanges) -> None:
+    modules = dict(model.named_modules())
+    for name in depth.branches:
+        done._hooks.append(modules[name].register_forward_hook(_multiply_output(multiplier)))
+    done.changes.append(f"{len(depth.branches)} residual branch(es) in {', '.join(depth.stacks)}: output x "
+                        f"{multiplier:.4g} (depth {depth.layers} against {depth.base_layers})")
+
+
+def _multiply_output(multiplier: float) -> Any:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output * multiplier
+
+    return hook
 
 
 def _scale_attribute(module: nn.Module) -> str | None:

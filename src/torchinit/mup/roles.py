@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from torchinit._util.tensors import is_uninitialized
 from torchinit.model.policy import named_parameter_owners
+from torchinit.mup.depth import block_renamer
 from torchinit.schemes.layout import module_layout
 
 __all__ = ["KINDS", "Role", "roles", "registration_role"]
@@ -110,49 +113,106 @@ def roles(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None) 
     _check_module("base", base)
     base_shapes = _shapes("base", base, model)
     delta_shapes = _shapes("delta", delta, model) if delta is not None else None
+    base_groups = _conv_groups(base, model)
     found: dict[str, Role] = {}
     for param, owners in named_parameter_owners(model):
-        name = owners[0].name
-        shape, base_shape = tuple(param.shape), base_shapes[name]
-        width_dims = _width_dims(name, shape, base_shape, delta_shapes[name] if delta_shapes else shape)
-        found[name] = _role(name, shape, base_shape, width_dims, owners[0].module, owners[0].attr)
+        shape = tuple(param.shape)
+        each = [_registration(model, o, shape, base_shapes[o.name], delta_shapes[o.name] if delta_shapes else shape,
+                              base_groups.get(o.name, 1)) for o in owners]  # fmt: skip
+        found[owners[0].name] = next((r for r in each if r.kind == "input"), each[0]) if len(each) > 1 else each[0]
     return found
 
 
 def registration_role(model: nn.Module, base: nn.Module, delta: nn.Module | None, name: str, module: nn.Module,
                       attr: str) -> Role:
-    """The role the parameter registered as ``name`` (attribute ``attr`` of ``module``) would have from that
-    registration's layout: for a tied parameter's later registrations (a tied readout), which :func:`roles` does
-    not give their own role."""
+    """The role the parameter registered as ``name`` (attribute ``attr`` of ``module``) has from that registration's
+    layout alone: for each registration of a tied parameter (a tied readout), which :func:`roles` gives one role."""
     shape = tuple(module._parameters[attr].shape)  # type: ignore[union-attr]
-    base_shape = _shape_at(base, "base", name)
-    width_dims = _width_dims(name, shape, base_shape, _shape_at(delta, "delta", name) if delta is not None else shape)
-    return _role(name, shape, base_shape, width_dims, module, attr)
+    base_shape = _shape_at(base, "base", name, model)
+    delta_shape = _shape_at(delta, "delta", name, model) if delta is not None else shape
+    owner = _Owner(name, module, attr)
+    return _registration(model, owner, shape, base_shape, delta_shape, _conv_groups(base, model).get(name, 1))
 
 
-def _shape_at(other: nn.Module, what: str, name: str) -> tuple[int, ...]:
+class _Owner(NamedTuple):
+    name: str
+    module: nn.Module
+    attr: str
+
+
+def _registration(model: nn.Module, owner: Any, shape: tuple[int, ...], base: tuple[int, ...],
+                  delta: tuple[int, ...], base_groups: int) -> Role:
+    """The role of one registration of a parameter: its layer's layout (through a parametrization or an old
+    ``weight_norm`` to the layer that owns the weight), its width dims, and a conv's groups."""
+    layer, attr, magnitude = _layout_target(model, owner)
+    width_dims = _width_dims(owner.name, shape, base, delta)
+    if magnitude:  # weight_norm's g: one value per output, a vector however many trailing ones it has
+        return Role("vector", _growth(owner.name, 0, shape[0], base[0]))
+    groups = getattr(layer, "groups", 1) if isinstance(layer, nn.modules.conv._ConvNd) else 1
+    return _role(owner.name, shape, base, width_dims, layer, attr, groups / base_groups)
+
+
+def _layout_target(model: nn.Module, owner: Any) -> tuple[nn.Module, str, bool]:
+    """The layer whose layout a registered parameter follows, the attribute it stands for there, and whether it is
+    a weight_norm magnitude. A parametrization's ``original`` (``a.parametrizations.weight.original1``) stands for
+    ``a.weight``, an old weight_norm's ``weight_v`` (and spectral_norm's ``weight_orig``) for ``weight``."""
+    if isinstance(owner.module, parametrize.ParametrizationList):
+        parent, _, rest = owner.name.rpartition(".parametrizations.") if ".parametrizations." in owner.name \
+            else ("", "", owner.name.removeprefix("parametrizations."))
+        layer = model.get_submodule(parent) if parent else model
+        original = owner.module._parameters[owner.attr]
+        return layer, rest.partition(".")[0], _is_magnitude(tuple(original.shape))  # type: ignore[union-attr]
+    if owner.attr in ("weight_v", "weight_orig"):
+        return owner.module, "weight", False
+    if owner.attr == "weight_g":
+        return owner.module, owner.attr, True
+    return owner.module, owner.attr, False
+
+
+def _is_magnitude(shape: tuple[int, ...]) -> bool:
+    """A weight_norm magnitude ``g``: one value per output, the other dims 1 (``(out, 1)``, ``(out, 1, 1, 1)``)."""
+    return len(shape) >= 2 and all(size == 1 for size in shape[1:])
+
+
+def _conv_groups(other: nn.Module, model: nn.Module) -> dict[str, int]:
+    """For every parameter name of ``model`` owned by a conv layer in ``other``: that layer's ``groups``."""
+    rename = block_renamer(model, other)
+    modules = dict(other.named_modules())
+    found = {}
+    for _, owners in named_parameter_owners(model):
+        for o in owners:
+            layer = modules.get(rename(o.name).rpartition(".")[0])
+            if isinstance(layer, nn.modules.conv._ConvNd):
+                found[o.name] = layer.groups
+    return found
+
+
+def _shape_at(other: nn.Module, what: str, name: str, model: nn.Module) -> tuple[int, ...]:
     try:
-        return tuple(other.get_parameter(name).shape)
+        return tuple(other.get_parameter(block_renamer(model, other)(name)).shape)
     except AttributeError:
         raise ValueError(f"{what} has no parameter {name!r}: {what} must be the same architecture as model at "
                          "another width") from None
 
 
 def _shapes(what: str, other: nn.Module, model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """The shape of every parameter of ``other`` by each of its names, checked to name the same parameters as
-    ``model``."""
+    """The shape of ``other``'s counterpart of every parameter name of ``model`` (block ``i`` of a deeper
+    ``model`` stands for a block of ``other``: :func:`~torchinit.mup.depth.block_renamer`), checked to cover every
+    parameter of ``other``."""
     if what == "delta":
         _check_module(what, other)
     shapes = {o.name: tuple(p.shape) for p, owners in named_parameter_owners(other) for o in owners}
-    names = {o.name for _, owners in named_parameter_owners(model) for o in owners}
-    missing, extra = [n for n in names if n not in shapes], [n for n in shapes if n not in names]
+    rename = block_renamer(model, other)
+    counterparts = {o.name: rename(o.name) for _, owners in named_parameter_owners(model) for o in owners}
+    missing = [n for n, c in counterparts.items() if c not in shapes]
+    extra = set(shapes) - set(counterparts.values())
     if missing:
         raise ValueError(f"{what} has no parameter {sorted(missing)[0]!r}: {what} must be the same architecture as "
                          "model at another width")  # fmt: skip
     if extra:
         raise ValueError(f"model has no parameter {sorted(extra)[0]!r} that {what} has: {what} must be the same "
                          "architecture as model at another width")  # fmt: skip
-    return shapes
+    return {name: shapes[c] for name, c in counterparts.items()}
 
 
 def _width_dims(name: str, shape: tuple[int, ...], base: tuple[int, ...], delta: tuple[int, ...]) -> list[int]:
@@ -181,13 +241,17 @@ def _check_module(name: str, module: object) -> None:
 
 
 def _role(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims: list[int], module: nn.Module,
-          attr: str) -> Role:
+          attr: str, groups_growth: float = 1.0) -> Role:
     """The role of the parameter ``name`` of ``shape``, whose base has shape ``base`` and whose ``width_dims``
-    change with width."""
+    change with width (``groups_growth``: how much a conv's ``groups`` grew)."""
     growth = [_growth(name, i, s, b) for i, (s, b) in enumerate(zip(shape, base))]
     if len(shape) <= 1:
         return Role("vector", growth[0] if shape else 1.0)
     in_width, out_width = _split(name, shape, base, width_dims, module, attr)
+    if 0 in in_width and groups_growth != 1.0 and growth[0] == groups_growth:
+        # a transposed conv's dim 0 holds every group's inputs: only the groups grew, each group's fan-in did not
+        in_width.remove(0)
+        out_width.append(0)
     fan_in_mult, fan_out_mult = math.prod(growth[i] for i in in_width), math.prod(growth[i] for i in out_width)
     if in_width and out_width:
         return Role("hidden", fan_in_mult, fan_in_mult, fan_out_mult)
@@ -202,7 +266,7 @@ def _split(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims:
     in_dims, known = _input_dims(module, attr)
     in_width = [i for i in width_dims if i in in_dims]
     out_width = [i for i in width_dims if i not in in_dims]
-    if known and any(i not in module_layout(module).out_dims for i in out_width):
+    if known and any(i not in _output_dims(module) for i in out_width):
         raise ValueError(f"{name} grows in a kernel dim ({shape} against base {base}): that is not a width change")
     return in_width, out_width
 
@@ -221,9 +285,15 @@ def _input_dims(module: nn.Module, attr: str) -> tuple[tuple[int, ...], bool]:
     """The input dims of the weight ``attr`` of ``module``, and whether its layer's layout is known (else torch's
     convention: dim 1)."""
     if attr == "weight":
+        if isinstance(module, nn.EmbeddingBag):  # laid out as an Embedding: (num, dim), num the input
+            return (0,), True
         try:
             return module_layout(module).in_dims, True
         except TypeError:  # not a layer with a known layout
             pass
     return (1,), False
+
+
+def _output_dims(module: nn.Module) -> tuple[int, ...]:
+    return (1,) if isinstance(module, nn.EmbeddingBag) else module_layout(module).out_dims
 

@@ -34,12 +34,14 @@ gradient, as here. ``tests/mup/test_against_mup.py`` trains both and compares.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
+from torchinit._util.warn import warn
 from torchinit.model.policy import Policy, named_parameter_owners
+from torchinit.mup.depth import Depth, check_alpha, depth_of
 from torchinit.mup.roles import Role, roles
 from torchinit.schemes.initializers import Initializer, Normal, Zeros
 
@@ -83,8 +85,11 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
     zero. ``readout="zero"`` zeroes the output weights with ``std=s`` too (the paper allows a zero readout at any
     width); ``readout="scaled"`` needs ``std``. Biases are zero: muP keeps them of constant size, and torch's layers
     draw them with std ``1 / sqrt(3 fan_in)``, which shrinks with width (the mup package rescales them instead).
-    Other vectors (norm weights) keep the model's own init. ``m`` is each weight's :attr:`Role.width_mult`; the
-    formulation and its equivalence with the mup package: :mod:`torchinit.mup.rules`.
+    Other vectors (norm weights) keep the model's own init, and so do reparametrized weights (``parametrize``'s
+    ``original``, weight_norm's ``g`` and ``v``: the weight is computed from them; their learning rates follow
+    their layer's role). A model with the base's shapes shows no width dim: pass ``delta`` (a warning says so).
+    ``m`` is each weight's :attr:`Role.width_mult`; the formulation and its equivalence with the mup package:
+    :mod:`torchinit.mup.rules`.
 
     The policy composes like any other (``mup.policy(model, base) + Policy([...])``: later rules win) and works
     with ``apply_`` and ``materialize_`` on eager, deferred, meta and sharded models; with ``seed=`` the weights are
@@ -108,23 +113,36 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
         >>> abs(float(model[2].weight.std()) - 0.02 / 4) < 0.0005  # the readout's std shrinks as 1/m
         True
     """
-    readout = _checked_init(std, readout)
+    readout = checked_init(std, readout)
     found = roles(model, base, delta=delta)
-    aliases = _aliases(model)
+    if delta is None and all(r.width_mult == 1 and r.kind != "output" for r in found.values()):
+        warn("mup.policy: model has base's shapes, so no width dim shows and no readout is told from an input "
+             "layer (every weight keeps input's rule); pass delta=, the architecture at another width", UserWarning)
+    aliases = {name: [a for a in every if not _reparametrized(a)] for name, every in _aliases(model).items()}
     rules: list[tuple[Any, Initializer]] = []
-    for role, names in _groups(found).items():
+    for (role, _), names in _groups(found).items():
         init = _initializer(role.kind, role.width_mult, std, readout)
-        if init is not None:
-            every = [alias for name in names for alias in aliases[name]]
+        every = [alias for name in names for alias in aliases[name]]
+        if init is not None and every:
             rules.append((Named(f"mup_{role.kind}_x{role.width_mult:g}", every), init))
+    return Policy(rules + _bias_rules(found, aliases))
+
+
+def _bias_rules(found: dict[str, Role], aliases: dict[str, list[str]]) -> list[tuple[Any, Initializer]]:
+    """Zeros for every bias (``bias``, an LSTM's ``bias_ih_l0``): muP keeps biases of constant size."""
     biases = [alias for name, role in found.items() if role.kind == "vector" for alias in aliases[name]
-              if alias.rpartition(".")[2] == "bias"]  # fmt: skip
-    if biases:
-        rules.append((Named("mup_biases", biases), Zeros()))
-    return Policy(rules)
+              if alias.rpartition(".")[2].startswith("bias")]  # fmt: skip
+    return [(Named("mup_biases", biases), Zeros())] if biases else []
 
 
-def _checked_init(std: Any, readout: Any) -> str:
+def _reparametrized(name: str) -> bool:
+    """A tensor behind a reparametrization (``parametrize``'s ``original``, old weight_norm's ``weight_g`` and
+    ``weight_v``, spectral_norm's ``weight_orig``): the weight is computed from it, and its own init stays."""
+    last = name.rpartition(".")[2]
+    return ".parametrizations." in f".{name}" or last in ("weight_g", "weight_v", "weight_orig")
+
+
+def checked_init(std: Any, readout: Any) -> str:
     """``readout`` with its default, once ``std`` and ``readout`` are known to be valid together."""
     if std is not None and (isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0
                             or not math.isfinite(std)):  # fmt: skip
@@ -147,7 +165,8 @@ def _initializer(kind: str, mult: float, std: float | None, readout: str) -> Ini
 
 
 def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = "adamw",
-                 weight_decay: float = 0.0, *, delta: nn.Module | None = None) -> list[dict[str, Any]]:
+                 weight_decay: float = 0.0, *, delta: nn.Module | None = None, depth_alpha: float | None = None,
+                 branches: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """torch.optim parameter groups with muP's learning rate (and weight decay) for each parameter of ``model``.
 
     One group per (kind, width multiplier), each with ``params``, ``lr``, ``weight_decay`` and, for reading, ``kind``,
@@ -170,6 +189,11 @@ def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = 
         optimizer: ``"adamw"`` or ``"sgd"``.
         weight_decay: the weight decay tuned at the base width.
         delta: the architecture at another width, for a ``model`` at the base width (:func:`roles`).
+        depth_alpha: with a ``base`` of smaller depth, depth transfer (:mod:`torchinit.mup.depth`): the learning
+            rate of every parameter inside the residual blocks is multiplied by ``(L0 / L) ** (1 - depth_alpha)``
+            (0.5: depth-muP; 1: CompleteP), AdamW only. Pair it with :func:`~torchinit.mup.forward_changes`'s
+            branch multipliers.
+        branches: the residual branch ends, for ``depth_alpha`` (:func:`~torchinit.mup.depth.depth_of`).
 
     Example:
         >>> import torch, torchinit.mup as mup
@@ -186,14 +210,26 @@ def param_groups(model: nn.Module, base: nn.Module, lr: float, optimizer: str = 
     _check_number("weight_decay", weight_decay, zero=True)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))}; got {optimizer!r}")
+    depth = _depth(model, base, optimizer, depth_alpha, branches)
     found = roles(model, base, delta=delta)
     params = {owners[0].name: p for p, owners in named_parameter_owners(model)}
     groups = []
-    for role, names in _groups(found).items():
-        scale = _lr_scale(role, optimizer)
+    for (role, in_blocks), names in _groups(found, depth).items():
+        scale = _lr_scale(role, optimizer) * (depth.lr_multiplier(depth_alpha) if in_blocks else 1.0)  # type: ignore[arg-type]
         groups.append({"params": [params[n] for n in names], "lr": lr * scale, "weight_decay": weight_decay / scale,
                        "kind": role.kind, "width_mult": role.width_mult, "names": list(names)})  # fmt: skip
     return groups
+
+
+def _depth(model: nn.Module, base: nn.Module, optimizer: str, alpha: Any, branches: Any) -> Depth:
+    """The depth against ``base`` when ``alpha`` asks for depth transfer, else one that changes nothing."""
+    if alpha is None:
+        return Depth((), 1, 1, ())
+    check_alpha(alpha)
+    if optimizer != "adamw":
+        raise ValueError(f"depth_alpha has learning-rate rules for AdamW only (depth-muP, CompleteP); got "
+                         f"optimizer={optimizer!r}")  # fmt: skip
+    return depth_of(model, base, branches)
 
 
 def _lr_scale(role: Role, optimizer: str) -> float:
@@ -207,11 +243,12 @@ def _lr_scale(role: Role, optimizer: str) -> float:
     return 1.0 / role.width_mult if role.kind == "output" else role.width_mult
 
 
-def _groups(found: dict[str, Role]) -> dict[Role, list[str]]:
-    """The parameter names by role (kind and multipliers), in order of first appearance."""
-    groups: dict[Role, list[str]] = {}
+def _groups(found: dict[str, Role], depth: Depth | None = None) -> dict[tuple[Role, bool], list[str]]:
+    """The parameter names by role (kind and multipliers) and whether they lie in the residual blocks of a depth
+    transfer, in order of first appearance."""
+    groups: dict[tuple[Role, bool], list[str]] = {}
     for name, role in found.items():
-        groups.setdefault(role, []).append(name)
+        groups.setdefault((role, depth is not None and depth.in_blocks(name)), []).append(name)
     return groups
 
 
