@@ -5,6 +5,7 @@
 #   make quick  - the inner loop: the tests that are neither slow nor distributed
 #   make fuzz   - the fuzz and fault suites (initializers, configs, interrupts at every point) at their large profile
 #   make trainability - the training experiments of docs/trainability.md (about 8 minutes on 2 cores)
+#   make mup    - the learning-rate sweeps of docs/mup.md (about 11 minutes on 2 cores)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test quick lint fuzz bench trainability clean
+.PHONY: demo test quick lint fuzz bench trainability mup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,9 @@ bench: $(VENV)/.installed-dev
 
 trainability: $(VENV)/.installed-dev
 	$(BIN)/python docs/trainability.py
+
+mup: $(VENV)/.installed-dev
+	$(BIN)/python docs/mup_evidence.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
