@@ -160,7 +160,37 @@ def test_no_subcommand_and_version(capsys):
     assert code == 0 and out.strip() == f"torchinit {torchinit.__version__}"
 
 
-def test_missing_matplotlib_is_a_message_not_an_error(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [["compare", "--init", "default", *FAST], ["coordcheck", "--widths", "8,16,32"],
+                                     ["train", "--steps", "1"]])
+def test_out_without_matplotlib_fails_before_the_work(capsys, tmp_path, monkeypatch, command):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    code, _, err = run_main(capsys, "compare", "--init", "default", "--out", str(tmp_path / "x.png"), *FAST)
-    assert code == 0 and "pip install 'torchinit[plot]'" in err and not (tmp_path / "x.png").exists()
+    code, out, err = run_main(capsys, *command, "--out", str(tmp_path / "x.png"))
+    assert code == 2 and out == "" and not (tmp_path / "x.png").exists()
+    assert "--out" in err and "pip install 'torchinit[plot]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unknown_model_is_named_first(capsys):
+    code, _, err = run_main(capsys, "compare", "--model", "mpl")
+    assert code == 2 and "--model 'mpl' is unknown" in err
+
+
+def test_help_never_breaks_a_word_and_shows_every_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in ("compare", "probe", "train", "coordcheck"):
+        code, text, _ = run_main(capsys, command, "--help")
+        assert code == 0
+        words = set(" ".join(text.split()).replace(",", " ").split())
+        assert "kaim" not in words and "ing_uniform" not in words, command
+        assert "--max-memory" not in text or "(default: half the physical memory," in " ".join(text.split()), command
+
+
+def test_warnings_print_as_one_line(capsys, tmp_path, monkeypatch):
+    import warnings
+
+    def warn_and_run(args, stdout):
+        warnings.warn("something\nto say", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr("torchinit.cli.commands._run", warn_and_run)
+    code, _, err = run_main(capsys, "compare")
+    assert code == 0 and err == "torchinit compare: warning: something to say\n"

@@ -89,8 +89,9 @@ def test_table_json_and_plot(tmp_path):
         ({"tol": float("nan")}, ValueError, "tol must be a positive finite number"),
         ({"widths": 64}, TypeError, "widths must be a sequence of positive integers; got int"),
         ({"widths": (w for w in (32, 64))}, ValueError, r"at least 3 distinct widths to fit a slope; got \[32, 64\]"),
-        ({"base_width": 0}, ValueError, "base_width must be a positive integer; got 0"),
+        ({"base_width": 0}, ValueError, "base_width must be a positive integer up to the smallest width, 32; got 0"),
         ({"base_width": True}, ValueError, "base_width must be a positive integer"),
+        ({"base_width": 256}, ValueError, "base_width must be a positive integer up to the smallest width, 32"),
         ({"std": -1.0}, ValueError, "std must be a positive finite number or None"),
     ],
 )
@@ -165,3 +166,17 @@ def test_json_has_no_nan():
     data = mup.coord_check("mlp", **FAST).to_dict()
     json.dumps(data, allow_nan=False)  # muP's zero readout at step 0 has no slope: null, not NaN
     assert data["slopes"]["mup"]["readout"][0] is None
+
+
+def test_sgd_runs_get_sgds_groups(monkeypatch):
+    seen = []
+    real = torch.optim.SGD
+
+    def spy(groups, **kwargs):
+        seen.append([(g.get("kind"), g["lr"]) for g in groups])
+        return real(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    mup.coord_check("mlp", optimizer="sgd", lr=0.1, params=("mup",), **FAST)
+    widest = dict(seen[-1])  # width 128 against 32: m = 4
+    assert widest["input"] == pytest.approx(0.4) and widest["hidden"] == pytest.approx(0.1)

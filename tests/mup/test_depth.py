@@ -81,7 +81,7 @@ def test_errors():
         mup.param_groups(Net(depth=4), Net(depth=2), lr=1.0, depth_alpha=2)
     with pytest.raises(ValueError, match="AdamW only"):
         mup.param_groups(Net(depth=4), Net(depth=2), lr=1.0, optimizer="sgd", depth_alpha=1)
-    with pytest.raises(ValueError, match="no residual branch end found in blocks: name the modules"):
+    with pytest.raises(ValueError, match=r"no residual branch end found in the block lists .*\(blocks: 4 against 2\)"):
         mup.forward_changes(Net(depth=4), Net(depth=2), depth_alpha=1, branches=["*.nothing"])
     assert mup.forward_changes(Net(depth=4), Net(depth=2), depth_alpha=1, branches=["*.mlp.fc2"]).changes
 
@@ -97,3 +97,38 @@ def test_gpt2_and_llama_branch_ends():
                                                           num_key_value_heads=2))
     depth = depth_of(llama(4), on_meta(llama, 2))
     assert len(depth.branches) == 8 and depth.branches[0] == "model.layers.0.self_attn.o_proj"
+
+
+class WithHeads(Net):
+    """Blocks and a list of readout heads, both longer than in the base: only the blocks are a depth stack."""
+
+    def __init__(self, d: int = 16, depth: int = 2, heads: int = 2) -> None:
+        super().__init__(d, depth)
+        self.heads = nn.ModuleList([nn.Sequential(nn.Linear(d, 3)) for _ in range(heads)])
+
+
+def test_a_list_without_branch_ends_is_not_a_depth_stack():
+    depth = depth_of(WithHeads(depth=4, heads=4), on_meta(WithHeads, depth=2, heads=2))
+    assert depth.stacks == ("blocks",)
+    groups = mup.param_groups(WithHeads(depth=4, heads=4), on_meta(WithHeads, depth=2, heads=2), lr=1.0,
+                              depth_alpha=0.5)  # fmt: skip
+    lr = {n: g["lr"] for g in groups for n in g["names"]}
+    assert lr["heads.3.0.weight"] == 1.0 and lr["blocks.3.mlp.fc1.weight"] == pytest.approx(0.5**0.5)
+
+
+def test_a_plain_deeper_mlp_is_not_taken_for_blocks():
+    mlp = lambda w, n: nn.Sequential(nn.Linear(8, w), *[nn.Linear(w, w) for _ in range(n)], nn.Linear(w, 10))  # noqa: E731
+    with pytest.raises(ValueError, match="has no parameter"):
+        mup.roles(mlp(64, 4), mlp(16, 2))
+
+
+@pytest.mark.slow
+def test_a_wider_and_deeper_model_scales_attention_in_every_block():
+    tf = need("transformers")
+
+    def gpt(w: int, n: int) -> nn.Module:
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=32, n_positions=8, n_embd=w, n_layer=n, n_head=2))
+
+    model = gpt(64, 4)
+    mup.forward_changes(model, on_meta(gpt, 16, 2), depth_alpha=0.5)
+    assert {round(b.attn.scaling, 6) for b in model.transformer.h} == {round(8**0.5 / 32, 6)}

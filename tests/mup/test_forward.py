@@ -143,3 +143,23 @@ def test_applying_twice_is_refused_until_removed():
         mup.forward_changes(model, on_meta(LM, 16))
     first.remove()
     mup.forward_changes(model, on_meta(LM, 16)).remove()
+
+
+def test_a_deep_copy_carries_the_changes_and_refuses_them_twice():
+    import copy
+    import pickle
+
+    model = LM(64)
+    changes = mup.forward_changes(model, on_meta(LM, 16))
+    copied = copy.deepcopy(model)
+    with pytest.raises(ValueError, match="a deep copy of a changed model carries them"):
+        mup.forward_changes(copied, on_meta(LM, 16))
+    assert torch.equal(copied(IDX), model(IDX))
+    pickle.loads(pickle.dumps(model))  # the hooks pickle with the model
+    changes.remove()
+    mup.forward_changes(model, on_meta(LM, 16)).remove()
+
+
+def test_a_compiled_module_is_named():
+    with pytest.raises(TypeError, match=r"torch.compile'd module: pass the module it compiles \(model._orig_mod\)"):
+        mup.forward_changes(torch.compile(LM(64)), on_meta(LM, 16))

@@ -228,6 +228,8 @@ def test_grouped_transposed_conv_whose_groups_grow():
     got = mup.roles(net(256), on_meta(net, 64))
     assert got["1.weight"] == Role("input", 4.0, 1.0, 4.0)  # depthwise, as the depthwise Conv2d
     assert got["2.weight"] == Role("hidden", 4.0, 4.0, 4.0)  # groups 1: dim 0 is the fan-in
+    both = mup.roles(nn.ConvTranspose2d(32, 32, 3, groups=4), nn.ConvTranspose2d(8, 8, 3, groups=2))
+    assert both["weight"] == Role("hidden", 2.0, 2.0, 2.0)  # a group's fan-in: 8 against 4
 
 
 class HeadFirst(nn.Module):

@@ -78,6 +78,7 @@ from torchinit.diagnostics.compare import (
     compare,
 )
 from torchinit.diagnostics.models import ResidualMLP, SmallCNN
+from torchinit.diagnostics.plots import PLOT_HINT
 from torchinit.diagnostics.probing import first_tensor, plot_reports
 from torchinit.diagnostics.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
 from torchinit.diagnostics.trainability import MODELS as TRAIN_MODELS
@@ -182,15 +183,20 @@ def load_model(spec: str) -> Callable[[], nn.Module]:
     """
     if spec in MODELS:
         return MODELS[spec][0]
-    module_name, colon, attr = spec.partition(":")
-    if not colon:
-        raise UsageError(f"--model {spec!r} is unknown; use {', '.join(MODELS)} or module:callable")
+    _check_model_name(spec)
+    module_name, _, attr = spec.partition(":")
     with _user_code(f"--model {spec!r}: importing {module_name!r}"):
         module = _import_user_module(module_name)
         builder = getattr(module, attr, None) if attr else None
     if not callable(builder):
         raise UsageError(f"--model {spec!r}: {module_name!r} has no callable {attr!r}")
     return builder
+
+
+def _check_model_name(spec: str) -> None:
+    """An embedded model's name, or ``module:callable``; else a UsageError naming the valid values."""
+    if spec not in MODELS and ":" not in spec:
+        raise UsageError(f"--model {spec!r} is unknown; use {', '.join(MODELS)} or module:callable")
 
 
 def _checked_builder(spec: str, builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -275,7 +281,10 @@ def _memory_size(text: str) -> int:
 
 
 def _plot_path(out: str, command: str) -> str:
-    """Where ``--out`` writes the plot (``<out>/<command>.png`` for a directory), checked to be writable now."""
+    """Where ``--out`` writes the plot (``<out>/<command>.png`` for a directory), checked to be writable now, and
+    that matplotlib, which draws it, is importable: both before the work starts."""
+    if not _has_matplotlib():
+        raise UsageError(f"--out {out!r}: {PLOT_HINT}")
     path = os.path.join(out, f"{command}.png") if os.path.isdir(out) else out
     if os.path.splitext(path)[1].lower() not in PLOT_SUFFIXES:
         raise UsageError(f"--out {out!r}: name a {', '.join(PLOT_SUFFIXES)} file or an existing directory")
@@ -292,12 +301,20 @@ def _plot_path(out: str, command: str) -> str:
     return path
 
 
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _scheme_list(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCHEMES]
     if not names or unknown:
         what = f"unknown scheme {', '.join(map(repr, unknown))}" if unknown else "no scheme given"
-        raise argparse.ArgumentTypeError(f"{what}; choose from {','.join(SCHEMES)}")
+        raise argparse.ArgumentTypeError(f"{what}; choose from {', '.join(SCHEMES)}")
     return list(dict.fromkeys(names))
 
 
@@ -356,13 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == "compare":
             cmd.add_argument("--init", type=_scheme_list, default=list(DEFAULT_SCHEMES), metavar="LIST",
-                             help=f"comma-separated schemes of {','.join(SCHEMES)} (default: "
+                             help=f"comma-separated schemes of {', '.join(SCHEMES)} (default: "
                                   f"{','.join(DEFAULT_SCHEMES)})")
             cmd.add_argument("--spectrum", action="store_true",
                              help="also the singular values of the input-output Jacobian at one sample")
         else:
             cmd.add_argument("--init", choices=list(SCHEMES), default="default", metavar="SCHEME",
-                             help=f"one of {','.join(SCHEMES)} (default: default)")
+                             help=f"one of {', '.join(SCHEMES)} (default: default)")
     help_text = "train fresh copies of a model under each init scheme on a real dataset: does it train?"
     cmd = sub.add_parser("train", help=help_text, description=help_text + " (scikit-learn: pip install "
                          "'torchinit[train]').")
@@ -371,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--depth", type=_positive_int, default=16, help="hidden layers or blocks (default: 16)")
     cmd.add_argument("--width", type=_positive_int, default=64, help="hidden width or channels (default: 64)")
     cmd.add_argument("--init", type=_train_inits, default=["default", "orthogonal"], metavar="LIST",
-                     help=f"comma-separated schemes of compare ({','.join(SCHEMES)}); NAME:gain=G sets the gain "
+                     help=f"comma-separated schemes of compare ({', '.join(SCHEMES)}); NAME:gain=G sets the gain "
                           "of orthogonal, xavier_*, hadamard (default: default,orthogonal)")
     cmd.add_argument("--seeds", type=_positive_int, default=3, help="seeds per scheme (default: 3)")
     cmd.add_argument("--steps", type=_positive_int, default=300, help="Adam steps, lr 1e-3, batch 128 (default: 300)")
@@ -379,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     f"({', '.join(PLOT_SUFFIXES)}; a directory gets train.png)")
     cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
-                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory)")
+                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory, "
+                          f"{_human(_default_memory_limit())})")
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     _add_coordcheck(sub, debug_help)
     return parser  # fmt: skip
@@ -409,7 +427,8 @@ def _add_coordcheck(sub: argparse._SubParsersAction, debug_help: str) -> None:
                                                     f"({', '.join(PLOT_SUFFIXES)}; a directory gets coordcheck.png)")
     cmd.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
-                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory)")
+                     help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory, "
+                          f"{_human(_default_memory_limit())})")
     cmd.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar (default: one on stderr when it is a terminal)")
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
@@ -479,6 +498,8 @@ def _check_coord_memory(args: argparse.Namespace, family: Family, errors: tuple[
 
 
 def _run_coordcheck(args: argparse.Namespace, stdout: TextIO) -> int:
+    if args.model not in FAMILIES and ":" not in args.model:  # an unknown name before anything else
+        raise UsageError(f"--model {args.model!r} is unknown; use {', '.join(FAMILIES)} or module:callable")
     out = _plot_path(args.out, "coordcheck") if args.out is not None else None
     family = _coord_family(args)
     errors = (Exception, SystemExit) if args.model not in FAMILIES else (ImportError,)
@@ -499,8 +520,8 @@ def _run_coordcheck(args: argparse.Namespace, stdout: TextIO) -> int:
         try:
             result.plot(out)
             print(f"wrote {out}", file=sys.stderr)
-        except ModuleNotFoundError as err:
-            print(f"torchinit: the plot was not written: {err}", file=sys.stderr)
+        except OSError as err:
+            raise UsageError(f"--out {args.out!r}: writing {out!r} failed ({err.strerror or err})") from err
     return 0
 
 
@@ -598,9 +619,10 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
         return _run_train(args, stdout)
     if args.command == "coordcheck":
         return _run_coordcheck(args, stdout)
-    shape = _input_shape(args)
+    _check_model_name(args.model)  # an unknown name first, --out next, and only then the user's module is imported
     out = _plot_path(args.out, args.command) if args.out else None
     builder = _checked_builder(args.model, load_model(args.model))
+    shape = _input_shape(args)
     spectrum = getattr(args, "spectrum", False)
     need = estimate_bytes(builder, args.batch, shape, spectrum=spectrum)
     limit = _default_memory_limit() if args.max_memory is None else args.max_memory
@@ -624,8 +646,6 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
             plot_reports({r.scheme: r.report for r in results}, out,
                          title=f"{args.model}: signal by depth, batch {args.batch}, seed {args.seed}")
             print(f"wrote {out}", file=sys.stderr)
-        except ModuleNotFoundError as err:
-            print(f"torchinit: the plot was not written: {err}", file=sys.stderr)
         except OSError as err:
             raise UsageError(f"--out {args.out!r}: writing {out!r} failed ({err.strerror or err})") from err
     return 0
@@ -655,6 +675,20 @@ def _text(args: argparse.Namespace, results: Sequence[SchemeResult], shape: tupl
             f"exploded: non-finite, or output std > {EXPLODE_STD:.0e}; vanished: output std < {VANISH_STD:.0e} "
             f"or input grad norm < {VANISH_GRAD:.0e}"]  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+@contextmanager
+def _one_line_warnings(prog: str) -> Iterator[None]:
+    """Within, warnings print as one line on stderr, ``prog: warning: message``, as the command's errors do (no
+    source line). The command owns its process; the previous display is restored on the way out."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _report(err: BaseException, args: argparse.Namespace | None) -> int:
@@ -696,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.code if isinstance(exc.code, int) else 0
         if args.command is None:
             raise UsageError("a command is required: compare, probe, train or coordcheck (see torchinit --help)")
-        return _run(args, sys.stdout)
+        with _one_line_warnings(f"torchinit {args.command}"):
+            return _run(args, sys.stdout)
     except (Exception, KeyboardInterrupt) as err:
         return _report(err, args)

@@ -255,7 +255,7 @@ def coord_check(
     """
     spec = _family(family, loss, std)
     widths, steps, params = _checked(widths, steps, params, optimizer, lr, tol)
-    base_width = _checked_base_width(widths[0] if base_width is None else base_width)
+    base_width = _checked_base_width(widths[0] if base_width is None else base_width, widths[0])
     checked_init(spec.std, None)  # before any run: a bad std would fail only after the sp runs
     result = CoordCheck(list(widths), steps, tol)
     with Progress(len(params) * len(widths) * steps, "coord_check", enabled=progress) as bar:
@@ -315,13 +315,15 @@ def _checked_widths(widths: Any) -> list[int]:
     return distinct
 
 
-def _checked_base_width(base_width: Any) -> int:
-    if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 1:
-        raise ValueError(f"base_width must be a positive integer; got {base_width!r}")
+def _checked_base_width(base_width: Any, smallest: int) -> int:
+    if isinstance(base_width, bool) or not isinstance(base_width, int) or not 1 <= base_width <= smallest:
+        raise ValueError(f"base_width must be a positive integer up to the smallest width, {smallest}; got "
+                         f"{base_width!r}")  # fmt: skip
     return base_width
 
 
-def _build(spec: Family, width: int, base_width: int, param: str, seed: int) -> tuple[nn.Module, list[dict]]:
+def _build(spec: Family, width: int, base_width: int, param: str, seed: int,
+           optimizer: str) -> tuple[nn.Module, list[dict]]:
     """The model at ``width``, initialized for ``param``, and its optimizer groups."""
     with deferred():
         model = spec.build(width=width)
@@ -334,7 +336,7 @@ def _build(spec: Family, width: int, base_width: int, param: str, seed: int) -> 
         base, delta = spec.build(width=base_width), spec.build(width=2 * base_width)
     materialize_(model, policy(model, base, std=spec.std, delta=delta), seed=seed)
     forward_changes(model, base, delta=delta)  # a tied readout's 1/m, attention by 1/d (the model is discarded)
-    return model, param_groups(model, base, lr=1.0, delta=delta)
+    return model, param_groups(model, base, lr=1.0, optimizer=optimizer, delta=delta)
 
 
 def _train(spec: Family, width: int, base_width: int, param: str, steps: int, lr: float, optimizer: str, seed: int,
@@ -342,7 +344,7 @@ def _train(spec: Family, width: int, base_width: int, param: str, steps: int, lr
     """Train one model for ``steps`` steps; each step's mean |output| of every leaf module, recorded before the
     step's update. Everything it draws, construction included, comes from private generators seeded by ``seed``."""
     with private_random(seed=seed):
-        model, groups = _build(spec, width, base_width, param, seed)
+        model, groups = _build(spec, width, base_width, param, seed, optimizer)
     for group in groups:  # muP's groups hold multipliers of lr (built with lr=1); no weight decay in either
         group["lr"] = lr * group.get("lr", 1.0)
         group["weight_decay"] = 0.0

@@ -16,8 +16,9 @@ The init is unchanged (the multiplier scales the branch at every step, at initia
 outside the blocks (embeddings, the readout, a final norm) are untouched. At ``L = L0`` nothing changes.
 
 The depth ``L`` is found as the widths are, by comparing with the base model: a ``ModuleList`` (or
-``Sequential``) of blocks that is longer in the model than in the base is the depth stack, and ``L / L0`` is the
-ratio of the lengths. The branch ends are the modules whose output is added back to the residual stream: by
+``Sequential``) of blocks (modules of one class with modules of their own) that is longer in the model than in the
+base and holds branch ends is a depth stack, and ``L / L0`` is the ratio of the lengths.
+The branch ends are the modules whose output is added back to the residual stream: by
 default the output projections of the known block layouts (:data:`BRANCH_ENDS`: GPT-2's ``attn.c_proj`` and
 ``mlp.c_proj``, Llama's ``self_attn.o_proj`` and ``mlp.down_proj``, timm's ``attn.proj`` and ``mlp.fc2``, BERT's
 ``attention.output.dense`` and ``output.dense``), or glob patterns of your own (``branches=``).
@@ -103,8 +104,14 @@ def depth_of(model: nn.Module, base: nn.Module, branches: Sequence[str] | None =
         ValueError: the block lists grow by different ratios, none is deeper than in ``base`` while another is
             shallower, or no branch end is found in the deeper stacks (then name them with ``branches``).
     """
-    deeper = _stacks(model, base)
+    deeper = {name: lengths for name, lengths in _stacks(model, base).items()
+              if _branch_ends(model, (name,), branches)}  # fmt: skip  (a list of heads holds no branch end)
     if not deeper:
+        if any(lengths[0] != lengths[1] for lengths in _stacks(model, base).values()):
+            raise ValueError(f"no residual branch end found in the block lists that change depth "
+                             f"({_listed(_stacks(model, base))}): name the modules that end each branch with "
+                             f"branches= (glob patterns, e.g. '*.mlp.c_proj'); the known ones are "
+                             f"{', '.join(BRANCH_ENDS)}")  # fmt: skip
         return Depth((), 1, 1, ())
     ratios = {(length, base_length) for length, base_length in deeper.values()}
     if len({a / b for a, b in ratios}) > 1 or any(a < b for a, b in ratios):
@@ -112,12 +119,7 @@ def depth_of(model: nn.Module, base: nn.Module, branches: Sequence[str] | None =
                          "needs one depth ratio, every list at least as deep as in base")  # fmt: skip
     length, base_length = next(iter(ratios))
     stacks = tuple(sorted(deeper))
-    found = _branch_ends(model, stacks, branches)
-    if not found:
-        raise ValueError(f"no residual branch end found in {', '.join(stacks)}: name the modules that end each "
-                         f"branch with branches= (glob patterns, e.g. '*.mlp.c_proj'); the known ones are "
-                         f"{', '.join(BRANCH_ENDS)}")  # fmt: skip
-    return Depth(stacks, length, base_length, found)
+    return Depth(stacks, length, base_length, _branch_ends(model, stacks, branches))
 
 
 def _stacks(model: nn.Module, other: nn.Module) -> dict[str, tuple[int, int]]:
@@ -130,7 +132,10 @@ def _stacks(model: nn.Module, other: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def _is_stack(module: nn.Module) -> bool:
-    return isinstance(module, (nn.ModuleList, nn.Sequential)) and len({type(m) for m in module}) == 1
+    """A list of blocks: a ``ModuleList`` or ``Sequential`` of modules of one class that have modules of their own
+    (a list of plain layers, ``Sequential(Linear, Linear, ...)``, is a network whose layers differ in shape)."""
+    return (isinstance(module, (nn.ModuleList, nn.Sequential)) and len({type(m) for m in module}) == 1
+            and all(any(True for _ in m.children()) for m in module))  # fmt: skip
 
 
 def _listed(deeper: dict[str, tuple[int, int]]) -> str:

@@ -21,7 +21,6 @@ An untied readout needs nothing in the forward pass: :func:`~torchinit.mup.polic
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +28,14 @@ from typing import Any
 from torch import nn
 
 from torchinit.model.policy import named_parameter_owners
-from torchinit.mup.depth import Depth, check_alpha, depth_of
+from torchinit.mup.depth import Depth, block_renamer, check_alpha, depth_of
 from torchinit.mup.roles import registration_role, roles
 
 __all__ = ["forward_changes", "ForwardChanges"]
+
+
+#: The attribute that marks a module changed by :func:`forward_changes`.
+_MARK = "_torchinit_mup_forward"
 
 
 @dataclass
@@ -43,13 +46,19 @@ class ForwardChanges:
     changes: list[str] = field(default_factory=list)
     _hooks: list[Any] = field(default_factory=list, repr=False)
     _attributes: list[tuple[nn.Module, str, Any]] = field(default_factory=list, repr=False)
-    _model: Any = field(default=None, repr=False)  # a weak reference to the model
+    _marked: list[nn.Module] = field(default_factory=list, repr=False)
+
+    def changed(self, module: nn.Module) -> None:
+        """Mark ``module`` as changed (the mark travels with copies: a copy refuses a second application too)."""
+        if _MARK not in module.__dict__:
+            module.__dict__[_MARK] = True
+            self._marked.append(module)
 
     def remove(self) -> None:
-        """Undo every change (idempotent)."""
-        model = self._model() if self._model is not None else None
-        if model is not None and _ACTIVE.get(model) is self:
-            del _ACTIVE[model]
+        """Undo every change (idempotent). A deep copy made meanwhile keeps its copy of the changes."""
+        for module in self._marked:
+            module.__dict__.pop(_MARK, None)
+        self._marked.clear()
         for handle in self._hooks:
             handle.remove()
         for module, attr, value in reversed(self._attributes):
@@ -62,10 +71,6 @@ class ForwardChanges:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-#: The changes in force in each model: a second call on a model would stack them (scale twice).
-_ACTIVE: weakref.WeakKeyDictionary[nn.Module, ForwardChanges] = weakref.WeakKeyDictionary()
 
 
 def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | None = None, readout: bool = True,
@@ -111,10 +116,11 @@ def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | Non
     if not isinstance(readout, bool) or not isinstance(attention, bool):
         raise TypeError("readout and attention must be bools")
     depth = depth_of(model, base, branches) if depth_alpha is not None and check_alpha(depth_alpha) else None
-    if model in _ACTIVE:
-        raise ValueError("model already has muP's forward changes (they would apply twice): call remove() on the "
-                         "ForwardChanges that forward_changes returned first")  # fmt: skip
-    done = ForwardChanges(_model=weakref.ref(model))
+    if any(_MARK in m.__dict__ for m in model.modules()):
+        raise ValueError("model already has muP's forward changes (they would apply twice; a deep copy of a changed "
+                         "model carries them): call remove() on the ForwardChanges that forward_changes returned "
+                         "first")  # fmt: skip
+    done = ForwardChanges()
     try:
         if readout:
             _tied_readouts(model, base, delta, done)
@@ -125,7 +131,6 @@ def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | Non
     except BaseException:
         done.remove()  # all or nothing
         raise
-    _ACTIVE[model] = done
     return done
 
 
@@ -137,29 +142,35 @@ def _tied_readouts(model: nn.Module, base: nn.Module, delta: nn.Module | None, d
         for owner in owners:  # every registration that reads out through the shared (input-like) weight
             role = registration_role(model, base, delta, owner.name, owner.module, owner.attr)
             if role.kind == "output" and isinstance(owner.module, nn.Linear):
-                done._hooks.append(owner.module.register_forward_pre_hook(_divide_input(role.width_mult)))
+                done.changed(owner.module)
+                done._hooks.append(owner.module.register_forward_pre_hook(_DivideInput(role.width_mult)))
                 module_name = owner.name.rpartition(".")[0]
                 done.changes.append(f"{module_name}: tied readout, input / {role.width_mult:g}")
 
 
-def _divide_input(m: float) -> Any:
-    def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (args[0] / m, *args[1:])
+class _DivideInput:
+    """A forward pre-hook that divides a module's first input (a class, so that a model holding it pickles)."""
 
-    return hook
+    def __init__(self, divisor: float) -> None:
+        self.divisor = divisor
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] / self.divisor, *args[1:])
 
 
 def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -> None:
     base_modules = dict(base.named_modules())
+    rename = block_renamer(model, base)  # a deeper model's block i: the base's block i * L0 // L
     for name, module in model.named_modules():
         attr = _scale_attribute(module)
-        counterpart = base_modules.get(name)
+        counterpart = base_modules.get(rename(f"{name}.x").removesuffix(".x") if name else name)
         if attr is None or counterpart is None:
             continue
         d, d0 = module.head_dim, getattr(counterpart, "head_dim", None)
         if not isinstance(d0, int) or d == d0:
             continue
         old = getattr(module, attr)
+        done.changed(module)
         done._attributes.append((module, attr, old))
         setattr(module, attr, old * (d0 / d) ** 0.5)
         if attr == "scale" and getattr(module, "fused_attn", False):  # timm: the fused path ignores ``scale``
@@ -171,16 +182,20 @@ def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -
 def _branch_multipliers(model: nn.Module, depth: Depth, multiplier: float, done: ForwardChanges) -> None:
     modules = dict(model.named_modules())
     for name in depth.branches:
-        done._hooks.append(modules[name].register_forward_hook(_multiply_output(multiplier)))
+        done.changed(modules[name])
+        done._hooks.append(modules[name].register_forward_hook(_MultiplyOutput(multiplier)))
     done.changes.append(f"{len(depth.branches)} residual branch(es) in {', '.join(depth.stacks)}: output x "
                         f"{multiplier:.4g} (depth {depth.layers} against {depth.base_layers})")
 
 
-def _multiply_output(multiplier: float) -> Any:
-    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        return output * multiplier
+class _MultiplyOutput:
+    """A forward hook that multiplies a module's output (a class, so that a model holding it pickles)."""
 
-    return hook
+    def __init__(self, multiplier: float) -> None:
+        self.multiplier = multiplier
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        return output * self.multiplier
 
 
 def _scale_attribute(module: nn.Module) -> str | None:

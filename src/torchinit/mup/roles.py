@@ -236,6 +236,9 @@ def _width_dims(name: str, shape: tuple[int, ...], base: tuple[int, ...], delta:
 def _check_module(name: str, module: object) -> None:
     if not isinstance(module, nn.Module):
         raise TypeError(f"{name} must be an nn.Module; got {type(module).__name__}")
+    if isinstance(getattr(module, "_orig_mod", None), nn.Module):
+        raise TypeError(f"{name} is a torch.compile'd module: pass the module it compiles ({name}._orig_mod), whose "
+                        "parameters it shares")  # fmt: skip
     if any(is_uninitialized(p) for p in module.parameters()):
         raise TypeError(f"{name} has lazy parameters whose shapes are not known yet: run a forward pass first")
 
@@ -248,10 +251,14 @@ def _role(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims: 
     if len(shape) <= 1:
         return Role("vector", growth[0] if shape else 1.0)
     in_width, out_width = _split(name, shape, base, width_dims, module, attr)
-    if 0 in in_width and groups_growth != 1.0 and growth[0] == groups_growth:
-        # a transposed conv's dim 0 holds every group's inputs: only the groups grew, each group's fan-in did not
-        in_width.remove(0)
-        out_width.append(0)
+    if 0 in in_width and groups_growth != 1.0:
+        # a transposed conv's dim 0 holds every group's inputs: a group's fan-in grows by dim 0's growth over the
+        # groups'; where it does not grow, only the number of groups did
+        growth[0] /= groups_growth
+        if growth[0] == 1.0:
+            in_width.remove(0)
+            out_width.append(0)
+            growth[0] = groups_growth
     fan_in_mult, fan_out_mult = math.prod(growth[i] for i in in_width), math.prod(growth[i] for i in out_width)
     if in_width and out_width:
         return Role("hidden", fan_in_mult, fan_in_mult, fan_out_mult)
