@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python >= 3.10 and make:
-#   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: docs/img/compare.png)
+#   make demo   - create .venv, install torchinit, run `torchinit compare` (plot: build/compare.png, untracked)
 #   make test   - create .venv, install with the dev extras, run the test suite
 #   make lint   - ruff, the import-layer contracts, mypy and the complexity limit (CI runs it before make test)
 #   make quick  - the inner loop: the tests that are neither slow nor distributed
@@ -27,7 +27,8 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt setup.py sr
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/torchinit compare --out docs/img/compare.png
+	mkdir -p build
+	$(BIN)/torchinit compare --out build/compare.png
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest

@@ -140,3 +140,23 @@ def test_a_diverged_run_has_no_accuracy_no_loss_and_never_halves(capsys):
 def test_train_checks_its_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         train("mlp-relu", 1, ["default"], seeds=1, steps=1, **kwargs)
+
+
+def test_progress_is_per_step_and_periodic_off_a_terminal(capsys):
+    """stderr is not a terminal here: one plain line per tenth of the steps, never a redrawn bar."""
+    train("mlp-relu", 1, ["default"], seeds=2, steps=10)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "\r" not in err and len(lines) == 10
+    assert lines[0].startswith("torchinit train mlp-relu depth 1: 10% (2/20)") and "100% (20/20)" in lines[-1]
+
+
+def test_training_leaves_the_global_rng_alone():
+    import torch
+
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    first = train("mlp-relu", 1, ["default", "orthogonal"], seeds=1, steps=3, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(4)  # and does not depend on it
+    assert train("mlp-relu", 1, ["default", "orthogonal"], seeds=1, steps=3, progress=False) == first

@@ -80,7 +80,15 @@ from torchinit.diagnostics.compare import (
 from torchinit.diagnostics.models import ResidualMLP, SmallCNN
 from torchinit.diagnostics.plots import PLOT_HINT
 from torchinit.diagnostics.probing import first_tensor, plot_reports
-from torchinit.diagnostics.trainability import DATASETS, build_model, check, parse_init, plot_training, summarize, train
+from torchinit.diagnostics.trainability import (
+    DATASETS,
+    build_model,
+    check,
+    parse_init,
+    plot_training,
+    run_checked,
+    summarize,
+)
 from torchinit.diagnostics.trainability import MODELS as TRAIN_MODELS
 from torchinit.mup.coord import DEFAULT_TOL, FAMILIES, PARAMETRIZATIONS, Family, coord_check, regression_loss
 from torchinit.mup.rules import OPTIMIZERS
@@ -557,12 +565,12 @@ def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
         raise UsageError(f"training would need about {_human(need)} (depth {args.depth}, width {args.width}), over "
                          f"the --max-memory limit of {_human(limit)}; lower --depth or --width")
     try:
-        check(args.model, args.depth, args.init, args.width)  # every scheme on the model, before any training
+        schemes = check(args.model, args.depth, args.init, args.width)  # every scheme on the model, once, first
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
-        result = train(args.model, args.depth, args.init, data=args.data, seeds=args.seeds, steps=args.steps,
-                       width=args.width)
+        result = run_checked(schemes, args.model, args.depth, data=args.data, seeds=args.seeds, steps=args.steps,
+                             lr=1e-3, batch=128, width=args.width, progress=None)  # fmt: skip
     except ImportError as err:
         raise UsageError(str(err)) from None
     if args.format == "json":

@@ -21,16 +21,16 @@ Models (``depth`` hidden layers or blocks, ``width`` 64 by default):
 * ``cnn``: a plain CNN on the 1x8x8 images: ``depth`` 3x3 convs (``width`` channels,
   padding 1) with ReLU, global average pooling and a Linear head.
 
-Determinism: every model is built under ``torch.manual_seed(seed)`` (in a forked RNG
-state), the scheme draws from ``torch.Generator().manual_seed(seed)`` and the batches
-from another generator of that seed, so the same arguments give the same numbers.
+Determinism: every model is built from a private generator seeded with ``seed``
+(:class:`~torchinit.rng.private.private_random`: the numbers ``torch.manual_seed(seed)`` would give, with the global
+RNG left alone), the scheme draws from ``torch.Generator().manual_seed(seed)`` and the batches from another
+generator of that seed, so the same arguments give the same numbers.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,9 +38,11 @@ import torch
 from torch import Tensor, nn
 
 from torchinit._util.checks import is_real, positive_int
+from torchinit._util.progress import Progress
 from torchinit.diagnostics.compare import SCHEMES, Scheme, every_weight
 from torchinit.diagnostics.models import ResidualMLP
 from torchinit.diagnostics.plots import figure
+from torchinit.rng.private import private_random
 from torchinit.schemes.initializers import Hadamard, Orthogonal, XavierNormal, XavierUniform
 
 __all__ = ["DATASETS", "MODELS", "train", "check", "parse_init", "load_data", "build_model", "summarize",
@@ -157,7 +159,7 @@ def check(model: str, depth: int, inits: Sequence[str], width: int = 64) -> dict
     if isinstance(inits, str) or not isinstance(inits, Sequence) or not inits:
         raise ValueError("inits must be a non-empty list of scheme names")
     schemes = dict(parse_init(spec) for spec in inits)
-    with torch.random.fork_rng(devices=[]):
+    with private_random():  # the models' construction draws from a private copy of the global generator
         for label, scheme in schemes.items():
             net = build_model(model, depth, width)
             try:
@@ -168,10 +170,9 @@ def check(model: str, depth: int, inits: Sequence[str], width: int = 64) -> dict
 
 
 def _run(scheme: Scheme, model: str, depth: int, width: int, seed: int, steps: int, lr: float, batch: int,
-         data: tuple[Tensor, Tensor, Tensor, Tensor]) -> dict[str, Any]:
+         data: tuple[Tensor, Tensor, Tensor, Tensor], bar: Progress) -> dict[str, Any]:
     x_tr, y_tr, x_te, y_te = data
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with private_random(seed=seed):  # the numbers torch.manual_seed(seed) gives, without touching the global RNG
         net = build_model(model, depth, width)
         scheme.apply(net, x_tr[:256], torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
@@ -189,6 +190,7 @@ def _run(scheme: Scheme, model: str, depth: int, width: int, seed: int, steps: i
         loss.backward()
         optimizer.step()
         curve.append(float(loss.detach()))
+        bar.step(f"seed {seed}")
     with torch.no_grad():
         logits = net(x_te)
         # a diverged network has no accuracy (argmax of NaNs would say class 0: "chance")
@@ -221,7 +223,8 @@ def train(
     "loss_curve": [[one per step] per seed]}}}``; a loss that is not finite is None, and
     ``steps_to_half`` is None when the loss never halved. Defaults: ``mlp-tanh``, depth
     16, default and orthogonal, 3 seeds, 300 steps of Adam (lr 1e-3, batch 128), width 64.
-    ``progress``: a bar on stderr (tqdm); None: on a terminal.
+    ``progress``: progress on stderr (None: a bar redrawn per step on a terminal, a line per tenth of the work
+    elsewhere; False: none).
 
     Example:
         >>> r = train("mlp-relu", 1, ["default"], seeds=1, steps=2, progress=False)
@@ -236,24 +239,26 @@ def train(
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool or None; got {type(progress).__name__}")
     schemes = check(model, depth, inits, width)
+    return run_checked(schemes, model, depth, data=data, seeds=seeds, steps=steps, lr=lr, batch=batch, width=width,
+                       progress=progress)
+
+
+def run_checked(schemes: dict[str, Scheme], model: str, depth: int, *, data: str, seeds: int, steps: int, lr: float,
+                batch: int, width: int, progress: bool | None) -> dict[str, Any]:
+    """:func:`train` after :func:`check` (the command line checks first, and once)."""
     tensors = load_data(data)
     result: dict[str, Any] = {"data": data, "model": model, "depth": depth, "width": width, "steps": steps,
                               "lr": lr, "batch": batch, "seeds": seeds, "schemes": {}}
     runs = [(label, seed) for label in schemes for seed in range(seeds)]
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress_bar(len(runs), f"torchinit train {model} depth {depth}") if show else None
-    try:
+    # per step on a terminal, a line per tenth of the work elsewhere (a log, CI)
+    with Progress(len(runs) * steps, f"torchinit train {model} depth {depth}", enabled=progress,
+                  periodic=True) as bar:  # fmt: skip
         for label, seed in runs:
-            one = _run(schemes[label], model, depth, width, seed, steps, lr, batch, tensors)
+            one = _run(schemes[label], model, depth, width, seed, steps, lr, batch, tensors, bar)
             entry = result["schemes"].setdefault(label, {"description": schemes[label].description, "test_acc": [],
                                                          "final_loss": [], "steps_to_half": [], "loss_curve": []})
             for key in ("test_acc", "final_loss", "steps_to_half", "loss_curve"):
                 entry[key].append(one[key])
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
     return result
 
 
@@ -262,16 +267,6 @@ def _checked_lr(lr: float) -> float:
     if not (is_real(lr) and math.isfinite(lr) and 0 < lr <= MAX_LR):
         raise ValueError(f"lr must be a positive number up to {MAX_LR:g}; got {lr!r}")
     return float(lr)
-
-
-def _progress_bar(total: int, description: str) -> Any:
-    """A tqdm bar on stderr, or None when tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=description, unit="run", file=sys.stderr)
-    except ImportError:
-        return None
 
 
 def _mean_std(values: list[float | None]) -> str:
@@ -285,11 +280,13 @@ def _mean_std(values: list[float | None]) -> str:
 
 
 def summarize(result: dict[str, Any]) -> list[list[str]]:
-    """Rows of the table ``torchinit train`` prints: scheme, test accuracy, final loss, steps until the loss halved."""
+    """Rows of the table ``torchinit train`` prints: scheme, test accuracy, final loss, steps until the loss halved
+    (the median over the seeds where it halved; for an even count the lower of the two middle values, a step that
+    happened)."""
     rows = []
     for label, entry in result["schemes"].items():
         halved = [v for v in entry["steps_to_half"] if v is not None]
-        steps = f"{statistics.median(halved):g}" if halved else "never"
+        steps = str(statistics.median_low(halved)) if halved else "never"  # a step count: the lower middle one
         if halved and len(halved) < len(entry["steps_to_half"]):
             steps += f" ({len(halved)}/{len(entry['steps_to_half'])})"
         rows.append([label, _mean_std(entry["test_acc"]), _mean_std(entry["final_loss"]), steps])
