@@ -1,7 +1,7 @@
 /*
  * torchinit's keyed random stream, the fast path: Philox4x32-10 and the transforms to uniform and
- * normal values. The functions are called through ctypes, which releases the GIL during a call;
- * the module itself (importable as torchinit._philox) is empty.
+ * normal values. It is a plain shared library (no Python API, no Python headers needed to build it):
+ * the functions are called through ctypes, which releases the GIL during a call.
  *
  * The stream is specified in docs/keyed_rng.md and implemented a second time, with torch tensor
  * operations, in src/torchinit/rng/keyed.py (the reference, used where this library is not built and
@@ -13,8 +13,6 @@
  * Word layout: word w of the stream keyed (k0, k1) on sub-stream (c2, c3) is word (w mod 4) of the
  * Philox block for the counter (block mod 2^32, block div 2^32, c2, c3), block = w div 4.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
@@ -260,11 +258,3 @@ TI_CLONES void ti_trunc_poly_f32(uint32_t k0, uint32_t k1, uint32_t c2, uint32_t
         done += take;
     }
 }
-
-/* An empty Python module, so that the library is an ordinary, importable extension module. */
-static struct PyModuleDef philox_module = {
-    PyModuleDef_HEAD_INIT, "_philox",
-    "The keyed stream's C kernel: functions called through ctypes (see torchinit.rng.keyed).", -1, NULL,
-};
-
-PyMODINIT_FUNC PyInit__philox(void) { return PyModule_Create(&philox_module); }

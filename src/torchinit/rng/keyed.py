@@ -47,7 +47,6 @@ import contextlib
 import ctypes
 import functools
 import hashlib
-import importlib
 import itertools
 import math
 import os
@@ -64,6 +63,7 @@ from torchinit.rng.seeds import draw_key_bits
 __all__ = [
     "CHUNK",
     "KERNEL",
+    "KERNEL_STATUS",
     "Stream",
     "normal_",
     "philox4x32_10",
@@ -323,17 +323,19 @@ def _narrow(values: Tensor, kind: str, high: float, dtype: torch.dtype, out: Ten
 # ---- the C kernel -------------------------------------------------------------------------------------------
 
 
-def _load_kernel() -> ctypes.CDLL | None:
+def _load_kernel() -> tuple[ctypes.CDLL | None, str]:
+    """The kernel library next to this module, and a word on its status (why it is not loaded)."""
     if os.environ.get("TORCHINIT_NO_KERNEL"):  # to test and time the torch-operations path
-        return None
+        return None, "disabled by TORCHINIT_NO_KERNEL"
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = [os.path.join(here, name) for name in sorted(os.listdir(here))
+             if name.startswith("_philox.") and name.endswith((".so", ".dylib", ".dll"))]  # fmt: skip
+    if not found:  # not built (no C compiler at install)
+        return None, "not built (no C compiler at install): the torch-operations stream is used, same bits"
     try:
-        _philox = importlib.import_module("torchinit.rng._philox")  # an extension module: no stub for mypy
-    except ImportError:  # not built (no C compiler at install)
-        return None
-    try:
-        lib = ctypes.CDLL(_philox.__file__)
-    except OSError:  # pragma: no cover
-        return None
+        lib = ctypes.CDLL(found[0])
+    except OSError as err:  # pragma: no cover
+        return None, f"not loadable ({err})"
     u32, u64, dbl, ptr = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_double, ctypes.c_void_p
     lib.ti_words.argtypes = [u32, u32, u32, u32, u64, u64, ptr]
     lib.ti_words.restype = None
@@ -343,11 +345,12 @@ def _load_kernel() -> ctypes.CDLL | None:
     lib.ti_trunc_poly_f32.argtypes = [u32, u32, u32, u32, u64, u64, dbl, dbl, dbl, dbl, dbl, ptr, ctypes.c_int32,
                                       ctypes.c_float, ctypes.c_float, ptr]
     lib.ti_trunc_poly_f32.restype = None
-    return lib
+    return lib, f"loaded from {found[0]}"
 
 
 #: The compiled kernel (a ctypes library), or None where it was not built: then the torch-operations path runs.
-KERNEL = _load_kernel()
+#: ``KERNEL_STATUS`` says which, and why.
+KERNEL, KERNEL_STATUS = _load_kernel()
 
 
 def _kernel_fill(stream: Stream, kind: str, a: float, b: float, first: int, out: Tensor) -> None:
