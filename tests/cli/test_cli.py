@@ -184,13 +184,31 @@ def test_help_never_breaks_a_word_and_shows_every_default(capsys, monkeypatch):
         assert "--max-memory" not in text or "(default: half the physical memory," in " ".join(text.split()), command
 
 
-def test_warnings_print_as_one_line(capsys, tmp_path, monkeypatch):
+@pytest.mark.subprocess
+def test_warnings_print_as_one_line(tmp_path):
+    (tmp_path / "wmod.py").write_text(textwrap.dedent("""
+        import warnings
+        from torch import nn
+
+        def make():
+            warnings.warn("something\\nto say", UserWarning)
+            return nn.Sequential(nn.Linear(4, 4))
+    """))
+    proc = subprocess.run([sys.executable, "-m", "torchinit", "probe", "--model", "wmod:make", "--input-shape", "4",
+                           "--batch", "8"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "torchinit probe: warning: something to say" in proc.stderr.splitlines(), proc.stderr
+
+
+def test_a_caller_recording_warnings_still_records_them(monkeypatch):
     import warnings
 
     def warn_and_run(args, stdout):
-        warnings.warn("something\nto say", UserWarning, stacklevel=1)
+        warnings.warn("something to say", UserWarning, stacklevel=1)
         return 0
 
     monkeypatch.setattr("torchinit.cli.commands._run", warn_and_run)
-    code, _, err = run_main(capsys, "compare")
-    assert code == 0 and err == "torchinit compare: warning: something to say\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["compare"]) == 0
+    assert [str(w.message) for w in caught] == ["something to say"]

@@ -229,7 +229,10 @@ def test_grouped_transposed_conv_whose_groups_grow():
     assert got["1.weight"] == Role("input", 4.0, 1.0, 4.0)  # depthwise, as the depthwise Conv2d
     assert got["2.weight"] == Role("hidden", 4.0, 4.0, 4.0)  # groups 1: dim 0 is the fan-in
     both = mup.roles(nn.ConvTranspose2d(32, 32, 3, groups=4), nn.ConvTranspose2d(8, 8, 3, groups=2))
-    assert both["weight"] == Role("hidden", 2.0, 2.0, 2.0)  # a group's fan-in: 8 against 4
+    assert both["weight"] == Role("hidden", 2.0, 2.0, 4.0)  # a group's fan-in: 8 against 4; outputs: 32 against 8
+    middle = lambda i, o, g: nn.Sequential(nn.Conv2d(3, i, 1), nn.ConvTranspose2d(i, o, 3, groups=g),  # noqa: E731
+                                           nn.Conv2d(o, 2, 1))
+    assert mup.roles(middle(128, 64, 4), middle(32, 32, 2))["1.weight"] == Role("hidden", 2.0, 2.0, 2.0)
 
 
 class HeadFirst(nn.Module):

@@ -627,10 +627,10 @@ def _run(args: argparse.Namespace, stdout: TextIO) -> int:
         return _run_train(args, stdout)
     if args.command == "coordcheck":
         return _run_coordcheck(args, stdout)
-    _check_model_name(args.model)  # an unknown name first, --out next, and only then the user's module is imported
+    _check_model_name(args.model)  # the arguments first (the name, --out, the shape); then the module is imported
     out = _plot_path(args.out, args.command) if args.out else None
-    builder = _checked_builder(args.model, load_model(args.model))
     shape = _input_shape(args)
+    builder = _checked_builder(args.model, load_model(args.model))
     spectrum = getattr(args, "spectrum", False)
     need = estimate_bytes(builder, args.batch, shape, spectrum=spectrum)
     limit = _default_memory_limit() if args.max_memory is None else args.max_memory
@@ -691,11 +691,11 @@ def _one_line_warnings(prog: str) -> Iterator[None]:
     source line). The command owns its process; the previous display is restored on the way out."""
     import warnings
 
-    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+        return f"{prog}: warning: {' '.join(str(message).split())}\n"
 
     with warnings.catch_warnings():
-        warnings.showwarning = show
+        warnings.formatwarning = one_line  # the display only: a caller recording warnings still records them
         yield
 
 

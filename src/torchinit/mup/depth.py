@@ -109,9 +109,10 @@ def depth_of(model: nn.Module, base: nn.Module, branches: Sequence[str] | None =
     if not deeper:
         if any(lengths[0] != lengths[1] for lengths in _stacks(model, base).values()):
             raise ValueError(f"no residual branch end found in the block lists that change depth "
-                             f"({_listed(_stacks(model, base))}): name the modules that end each branch with "
-                             f"branches= (glob patterns, e.g. '*.mlp.c_proj'); the known ones are "
-                             f"{', '.join(BRANCH_ENDS)}")  # fmt: skip
+                             f"({_listed(_stacks(model, base))}): if they are residual blocks, name the modules that "
+                             f"end each branch with branches= (glob patterns, e.g. '*.mlp.c_proj'; the known ones "
+                             f"are {', '.join(BRANCH_ENDS)}); if none is (a list of heads), depth_alpha has nothing "
+                             "to scale: leave it out")  # fmt: skip
         return Depth((), 1, 1, ())
     ratios = {(length, base_length) for length, base_length in deeper.values()}
     if len({a / b for a, b in ratios}) > 1 or any(a < b for a, b in ratios):

@@ -251,15 +251,16 @@ def _role(name: str, shape: tuple[int, ...], base: tuple[int, ...], width_dims: 
     if len(shape) <= 1:
         return Role("vector", growth[0] if shape else 1.0)
     in_width, out_width = _split(name, shape, base, width_dims, module, attr)
-    if 0 in in_width and groups_growth != 1.0:
-        # a transposed conv's dim 0 holds every group's inputs: a group's fan-in grows by dim 0's growth over the
-        # groups'; where it does not grow, only the number of groups did
-        growth[0] /= groups_growth
-        if growth[0] == 1.0:
-            in_width.remove(0)
-            out_width.append(0)
-            growth[0] = groups_growth
     fan_in_mult, fan_out_mult = math.prod(growth[i] for i in in_width), math.prod(growth[i] for i in out_width)
+    if 0 in in_width and groups_growth != 1.0:
+        # a transposed conv's dim 0 holds every group's inputs and dim 1 one group's outputs: more groups mean more
+        # inputs in dim 0 but the same fan-in per group, and more outputs than dim 1 shows
+        fan_in_mult /= groups_growth
+        fan_out_mult *= groups_growth
+        if fan_in_mult == 1.0:  # only the groups grew
+            in_width.remove(0)
+        out_width.append(0)
+    # the kind from the width dims (at the base width, with delta, every multiplier is 1), the values from growth
     if in_width and out_width:
         return Role("hidden", fan_in_mult, fan_in_mult, fan_out_mult)
     if in_width:

@@ -41,8 +41,8 @@ _PLAIN_TYPES = (Tensor, nn.Parameter)
 
 
 def _eligible(tensor: Any) -> bool:
-    if keyed.KERNEL is None:  # the torch-operations stream is slower than torch's serial fill
-        return False
+    # Not the kernel's presence: without it the keyed stream is computed with torch operations, the same bits
+    # (slower), so a model's values never depend on whether a C compiler was there at install.
     if type(tensor) not in _PLAIN_TYPES or tensor.device.type != "cpu" or tensor.layout != torch.strided:
         return False
     if tensor.dtype not in _DTYPES or tensor.numel() < THRESHOLD or not tensor.is_contiguous():
@@ -69,7 +69,7 @@ def fill_(tensor: Tensor, kind: str, *params: float, generator: torch.Generator 
     generator per call.
 
     Returns False, changing nothing and drawing nothing, when the fast path does not
-    apply: the kernel is not built, fewer than :data:`THRESHOLD` elements, not contiguous,
+    apply: fewer than :data:`THRESHOLD` elements, not contiguous,
     not on the CPU, not a floating dtype torch fills (fp16, bf16, fp32, fp64), a tensor
     subclass, an inference tensor, a leaf that requires grad with grad enabled, a
     dispatch/function mode active, or parameters that are not finite. The caller then

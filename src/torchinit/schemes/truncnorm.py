@@ -412,7 +412,9 @@ def sample_truncated_(
     chunk = min(CHUNK if out.device.type == "cpu" else n, n)
     fill = _choose_sampler(alpha, beta, compute, mean, std, chunk, out.device, sampler.elementwise)
     poly = isinstance(fill, _PolySampler)
-    if poly and (sampler.elementwise or (out.device.type == "cpu" and n >= PARALLEL_THRESHOLD and keyed.KERNEL)):
+    # large CPU fills take the keyed stream whether or not the kernel is built (torch operations compute the same
+    # bits without it): the values never depend on the install
+    if poly and (sampler.elementwise or (out.device.type == "cpu" and n >= PARALLEL_THRESHOLD)):
         _fill_keyed_poly(staged, fill, chunk, lo, hi, sampler)
     else:
         scratch = None if out.dtype == compute else torch.empty(chunk, dtype=compute, device=out.device)
