@@ -41,3 +41,38 @@ def test_materialize_from_the_global_rng(monkeypatch):
 
     first, second = _both(monkeypatch, compute)
     assert first == second
+
+
+def test_the_sqrt_without_numpy_is_correctly_rounded():
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 1.0, 1500.0, 1e200):
+        x = torch.rand(200_000, generator=g, dtype=torch.float64) * scale + 1e-300
+        assert torch.equal(keyed.correctly_rounded_sqrt(x), torch.from_numpy(np.sqrt(x.numpy())))
+
+
+SCRIPT = """
+import sys
+if sys.argv[1] == "hide": sys.modules["numpy"] = None
+import torch, torchinit as ti
+values = [ti.normal_(torch.empty(70_001, dtype=torch.float64), seed=3),
+          ti.trunc_normal_(torch.empty(70_001, dtype=torch.float64), seed=3),
+          ti.uniform_(torch.empty(70_001, dtype=torch.float64), seed=3)]
+torch.save(values, sys.argv[2])
+"""
+
+
+@pytest.mark.subprocess
+def test_float64_seed_fills_without_numpy_or_kernel(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for name, env, numpy in (("kernel", {}, "keep"), ("bare", {"TORCHINIT_NO_KERNEL": "1"}, "hide")):
+        out = tmp_path / f"{name}.pt"
+        proc = subprocess.run([sys.executable, "-c", SCRIPT, numpy, str(out)], env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = torch.load(out)
+    assert all(torch.equal(a, b) for a, b in zip(runs["kernel"], runs["bare"]))

@@ -270,15 +270,36 @@ def _reference_standard_normals(stream: Stream, first: int, count: int, device: 
 
 def _sqrt(x: Tensor) -> Tensor:
     """Correctly rounded float64 sqrt. torch's CPU kernel is not (1 ulp off in ~1% of values, AVX-512 build,
-    torch 2.13), NumPy's is, and so is CUDA's: the spec's sqrt is the IEEE one, as in the C kernel."""
+    torch 2.13), NumPy's is, and so is CUDA's: the spec's sqrt is the IEEE one, as in the C kernel. Without NumPy,
+    torch's result is corrected (:func:`correctly_rounded_sqrt`)."""
     if x.device.type == "cpu":
         try:
             import numpy as np
-
-            return torch.from_numpy(np.sqrt(x.numpy()))
-        except ImportError:  # pragma: no cover - then float64 values may differ from the kernel's in the last bit
-            pass
+        except ImportError:
+            return correctly_rounded_sqrt(x)
+        return torch.from_numpy(np.sqrt(x.numpy()))
     return torch.sqrt(x)
+
+
+#: Dekker's splitter for float64: 2^27 + 1.
+_SPLIT = 134217729.0
+
+
+def correctly_rounded_sqrt(x: Tensor) -> Tensor:
+    """The correctly rounded square root of the positive finite float64 ``x``, from torch's (at most 1 ulp off):
+    of ``y`` and its two neighbours, the one whose square is nearest ``x``. The square's error is computed exactly
+    with Dekker's product (no fused multiply-add), and ``y*y - x`` is exact by Sterbenz's lemma; a square root is
+    never halfway between two doubles, so there is no tie."""
+    y = torch.sqrt(x)
+    below, above = torch.nextafter(y, torch.zeros_like(y)), torch.nextafter(y, torch.full_like(y, math.inf))
+    candidates = torch.stack([below, y, above])
+    t = candidates * _SPLIT
+    hi = t - (t - candidates)
+    lo = candidates - hi
+    p = candidates * candidates
+    e = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo  # p + e == candidates**2 exactly
+    residual = ((p - x) + e).abs()
+    return candidates.gather(0, residual.argmin(0, keepdim=True)).squeeze(0)
 
 
 def _below(value: Tensor) -> Tensor:
