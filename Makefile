@@ -32,6 +32,8 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+	# the same bits without the compiled kernel: the golden digests once more, on the torch-operations stream
+	TORCHINIT_NO_KERNEL=1 $(BIN)/python -m pytest -q tests/golden -p no:cacheprovider
 
 quick: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow and not distributed"
