@@ -295,3 +295,10 @@ def test_a_conversion_inside_then_one_after_starts_from_the_recorded_one():
 def _fresh_linear() -> nn.Module:
     with ti.deferred():
         return nn.Sequential(nn.Linear(256, 256))
+
+
+def test_a_lazy_module_is_not_taken_for_an_emptied_one(recwarn):
+    with ti.deferred():
+        model = nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 2))
+    ti.materialize_(model, strict=True)
+    assert not [w for w in recwarn if "replaced the recorded ones" in str(w.message)]

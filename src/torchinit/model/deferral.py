@@ -441,7 +441,7 @@ def refuse_emptied(model: nn.Module, strict: bool, *, whole: bool) -> None:
     there is nothing to materialize at all (``strict`` then raises); otherwise a warning names them."""
     emptied = [name or type(model).__name__ for name, m in model.named_modules()
                if isinstance(marker := m.__dict__.get(PROVENANCE), _Provenance) and not marker.materialized
-               and m._parameters and not any(p is not None and p.is_meta for p in m._parameters.values())]
+               and _all_real(m)]
     if not emptied:
         return
     where = ", ".join(emptied[:5]) + (", ..." if len(emptied) > 5 else "")
@@ -457,6 +457,12 @@ def refuse_emptied(model: nn.Module, strict: bool, *, whole: bool) -> None:
     if strict and whole:
         raise ValueError(f"strict: {message}")
     warn(f"materialize_: {message}.", UserWarning)
+
+
+def _all_real(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters and every one is real (a lazy module's uninitialized ones are neither)."""
+    params = [p for p in module._parameters.values() if p is not None]
+    return bool(params) and not any(p.is_meta or is_uninitialized(p) for p in params)
 
 
 def _refuse_replaced(model: nn.Module, names: list[str], strict: bool) -> list[str]:
