@@ -208,7 +208,9 @@ def test_a_caller_recording_warnings_still_records_them(monkeypatch):
         return 0
 
     monkeypatch.setattr("torchinit.cli.commands._run", warn_and_run)
+    before = warnings.formatwarning
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(["compare"]) == 0
     assert [str(w.message) for w in caught] == ["something to say"]
+    assert warnings.formatwarning is before  # the command's one-line format ends with the command

@@ -694,9 +694,12 @@ def _one_line_warnings(prog: str) -> Iterator[None]:
     def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
         return f"{prog}: warning: {' '.join(str(message).split())}\n"
 
-    with warnings.catch_warnings():
-        warnings.formatwarning = one_line  # the display only: a caller recording warnings still records them
+    previous = warnings.formatwarning  # catch_warnings does not restore formatwarning: put it back here
+    warnings.formatwarning = one_line  # the display only: a caller recording warnings still records them
+    try:
         yield
+    finally:
+        warnings.formatwarning = previous
 
 
 def _report(err: BaseException, args: argparse.Namespace | None) -> int:
