@@ -73,3 +73,19 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, culprit):
     code, out, err = run_main(capsys, "coordcheck", *argv)
     assert code == 2 and out == ""
     assert culprit in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth(capsys):
+    code, _, err = run_main(capsys, "coordcheck", "--widths", "32,64,128", "--steps", "2", "--param", "mup")
+    lines = err.strip().splitlines()
+    assert code == 0 and "\r" not in err and lines[-1].startswith("coord_check: 100% (6/6)"), err
+
+
+def test_train_progress_can_be_turned_off(capsys):
+    pytest.importorskip("sklearn")
+    code, _, err = run_main(capsys, "train", "--model", "mlp-relu", "--depth", "1", "--init", "default", "--seeds",
+                            "1", "--steps", "3", "--no-progress")  # fmt: skip
+    assert code == 0 and "torchinit train" not in err, err
+    code, _, err = run_main(capsys, "train", "--model", "mlp-relu", "--depth", "1", "--init", "default", "--seeds",
+                            "1", "--steps", "3")  # fmt: skip
+    assert code == 0 and "torchinit train mlp-relu depth 1: 100% (3/3)" in err, err

@@ -99,6 +99,9 @@ DEFAULT_SEED = 0
 DEFAULT_BATCH = 256
 #: Rows of each scheme's per-layer table in ``compare`` (evenly spaced; ``probe`` shows all).
 TABLE_ROWS = 12
+#: What ``--no-progress`` turns off.
+PROGRESS_HELP = ("no progress on stderr (default: a bar redrawn per step on a terminal, a line per tenth of the "
+                 "work elsewhere)")
 #: The plot formats ``--out`` accepts, by suffix.
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
@@ -406,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
                      help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory, "
                           f"{_human(_default_memory_limit())})")
+    cmd.add_argument("--no-progress", dest="progress", action="store_false", help=PROGRESS_HELP)
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     _add_coordcheck(sub, debug_help)
     return parser  # fmt: skip
@@ -437,8 +441,7 @@ def _add_coordcheck(sub: argparse._SubParsersAction, debug_help: str) -> None:
     cmd.add_argument("--max-memory", type=_memory_size, metavar="SIZE",
                      help="refuse a run estimated to need more memory, e.g. 4G (default: half the physical memory, "
                           f"{_human(_default_memory_limit())})")
-    cmd.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar (default: one on stderr when it is a terminal)")
+    cmd.add_argument("--no-progress", dest="progress", action="store_false", help=PROGRESS_HELP)
     cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
 
 
@@ -570,7 +573,8 @@ def _run_train(args: argparse.Namespace, stdout: TextIO) -> int:
         raise UsageError(str(err)) from None
     try:
         result = run_checked(schemes, args.model, args.depth, data=args.data, seeds=args.seeds, steps=args.steps,
-                             lr=1e-3, batch=128, width=args.width, progress=None)  # fmt: skip
+                             lr=1e-3, batch=128, width=args.width,
+                             progress=None if args.progress else False)  # fmt: skip
     except ImportError as err:
         raise UsageError(str(err)) from None
     if args.format == "json":

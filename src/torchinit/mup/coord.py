@@ -245,7 +245,8 @@ def coord_check(
         base_width: muP's base width.
         tol: the slope beyond which a layer is flagged.
         seed: the init's seed and the forward passes' private random seed.
-        progress: a progress bar on stderr (None: when stderr is a terminal).
+        progress: progress on stderr (None: a bar on a terminal, a line per tenth of the work elsewhere; False:
+            none).
 
     Example:
         >>> import torchinit.mup as mup
@@ -258,7 +259,7 @@ def coord_check(
     base_width = _checked_base_width(widths[0] if base_width is None else base_width, widths[0])
     checked_init(spec.std, None)  # before any run: a bad std would fail only after the sp runs
     result = CoordCheck(list(widths), steps, tol)
-    with Progress(len(params) * len(widths) * steps, "coord_check", enabled=progress) as bar:
+    with Progress(len(params) * len(widths) * steps, "coord_check", enabled=progress, periodic=True) as bar:
         for param in params:
             result.sizes[param] = {w: _train(spec, w, base_width, param, steps, lr, optimizer, seed, bar)
                                    for w in widths}  # fmt: skip
