@@ -20,9 +20,6 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import torchinit as ti
 
@@ -62,6 +59,10 @@ POLICY = ti.Policy([
 
 def fsdp_model(world: int) -> nn.Module:
     """FSDP2: every block and the root sharded on dim 0 over all ranks (FSDP2 also takes uneven shards)."""
+    # imported where used, so that the model class above imports on a torch without FSDP2 (before 2.6)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     with torch.device("meta"):
         model = Model()
     mesh = init_device_mesh("cpu", (world,))
@@ -74,6 +75,9 @@ def fsdp_model(world: int) -> nn.Module:
 def tp_model(world: int) -> nn.Module:
     """Tensor parallel: each block's up projection column-wise, its down projection row-wise (the hidden size must
     divide evenly: torch's tensor-parallel forward does not run uneven shards)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
     with torch.device("meta"):
         model = Model()
     plan = {}

@@ -25,7 +25,9 @@ def _import_torchvision_tolerantly() -> str | None:
         return "torchvision is not installed"
     if importlib.util.find_spec("torchvision") is None:
         return "torchvision is not installed"
-    original = torch.library.register_fake
+    original = getattr(torch.library, "register_fake", None)
+    if original is None:  # torch < 2.4 has no register_fake to tolerate: a torchvision built for it imports plainly
+        return _import_plainly()
 
     def register_fake(op: Any, func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
         def register(fn: Any) -> Any:
@@ -40,11 +42,16 @@ def _import_torchvision_tolerantly() -> str | None:
 
     torch.library.register_fake = register_fake
     try:
-        import torchvision  # noqa: F401
-    except Exception as err:  # any failure: the tests that need it skip with this reason
-        return f"torchvision does not import beside this torch: {type(err).__name__}: {err}"
+        return _import_plainly()  # any failure: the tests that need it skip with the reason returned
     finally:
         torch.library.register_fake = original
+
+
+def _import_plainly() -> str | None:
+    try:
+        import torchvision  # noqa: F401
+    except Exception as err:
+        return f"torchvision does not import beside this torch: {type(err).__name__}: {err}"
     return None
 
 
@@ -59,4 +66,10 @@ def need(module: str) -> Any:
         top == "torchvision" or "not installed" not in TORCHVISION_PROBLEM
     ):
         pytest.skip(TORCHVISION_PROBLEM)
-    return pytest.importorskip(module)
+    imported = pytest.importorskip(module)
+    if top == "transformers":
+        import transformers
+
+        if not transformers.is_torch_available():  # it disables its models on a torch older than it supports
+            pytest.skip(f"transformers {transformers.__version__} does not support torch {torch.__version__}")
+    return imported

@@ -28,6 +28,26 @@ import torchinit as ti
 SEED = 1234
 
 
+def _distributed_problem() -> str | None:
+    """Why the ranks cannot run here (None when they can): gloo, DTensor and FSDP2 (public from torch 2.6)."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return "torch.distributed is not available in this torch build"
+    if not dist.is_gloo_available():
+        return "torch.distributed has no gloo backend in this torch build"
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+        from torch.distributed.tensor import distribute_tensor  # noqa: F401
+    except ImportError as err:
+        return f"DTensor/FSDP2 are not available in torch {torch.__version__}: {err}"
+    return None
+
+
+#: why the sharding tests skip, or None
+PROBLEM = _distributed_problem()
+
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs"))
 from sharded_example import Model  # noqa: E402  (the documented example's model: one definition)
 

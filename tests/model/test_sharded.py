@@ -25,22 +25,7 @@ WORLD_SIZES = (1, 2, 4)
 TIMEOUT = 180.0  # seconds for one world size, all ranks
 
 
-def _distributed_problem() -> str | None:
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return "torch.distributed is not available in this torch build"
-    if not dist.is_gloo_available():
-        return "torch.distributed has no gloo backend in this torch build"
-    try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
-        from torch.distributed.tensor import distribute_tensor  # noqa: F401
-    except ImportError as err:
-        return f"DTensor/FSDP2 are not available: {err}"
-    return None
-
-
-PROBLEM = _distributed_problem()
+PROBLEM = worker.PROBLEM
 pytestmark = [pytest.mark.distributed, pytest.mark.subprocess,  # every test runs on ranks started by launch()
               pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")]
 

@@ -73,7 +73,8 @@ def test_canonical_name_removes_only_wrapper_segments():
 
 def test_fully_shard_and_tensor_parallel_add_no_segment():
     """FSDP2 and TP change the parameters' class, never their names (here: FSDP2's class swap, on one rank)."""
-    pytest.importorskip("torch.distributed.fsdp")
+    if worker.PROBLEM is not None:
+        pytest.skip(worker.PROBLEM)
     names = [n for n, _ in _meta_lm().named_parameters()]
     assert all(canonical_name(n) == n for n in names)  # the reference names are canonical already
 
@@ -120,8 +121,7 @@ def test_policy_apply_on_a_wrapped_model_gives_the_unwrapped_weights(wrap):
 # ---- on gloo ranks ---------------------------------------------------------------------------------------------
 
 _RANK_MARKS = (pytest.mark.distributed, pytest.mark.subprocess, pytest.mark.slow,
-               pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                  reason="torch.distributed with gloo is not available in this torch build"))
+               pytest.mark.skipif(worker.PROBLEM is not None, reason=worker.PROBLEM or ""))
 
 
 def on_ranks(test: Callable) -> Callable:

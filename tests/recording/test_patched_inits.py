@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -70,3 +71,22 @@ def test_other_functions_have_no_twin():
     assert keyed_twin_name(nn.init.xavier_uniform_) is None
     assert keyed_twin_name(ti.trunc_normal_) is None  # torchinit's own functions are keyed already
     assert recorded_name(ti.orthogonal_) == "orthogonal_"
+
+
+@pytest.mark.parametrize("fill", ["eye_", "zeros_", "ones_"])
+def test_an_out_variant_overwrites_what_construction_left_undefined(fill):
+    """``nn.init.eye_`` writes through ``torch.eye(..., out=w)``: the empty memory before it is not named as left
+    uninitialized, and strict materializing passes with eager's values."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(3, 4))
+            getattr(nn.init, fill)(self.w)
+
+    with ti.deferred():
+        model = Model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ti.materialize_(model, strict=True)
+    assert torch.equal(model.w, Model().w)

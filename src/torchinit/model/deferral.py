@@ -139,8 +139,11 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
         register_module_buffer_registration_hook(_watch_buffer)
         _HOOK.append(True)
     installed: list[tuple[Any, str, Any, Any]] = []
-    entries = [(holder, key, original, recorded_call) for holder, key, original in _meta_skipping_inits()]
+    entries: list[tuple[Any, str, Any, Callable[..., Any]]] = [
+        (holder, key, original, recorded_call) for holder, key, original in _meta_skipping_inits()]
     entries += [(holder, key, original, recorded_factory) for holder, key, original in _data_factories()]
+    if not hasattr(torch.utils, "swap_tensors"):
+        entries.append((nn.Parameter, "__new__", nn.Parameter.__new__, _meta_at_birth))
     try:
         for holder, key, original, recorder in entries:
             patched = recorder(original)
@@ -174,6 +177,23 @@ def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn
         if PROVENANCE not in module.__dict__:
             module.__dict__[PROVENANCE] = _Provenance(module)
     return param
+
+
+def _meta_at_birth(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``nn.Parameter.__new__`` for a torch without ``torch.utils.swap_tensors`` (before 2.3), where registration
+    cannot turn the constructor's own parameter into the meta one: in a thread inside ``deferred()``, a parameter is
+    meta from its creation, so that the constructor's references, a second registration (a tie) and writes made
+    through them all see the recorded tensor."""
+
+    def __new__(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
+        param = original(cls, data, requires_grad)
+        stack = thread_recordings()
+        if not stack or param.is_meta or is_uninitialized(param):
+            return param
+        recording, mode = stack[-1]
+        return _make_meta(param, recording, mode)
+
+    return __new__
 
 
 def _watch_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None) -> None:

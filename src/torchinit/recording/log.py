@@ -56,7 +56,7 @@ from torchinit.recording.aten import (
     storage_key,
     tensors,
 )
-from torchinit.recording.inits import recorded_name
+from torchinit.recording.inits import keyed_twin_name, recorded_name
 from torchinit.recording.mode import RecordingMode
 from torchinit.recording.owners import claim, recording_of, watch_registration
 from torchinit.recording.threads import recorded_call, recorded_factory, thread_recordings
@@ -91,9 +91,15 @@ class Op:
             return recorded_name(self.func)
         return op_name(self.func)
 
+    @property
+    def out_variant(self) -> bool:
+        """An ATen ``out=`` overload (``eye.out`` of ``nn.init.eye_``): it writes its ``out`` tensor without reading
+        what it held."""
+        return getattr(self.func, "_overloadname", "").endswith("out") and not self.name.endswith("_")
+
     def overwrites(self) -> set[int]:
         """Storages this operation sets entirely without reading their previous values."""
-        if not self.whole and self.name not in OVERWRITES:
+        if not self.whole and self.name not in OVERWRITES and not self.out_variant:
             return set()
         return {w.key for w in self.writes if w.covers_storage() and w.key not in self.reads}
 
@@ -167,7 +173,8 @@ class Recording:
         """
         self._keep(tensor)
         ref = TensorRef.of(tensor)
-        random = "generator" in inspect.signature(func).parameters
+        # torch.nn.init's random functions took no generator before torch 2.2: they are random all the same
+        random = _takes_generator(func) or keyed_twin_name(func) is not None
         op = Op(func, (ref, *args), dict(kwargs), writes=(ref,), random=random, whole=True)
         op.read_partial_writes()
         self.ops.append(op)
@@ -210,7 +217,7 @@ class Recording:
             outputs=tuple(outputs),
             writes=tuple(writes),
             reads=frozenset(reads),
-            random=any(a.name == "generator" for a in schema.arguments) or name in RANDOM_WITHOUT_GENERATOR,
+            random=_takes_generator(func) or name in RANDOM_WITHOUT_GENERATOR,
             undefined=name in UNDEFINED_FACTORIES,
             shape_only=shape_only,
         )
@@ -340,7 +347,7 @@ def _run(
     gen = generator_for(i, op) if op.random and generator_for is not None else None
     if op.random and fill is not None and op.writes and fill(result.tensor(op.writes[0]), op, gen, i):
         return
-    if gen is not None and op.name in RANDOM_WITHOUT_GENERATOR:
+    if gen is not None and (op.name in RANDOM_WITHOUT_GENERATOR or not _takes_generator(op.func)):
         with seeded_torch_rng(gen):
             out = op.func(*args, **kwargs)
     else:
@@ -349,6 +356,17 @@ def _run(
         out = op.func(*args, **kwargs)
     for ref, t in zip(op.outputs, tensors(out)):
         result.storages[ref.key] = t
+
+
+def _takes_generator(func: Any) -> bool:
+    """Whether ``func`` takes a ``generator`` argument: an ATen op by its schema, a Python function by its signature."""
+    schema = getattr(func, "_schema", None)
+    if schema is not None:
+        return any(a.name == "generator" for a in schema.arguments)
+    try:
+        return "generator" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _real(x: Any, *, result: Replay, device: torch.device, shape_only: bool = False) -> Any:

@@ -58,6 +58,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from torchinit._util.floats import next_float
 from torchinit.rng.seeds import draw_key_bits
 
 __all__ = [
@@ -291,7 +292,7 @@ def correctly_rounded_sqrt(x: Tensor) -> Tensor:
     with Dekker's product (no fused multiply-add), and ``y*y - x`` is exact by Sterbenz's lemma; a square root is
     never halfway between two doubles, so there is no tie."""
     y = torch.sqrt(x)
-    below, above = torch.nextafter(y, torch.zeros_like(y)), torch.nextafter(y, torch.full_like(y, math.inf))
+    below, above = next_float(y, up=False), next_float(y, up=True)
     candidates = torch.stack([below, y, above])
     t = candidates * _SPLIT
     hi = t - (t - candidates)
@@ -300,10 +301,6 @@ def correctly_rounded_sqrt(x: Tensor) -> Tensor:
     e = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo  # p + e == candidates**2 exactly
     residual = ((p - x) + e).abs()
     return candidates.gather(0, residual.argmin(0, keepdim=True)).squeeze(0)
-
-
-def _below(value: Tensor) -> Tensor:
-    return torch.nextafter(value, torch.full_like(value, -math.inf))
 
 
 def _reference_values(stream: Stream, kind: str, a: float, b: float, first: int, count: int,
@@ -321,14 +318,14 @@ def _reference_values(stream: Stream, kind: str, a: float, b: float, first: int,
             u = (reference_words(stream, first, count, device) >> 8).to(torch.float64) * 2.0**-24
         values = (u * span + a).to(wide)
         top = torch.tensor(b, dtype=torch.float64, device=device).to(wide)
-        values = torch.where(values >= top, _below(top), values)
+        values = torch.where(values >= top, next_float(top, up=False), values)
     return _narrow(values, kind, b, dtype)
 
 
 def _ceiling(high: float, dtype: torch.dtype) -> float:
     """The largest value of ``dtype`` below ``high`` as float32 rounds it then ``dtype`` does: a uniform's cap."""
     top = torch.tensor(high, dtype=torch.float64, device="cpu").to(torch.float32).to(dtype)
-    return float(_below(top))
+    return float(next_float(top, up=False))
 
 
 def _narrow(values: Tensor, kind: str, high: float, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:

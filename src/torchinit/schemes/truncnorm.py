@@ -68,6 +68,7 @@ from torchinit._util.checks import (
     real_number,
     within_dtype,
 )
+from torchinit._util.floats import next_float
 from torchinit._util.warn import warn
 from torchinit.rng import keyed
 from torchinit.rng.sampling import Sampler, make_sampler, real_dtype
@@ -354,8 +355,7 @@ def _round_inward(x: float, dtype: torch.dtype, *, up: bool) -> float:
         return -info.max if x < 0 else info.max
     v = torch.tensor(x, dtype=torch.float64, device="cpu").to(dtype)
     if (up and float(v) < x) or (not up and float(v) > x) or v.isinf():
-        direction = torch.tensor(math.inf if up else -math.inf, dtype=dtype, device="cpu")
-        v = torch.nextafter(v.clamp(-info.max, info.max), direction)
+        v = next_float(v.clamp(-info.max, info.max), up=up)
     return float(v)
 
 

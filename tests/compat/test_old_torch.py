@@ -1,0 +1,169 @@
+"""What torchinit does differently on an older torch, checked on this one by taking the newer feature away.
+
+- ``torch.nextafter`` has no half-precision CPU kernel before torch 2.2: :func:`next_float` steps on the bits,
+  and agrees with torch's kernel (where it exists) on every 16-bit pattern.
+- ``torch.nn.init``'s random functions took no ``generator`` before torch 2.2: recorded whole under
+  ``deferred()``, they are still random operations (keyed with ``seed=``, drawn from ``generator=``).
+- ``torch.utils.swap_tensors`` arrived in torch 2.3: without it, ``deferred()`` makes parameters meta when they are
+  created, so that ties and writes through the constructor's own references are kept.
+
+``make compat`` runs the whole suite on the oldest supported torch, where these paths are the real ones.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchinit as ti
+from torchinit._util.floats import next_float
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES + (torch.float32, torch.float64))
+@pytest.mark.parametrize("up", [True, False])
+def test_next_float_is_torch_nextafter_on_every_16_bit_pattern(dtype, up):
+    if dtype in HALF_DTYPES:
+        values = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    else:
+        info = torch.finfo(dtype)
+        values = torch.tensor([0.0, -0.0, 1.0, -1.0, info.tiny, -info.tiny, info.max, -info.max, info.smallest_normal
+                               / 4, float("inf"), float("-inf"), float("nan")], dtype=dtype)  # fmt: skip
+    try:
+        expected = torch.nextafter(values, torch.full_like(values, float("inf") if up else float("-inf")))
+    except RuntimeError as err:  # torch < 2.2: no half kernel to compare with
+        pytest.skip(f"torch {torch.__version__} has no nextafter for {dtype}: {err}")
+    got = next_float(values, up=up)
+    nan = expected.isnan()
+    assert torch.equal(got.isnan(), nan)
+    width = torch.int16 if dtype in HALF_DTYPES else {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    assert torch.equal(got[~nan].view(width), expected[~nan].view(width))  # bit for bit, signed zeros included
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_precision_bounds_and_caps_need_no_half_nextafter(dtype, monkeypatch):
+    """trunc_normal_'s inner bounds and uniform_'s cap in half precision, with torch's nextafter refusing 16-bit
+    floats as torch 2.1's does: the same bits as with it."""
+    def fill() -> list[torch.Tensor]:
+        a, b = torch.empty(4096, dtype=dtype), torch.empty(4096, dtype=dtype)
+        ti.trunc_normal_(a, std=1.0, a=-2.0, b=2.0, seed=3)
+        ti.uniform_(b, -0.5, 0.5, seed=4)
+        return [a, b]
+
+    expected = fill()
+    plain = torch.nextafter
+
+    def refusing(value, other, *args, **kwargs):
+        if value.element_size() == 2:
+            raise RuntimeError(f'"nextafter_cpu" not implemented for {value.dtype}')
+        return plain(value, other, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "nextafter", refusing)
+    got = fill()
+    assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+
+
+def _generator_free_orthogonal(plain):
+    """``torch.nn.init.orthogonal_`` as torch 2.1 defines it: no generator argument."""
+
+    def orthogonal_(tensor, gain=1):
+        return plain(tensor, gain)
+
+    orthogonal_.__module__ = "torch.nn.init"
+    return orthogonal_
+
+
+class _Orthogonal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(6, 4))
+        nn.init.orthogonal_(self.w)
+
+
+def test_a_recorded_init_without_generator_is_still_random(monkeypatch):
+    monkeypatch.setattr(nn.init, "orthogonal_", _generator_free_orthogonal(nn.init.orthogonal_))
+
+    def build(**kwargs) -> torch.Tensor:
+        with ti.deferred() as recording:
+            model = _Orthogonal()
+        assert [op.random for op in recording.ops if op.name == "orthogonal_"] == [True]
+        ti.materialize_(model, **kwargs)
+        return model.w.detach()
+
+    keyed = torch.empty(6, 4)
+    ti.orthogonal_(keyed, seed=7, name="w")
+    assert torch.equal(build(seed=7), keyed)  # the keyed twin, as with a torch whose orthogonal_ takes a generator
+    assert not torch.equal(build(seed=8), keyed)
+    one, two = build(generator=torch.Generator().manual_seed(1)), build(generator=torch.Generator().manual_seed(2))
+    assert not torch.equal(one, two)
+    assert torch.equal(one, build(generator=torch.Generator().manual_seed(1)))
+    before = torch.get_rng_state()
+    build(generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), before)  # a generator's replay leaves the global RNG alone
+
+
+class _Tied(nn.Module):
+    """A constructor that assigns one Parameter to two submodules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shared = nn.Parameter(torch.empty(3, 3))
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.a.weight = shared
+        self.b.weight = shared
+        nn.init.normal_(shared)  # through the constructor's own reference
+
+
+class _WritesThroughItsReference(nn.Module):
+    """A constructor that writes a Parameter through its own reference after registering it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        p = nn.Parameter(torch.empty(4))
+        self.p = p
+        with torch.no_grad():
+            p.fill_(3.0)
+        q = nn.Parameter(torch.empty(2, 2))
+        self.q = q
+        nn.init.eye_(q)
+
+
+@pytest.fixture(params=["swap_tensors", "no swap_tensors"])
+def swapping(request, monkeypatch):
+    if request.param == "no swap_tensors":
+        if hasattr(torch.utils, "swap_tensors"):
+            monkeypatch.delattr(torch.utils, "swap_tensors")
+    elif not hasattr(torch.utils, "swap_tensors"):
+        pytest.skip(f"torch {torch.__version__} has no torch.utils.swap_tensors")
+    return request.param
+
+
+def test_deferred_keeps_a_tie_made_by_the_constructor(swapping):
+    original_new = nn.Parameter.__new__
+    with ti.deferred():
+        model = _Tied()
+    assert nn.Parameter.__new__ is original_new  # the patch of an old torch is gone with the block
+    assert model.a.weight is model.b.weight and model.a.weight.is_meta
+    ti.materialize_(model, seed=0, strict=True)
+    assert model.a.weight is model.b.weight and not model.a.weight.is_meta
+    assert 0.5 < float(model.a.weight.detach().std()) < 2
+
+
+def test_deferred_keeps_writes_through_the_constructors_reference(swapping):
+    with ti.deferred():
+        model = _WritesThroughItsReference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left uninitialized
+        ti.materialize_(model, strict=True)
+    assert torch.equal(model.p, torch.full((4,), 3.0))
+    assert torch.equal(model.q, torch.eye(2))
+
+
+def test_parameters_made_outside_deferred_stay_real(swapping):
+    with ti.deferred():
+        pass
+    assert not nn.Parameter(torch.ones(2)).is_meta
