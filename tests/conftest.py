@@ -6,6 +6,9 @@ import torch
 # Before any test imports transformers or timm: they import torchvision, which needs a tolerant import here.
 import _thirdparty  # noqa: F401
 
+#: torch's (major, minor) release: some tests compare with behaviour torch only has from a given release.
+TORCH_RELEASE = tuple(int(part) for part in torch.__version__.split(".")[:2])
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that starts a Python process takes a second or more: it is also ``slow`` (out of the inner loop)."""

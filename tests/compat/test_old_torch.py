@@ -24,7 +24,7 @@ from torchinit._util.floats import next_float
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES + (torch.float32, torch.float64))
+@pytest.mark.parametrize("dtype", (*HALF_DTYPES, torch.float32, torch.float64))
 @pytest.mark.parametrize("up", [True, False])
 def test_next_float_is_torch_nextafter_on_every_16_bit_pattern(dtype, up):
     if dtype in HALF_DTYPES:
@@ -167,3 +167,45 @@ def test_parameters_made_outside_deferred_stay_real(swapping):
     with ti.deferred():
         pass
     assert not nn.Parameter(torch.ones(2)).is_meta
+
+
+def test_a_dtensor_of_a_torch_before_2_5_is_refused_not_filled_as_a_plain_tensor(monkeypatch):
+    """Before torch 2.5 DTensor lived in ``torch.distributed._tensor``; torchinit's sharded init uses the public
+    ``torch.distributed.tensor``, so such a DTensor is refused by name, and left as it was."""
+    import sys
+    import types
+
+    class PrivateDTensor(torch.Tensor):
+        pass
+
+    private = types.ModuleType("torch.distributed._tensor")
+    private.DTensor = PrivateDTensor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.distributed.tensor", types.ModuleType("torch.distributed.tensor"))
+    monkeypatch.setitem(sys.modules, "torch.distributed._tensor", private)
+    t = torch.zeros(8).as_subclass(PrivateDTensor)
+    with pytest.raises(TypeError, match=r"DTensor needs torch >= 2\.5"):
+        ti.normal_(t, seed=0)
+    assert torch.equal(t.as_subclass(torch.Tensor), torch.zeros(8))
+
+
+LIKE_FACTORIES = [("randn_like", "default", ()), ("rand_like", "default", ()), ("randint_like", "default", (7,)),
+                  ("randint_like", "low_dtype", (-3, 9))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "overload", "bounds"), LIKE_FACTORIES)
+def test_like_factories_without_a_generator_overload_draw_privately(name, overload, bounds, monkeypatch):
+    """torch 2.2's ``randn_like`` and kin have no generator overload: ``private_random`` draws them as the fill
+    ATen defines them by, from its private generator: the numbers the global RNG would give, which it leaves alone."""
+    from torchinit.rng import private
+
+    monkeypatch.setattr(private, "_generator_overload", lambda func: None)  # as on torch 2.2
+    func = getattr(getattr(torch.ops.aten, name), overload)
+    x = torch.empty(6, 5, dtype=torch.float64)
+    torch.manual_seed(11)
+    expected = func(x, *bounds, dtype=torch.float32)
+    torch.manual_seed(11)
+    before = torch.get_rng_state()
+    with private.private_random() as mode:
+        got = func(x, *bounds, dtype=torch.float32)
+    assert torch.equal(got, expected) and got.dtype == torch.float32
+    assert torch.equal(torch.get_rng_state(), before) and not mode.global_draws

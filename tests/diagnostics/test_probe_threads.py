@@ -217,6 +217,8 @@ class Wrapped(torch.Tensor):
     """A tensor subclass: its random operations keep their own stream (here: the global RNG), as DTensor's do."""
 
     elem: torch.Tensor
+    # a wrapper subclass converts nothing at the Python level (torch 2.2 would rewrap a result already bound)
+    __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor) -> Wrapped:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
+from _thirdparty import need
 from conftest import gen
 
 
@@ -149,6 +150,7 @@ def test_materialize_is_deterministic_and_keeps_ties():
 
 
 def test_gpt2_meta_round_trip():
+    need("transformers")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
@@ -277,7 +279,7 @@ def meta_build(build, how):
 def test_meta_built_models_materialize_completely_as_eager(build, how):
     from _eager import differences
 
-    pytest.importorskip("transformers")
+    need("transformers")
     model = meta_build(build, how)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing unknown, nothing failed
@@ -305,7 +307,7 @@ def test_meta_model_with_unknown_buffer_raises_before_changing_anything():
 
 
 def test_transformers_own_init_methods_work_as_on_eager():
-    pytest.importorskip("transformers")
+    need("transformers")
     with ti.deferred():
         model = tiny_llama()
     ti.materialize_(model)
@@ -327,7 +329,7 @@ def test_transformers_own_init_methods_work_as_on_eager():
 
 
 def test_policy_rule_wins_over_construction():
-    pytest.importorskip("transformers")
+    need("transformers")
     with ti.deferred():
         model = tiny_llama()
     policy = ti.Policy([("*.mlp.down_proj.weight", ti.Zeros()), ("model.norm.weight", ti.Constant(3.0))])
@@ -344,7 +346,7 @@ def test_materialize_writes_each_parameter_about_once():
     """Dead writes are dropped: a Linear's kaiming_uniform_ before transformers' normal_ is never run."""
     from torchinit.recording.log import storage_key
 
-    pytest.importorskip("transformers")
+    need("transformers")
     with ti.deferred() as recording:
         model = tiny_llama()
     keys = {storage_key(p) for p in model.parameters()}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
+from _thirdparty import need
 from conftest import gen, std_tolerance
 from torchinit.model import presets
 
@@ -67,6 +68,7 @@ def check_gpt2(model: nn.Module, n_layer: int, conv_type: type) -> None:
 
 
 def test_gpt2_on_transformers_model():
+    need("transformers")
     from transformers.pytorch_utils import Conv1D
 
     model = gpt2_model(3)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import torchinit.mup as mup
+from _thirdparty import need
 from torchinit._util.progress import Progress
 from torchinit.mup.coord import MLP, regression_loss
 
@@ -126,7 +127,7 @@ def test_progress_bar():
 
 @pytest.mark.slow
 def test_gpt2_family():
-    pytest.importorskip("transformers")
+    need("transformers")
     check = mup.coord_check("gpt2", widths=(64, 128, 256), steps=3)
     assert len(check.flagged["sp"]) > 3 * len(check.flagged["mup"])
     # the readout: sp's logits grow about as width^0.7; muP's stay within a mild finite-width shrink

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
-from conftest import gen, new_thread_count, std_tolerance
+from conftest import TORCH_RELEASE, gen, new_thread_count, std_tolerance
 from torchinit.recording.log import storage_key
 from torchinit.rng import fastfill as ff
 from torchinit.rng import keyed
@@ -82,7 +82,10 @@ def test_uniform_bounds_and_torchs_distribution_in_the_dtype(dtype):
     low, high = -0.25, 0.75  # torch's own bf16 uniform_ is biased low by ~1 ulp/2; the comparison is with it
     t = filled("uniform_", low, high, dtype=dtype, generator=gen(2))
     assert float(t.min()) >= low and float(t.max()) < high  # [low, high), as torch's uniform_
-    same_moments(t, torch.empty(N, dtype=dtype).uniform_(low, high, generator=gen(3)), 1.8)
+    if dtype != torch.bfloat16 or TORCH_RELEASE > (2, 2):
+        same_moments(t, torch.empty(N, dtype=dtype).uniform_(low, high, generator=gen(3)), 1.8)
+    # (torch 2.2's own bfloat16 uniform_ is centred 0.0026 lower here, measured on 2.2.2: torchinit keeps the
+    # distribution of the torch it is developed on)
     if dtype in (torch.float32, torch.float64):
         d, std = t.double(), (high - low) / math.sqrt(12)
         assert abs(float(d.mean()) - (low + high) / 2) < 6 * std / math.sqrt(N)

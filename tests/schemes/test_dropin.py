@@ -54,12 +54,12 @@ def test_deprecated_aliases_warn_and_call_the_function(name):
 
 @pytest.mark.parametrize("fn", ["kaiming_uniform_", "kaiming_normal_"])
 def test_zero_element_tensors_warn_as_torchs(fn):
-    with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op") as record:
+    with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op"):
         getattr(torch_init, fn)(torch.empty(0, 1))
     with pytest.warns(UserWarning, match="Initializing zero-element tensors is a no-op") as ours:
         out = getattr(init, fn)(torch.empty(0, 1))
     assert out.shape == (0, 1)
-    assert ours[0].filename == __file__ and record[0].filename == __file__  # points at the caller
+    assert ours[0].filename == __file__  # points at the caller (torch's own does from torch 2.3; 2.2's at init.py)
 
 
 def test_other_functions_do_not_warn_on_zero_elements():

@@ -78,6 +78,8 @@ class private_random(TorchDispatchMode):  # lower case: used like a function, ``
             twin = _generator_overload(func)
             if twin is not None:
                 return _call_with(twin[0], twin[1], args, kwargs, self.generator(device))
+            if _LIKE_FILLS.get(func._schema.name) is not None:
+                return _drawn_like(func, self.generator(device), args, kwargs)
         if _draws(func, args, kwargs, device):
             self.global_draws.add(f"{func} on {device if device is not None else 'a tensor subclass'}")
         return func(*args, **kwargs)
@@ -141,6 +143,24 @@ def _call_with(func: Any, slot: int, args: tuple[Any, ...], kwargs: dict[str, An
     else:
         kwargs["generator"] = generator
     return func(*args, **kwargs)
+
+
+#: The ``*_like`` factories and the in-place fill each is defined as in ATen (``randn_like(x)`` is
+#: ``empty_like(x).normal_(0, 1)``): where they have no generator overload (torch 2.2 has none), they are drawn as
+#: that fill from the private generator, which gives the numbers the factory would.
+_LIKE_FILLS: dict[str, str] = {"aten::randn_like": "normal_", "aten::rand_like": "uniform_",
+                               "aten::randint_like": "random_"}
+
+
+def _drawn_like(func: Any, generator: torch.Generator, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """``func(*args, **kwargs)``, a ``*_like`` factory without a generator overload, drawn from ``generator``."""
+    source, bounds = args[0], args[1:]
+    out = torch.empty_like(source, **kwargs)
+    fill = _LIKE_FILLS[func._schema.name]
+    if fill == "random_":  # randint_like(x, high) or randint_like(x, low, high)
+        low, high = (0, bounds[0]) if len(bounds) == 1 else bounds
+        return out.random_(low, high, generator=generator)
+    return getattr(out, fill)(0.0, 1.0, generator=generator)
 
 
 def _native_dropout(generator: torch.Generator, input: Tensor, p: float, train: bool | None = None) -> Any:

@@ -112,9 +112,22 @@ def is_dtensor(t: Any) -> bool:
         return False
     try:
         from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
+    except ImportError:  # torch built without distributed, or older than 2.5
+        _refuse_private_dtensor(t)
         return False
     return isinstance(t, DTensor)
+
+
+def _refuse_private_dtensor(t: Tensor) -> None:
+    """Before torch 2.5, DTensor lived in the private ``torch.distributed._tensor``, whose placement and RNG API
+    torchinit does not use: filling one as a plain tensor would draw other values on every world size."""
+    try:
+        from torch.distributed._tensor import DTensor
+    except ImportError:
+        return
+    if isinstance(t, DTensor):
+        raise TypeError(f"tensor: a DTensor needs torch >= 2.5 (torch.distributed.tensor) for torchinit's sharded "
+                        f"init; this is torch {torch.__version__}")
 
 
 def local_region(t: Tensor) -> Region | None:
