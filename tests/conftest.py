@@ -17,6 +17,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def torch_nn_init(name: str, tensor: torch.Tensor, generator: torch.Generator, **kwargs):
+    """``torch.nn.init.<name>`` drawing from ``generator``: passed to it where it takes one (torch 2.2 and later);
+    on an older torch, the global RNG holds the generator's state for the call (put back after it)."""
+    import inspect
+
+    fn = getattr(torch.nn.init, name)
+    if "generator" in inspect.signature(fn).parameters:
+        return fn(tensor, **kwargs, generator=generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(generator.get_state())
+        out = fn(tensor, **kwargs)
+        generator.set_state(torch.get_rng_state())
+    return out
+
+
 def new_thread_count() -> int:
     """torch's intra-op thread count in a thread started now (in OpenMP builds: the last count set anywhere)."""
     import threading

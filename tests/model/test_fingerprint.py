@@ -67,12 +67,11 @@ def test_errors():
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 def test_a_dtensor_is_gathered_before_hashing(tmp_path):
-    from torch.distributed.device_mesh import init_device_mesh
-
     public = pytest.importorskip("torch.distributed.tensor", reason="DTensor is public from torch 2.5")
     if not hasattr(public, "Shard"):
         pytest.skip(f"torch {torch.__version__} has DTensor in torch.distributed._tensor only (public from 2.5)")
     Shard, distribute_tensor = public.Shard, public.distribute_tensor
+    from torch.distributed.device_mesh import init_device_mesh
 
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import torchinit as ti
+from conftest import torch_nn_init
 from torchinit.schemes.layout import Fans, fans
 from torchinit.schemes.truncnorm import complex_truncated_std_factor, trunc_normal_std_, truncated_std_factor
 
@@ -162,7 +163,7 @@ def test_trunc_normal_absolute_bounds_still_reject_complex():
 @pytest.mark.parametrize("name", ["xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"])
 def test_real_parity_with_torch_with_batch_dims_none(name):
     ours = getattr(ti, name)(torch.empty(64, 32, 3), generator=gen(10), batch_dims=None)
-    ref = getattr(torch.nn.init, name)(torch.empty(64, 32, 3), generator=gen(10))
+    ref = torch_nn_init(name, torch.empty(64, 32, 3), gen(10))
     assert torch.equal(ours, ref)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torch.nn.init as torch_init
 
 import torchinit as init
-from conftest import gen, ks_critical
+from conftest import gen, ks_critical, torch_nn_init
 from torchinit.schemes.deprecated import ALIASES
 
 # ---- compared with torch.nn.init --------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_other_functions_do_not_warn_on_zero_elements():
 @pytest.mark.parametrize("mode", ["FAN_IN", "Fan_Out", "fan_in"])
 def test_mode_is_case_insensitive_as_in_torch(mode):
     assert torch.equal(init.kaiming_normal_(torch.empty(8, 5), mode=mode, generator=gen(0)),
-                       torch_init.kaiming_normal_(torch.empty(8, 5), mode=mode, generator=gen(0)))  # fmt: skip
+                       torch_nn_init("kaiming_normal_", torch.empty(8, 5), gen(0), mode=mode))  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["ReLU", "TANH", "Leaky_ReLU", "GELU", "SiLU"])

@@ -9,7 +9,7 @@ import torch.nn.init as tnn
 from torch import nn
 
 import torchinit as ti
-from conftest import gen, std_tolerance
+from conftest import gen, std_tolerance, torch_nn_init
 
 # ---------------------------------------------------------------- orthogonal_ in every dtype
 
@@ -47,7 +47,7 @@ def test_orthogonal_every_dtype(dtype, shape, gain):
 
 def test_orthogonal_half_is_rounded_float32():
     ours = ti.orthogonal_(torch.empty(48, 80, dtype=torch.bfloat16), generator=gen(3))
-    ref = tnn.orthogonal_(torch.empty(48, 80), generator=gen(3)).bfloat16()
+    ref = torch_nn_init("orthogonal_", torch.empty(48, 80), gen(3)).bfloat16()
     assert torch.equal(ours, ref)
 
 
@@ -80,7 +80,7 @@ def test_mha_packed_qkv_gets_the_variance_of_separate_weights():
     assert torch.equal(w, torch.empty(768, 256).uniform_(-bound, bound, generator=gen(1)))
     for block in w.detach().chunk(3):
         assert float(block.std()) == pytest.approx(bound / math.sqrt(3), rel=std_tolerance(block.numel(), 1.8))
-    torch_var = float(tnn.xavier_uniform_(torch.empty(768, 256), generator=gen(2)).var())  # fan_out 3E
+    torch_var = float(torch_nn_init("xavier_uniform_", torch.empty(768, 256), gen(2)).var())  # fan_out 3E
     # the ratio of two sample variances of n uniform draws: 2 sqrt(2) times a std's relative tolerance
     assert torch_var == pytest.approx(float(w.detach().var()) / 2, rel=2 * math.sqrt(2) * std_tolerance(w.numel(), 1.8))
 
@@ -102,7 +102,7 @@ def test_lstm_gates_orthogonal_per_block():
     ih = ti.orthogonal_(lstm.weight_ih_l0, blocks=4, generator=gen()).detach()  # (4 x 128, 512): orthonormal rows
     for gate in ih.chunk(4):
         assert float((gate @ gate.T - torch.eye(128)).abs().max()) < 1e-4
-    whole = tnn.orthogonal_(torch.empty(512, 128), generator=gen()).detach()  # torch: one matrix for all gates
+    whole = torch_nn_init("orthogonal_", torch.empty(512, 128), gen()).detach()  # torch: one matrix for all gates
     assert float((whole[:128] @ whole[:128].T - torch.eye(128)).abs().max()) > 0.1
 
 

@@ -7,6 +7,7 @@ import torch
 
 import torchinit as ti
 from conftest import gen, ks_critical, new_thread_count, std_tolerance
+from torchinit._util.floats import next_float
 from torchinit.schemes import truncnorm
 
 SQ2 = math.sqrt(2.0)
@@ -47,8 +48,7 @@ def test_bounds_exact_and_no_pile(dtype, std):
     for bound, side in ((b, 1), (a, -1)):
         edge = float(x.max()) if side > 0 else float(x.min())
         count = int((x == edge).sum())
-        spacing = abs(float(torch.nextafter(torch.tensor(edge, dtype=dtype),
-                                            torch.tensor(0.0, dtype=dtype))) - edge)
+        spacing = abs(float(next_float(torch.tensor(edge, dtype=dtype), up=edge < 0)) - edge)  # toward 0
         width = abs(bound - edge) + spacing / 2
         mass_density = math.exp(-0.5 * ((bound) / std) ** 2) / (std * math.sqrt(2 * math.pi)) / math.erf(2 / SQ2)
         inner_density = (
