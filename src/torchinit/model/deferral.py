@@ -81,7 +81,7 @@ def deferred() -> Iterator[Recording]:
     if stack:  # nested: join the outer recording (contexts may even exit out of order)
         recording, outer = stack[-1]
         mode = RecordingMode(recording)
-        mode.fresh = outer.fresh
+        mode.join(outer)
     else:
         recording = Recording()
         mode = RecordingMode(recording)

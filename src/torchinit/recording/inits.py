@@ -1,7 +1,8 @@
 """The torch.nn.init functions that are recorded as whole calls, in one table.
 
 These functions return at once on a meta tensor (torch 2.13), so their effect never reaches ATen and a
-recording of construction would not see it. Within ``deferred()`` they are patched with
+recording of construction would not see it. (torch 2.2's run their operations on it; recorded whole, that run is
+only a validation, and records nothing.) Within ``deferred()`` they are patched with
 :func:`~torchinit.recording.log.recorded_call` and their calls are recorded whole; every one of them writes
 each element of its tensor without reading it (an overwrite). A keyed replay (``materialize_(seed=)``)
 runs such a call as torchinit's twin, the function with ``seed=`` that draws the same distribution.

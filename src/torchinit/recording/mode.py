@@ -30,6 +30,20 @@ if TYPE_CHECKING:
 
 __all__ = ["RecordingMode"]
 
+#: The op of both weight norms. Its meta kernel is missing in torch 2.1, and in torch 2.2 it takes ``dim`` with no
+#: default while the dispatcher leaves out a ``dim`` equal to the schema's default (0), even one passed: a weight
+#: norm over dim 0 of a meta tensor is a TypeError there. On meta tensors the mode makes its outputs itself
+#: (:func:`_weight_norm_on_meta`), on every torch.
+_WEIGHT_NORM = torch.ops.aten._weight_norm_interface.default
+
+
+def _weight_norm_on_meta(v: torch.Tensor, g: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs of ``aten._weight_norm_interface(v, g, dim)`` on meta: the weight, like ``v``, and the norms, like
+    ``g`` (float32 for 16-bit floats, as the CPU kernel gives them). Only their shapes are recorded: the replay runs
+    the real kernel."""
+    norms_dtype = torch.float32 if g.dtype in (torch.float16, torch.bfloat16) else g.dtype
+    return torch.empty_like(v), torch.empty(g.shape, dtype=norms_dtype, device=g.device)
+
 
 class RecordingMode(TorchDispatchMode):
     """Appends every operation on meta tensors to a :class:`~torchinit.recording.log.Recording`; mutations of meta
@@ -53,12 +67,30 @@ class RecordingMode(TorchDispatchMode):
         # overwritten since. The tensors are held so their addresses cannot be reused by an allocation this mode
         # does not see (torch.tensor, torch.from_numpy); untouched pages of an empty tensor cost no memory.
         self.fresh: dict[int, torch.Tensor] = {}
-        self.paused = False  # set while torchinit itself creates tensors that are not construction's
+        self._pause = [False]  # one flag, shared with the modes of nested contexts (join)
+
+    @property
+    def paused(self) -> bool:
+        """Set while torchinit itself runs operations that are not construction's (creating a stand-in, validating
+        a whole init call): none of them is recorded."""
+        return self._pause[0]
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._pause[0] = value
+
+    def join(self, outer: RecordingMode) -> None:
+        """Record as the mode ``outer`` of an enclosing ``deferred()``, on its recording: the same fresh storages
+        and the same pause. Every operation goes through both modes, so a pause set on this one alone (the
+        innermost, which torchinit's helpers find) would let ``outer`` record what torchinit itself runs (the aten
+        operations of a torch.nn.init function validated on a meta tensor, which torch 2.2 runs)."""
+        self.fresh = outer.fresh
+        self._pause = outer._pause
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if self.paused:
-            return func(*args, **kwargs)
+            return self._call(func, args, kwargs)
         name = op_name(func)
         if not (any(t.is_meta for t in tensors((args, kwargs))) or device_is_meta(kwargs)):
             return self._run_real(func, name, args, kwargs)
@@ -69,12 +101,23 @@ class RecordingMode(TorchDispatchMode):
             return self._record_in_place(func, name, args, kwargs, targets)
         if _needs_real_values(func._schema, args, kwargs):
             return self._run_on_values(func, name, args, kwargs)
-        out = func(*args, **kwargs)
+        out = self._call(func, args, kwargs)
         self.recording.record(func, args, kwargs, out)
         for t in tensors(out):
             if t.is_meta:
                 claim(t, self.recording)
         return out
+
+    def _call(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """``func(*args, **kwargs)``; a weight norm of meta tensors by :func:`_weight_norm_on_meta`, with this
+        thread's modes paused while it makes its outputs."""
+        if func is not _WEIGHT_NORM or not all(isinstance(t, torch.Tensor) and t.is_meta for t in args[:2]):
+            return func(*args, **kwargs)
+        was, self.paused = self.paused, True
+        try:
+            return _weight_norm_on_meta(*args, **kwargs)
+        finally:
+            self.paused = was
 
     def _run_real(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
         """Run an operation that touches no meta tensor, following uninitialized memory through it."""

@@ -11,6 +11,7 @@ import torch
 
 from torchinit.recording.aten import storage_key
 from torchinit.recording.owners import claim
+from torchinit.rng.private import private_random
 
 if TYPE_CHECKING:
     from torchinit.recording.log import Recording
@@ -34,6 +35,10 @@ def recorded_call(func: Callable[..., Any]) -> Callable[..., Any]:
     """Make the in-place initializer ``func`` recordable: inside ``deferred()``, on a recorded meta tensor, the
     call is validated (run on the meta tensor, which writes nothing) and appended to the recording whole.
 
+    The validation records nothing and draws nothing: torch 2.2's torch.nn.init functions do not return at once on
+    a meta tensor but run their operations on it (the recording is paused), and its ``sparse_`` draws its row
+    permutations from the CPU generator even then: from a private copy of it, so the global one does not move.
+
     Outside a recording, or on any other target, ``func`` runs as usual.
     """
 
@@ -47,7 +52,8 @@ def recorded_call(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(tensor, *args, **kwargs)
         _LOCAL.calling, mode.paused = True, True
         try:
-            func(tensor, *args, **kwargs)  # argument errors surface now, as in eager construction
+            with private_random():  # (not fork_rng: setting the global RNG back would rewind other threads' draws)
+                func(tensor, *args, **kwargs)  # argument errors surface now, as in eager construction
         finally:
             _LOCAL.calling, mode.paused = False, False
         recording.record_call(func, tensor, args, kwargs)
