@@ -257,3 +257,60 @@ def test_weight_norm_on_meta_makes_the_kernels_outputs(dtype, dim):
     meta = _weight_norm_on_meta(v.to("meta"), g.to("meta"), dim)
     assert [(t.shape, t.dtype) for t in meta] == [(t.shape, t.dtype) for t in real]
     assert all(t.is_meta for t in meta)
+
+
+class _SubclassedByMakeSubclass(nn.Parameter):
+    """A Parameter subclass made with ``_make_subclass`` (as bitsandbytes' are): it never passes through
+    ``nn.Parameter.__new__``."""
+
+    def __new__(cls, data, requires_grad=True):
+        return torch.Tensor._make_subclass(cls, data, requires_grad)
+
+
+class _TiedSubclass(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        w = _SubclassedByMakeSubclass(torch.randn(4, 4))
+        self.enc, self.dec = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.enc.weight = w
+        self.dec.weight = w
+
+
+def test_a_tie_of_a_parameter_made_without_parameter_new_is_kept(swapping):
+    with ti.deferred():
+        model = _TiedSubclass()
+    assert model.enc.weight is model.dec.weight and len(list(model.parameters())) == 3
+    ti.materialize_(model, seed=0, strict=True)
+    assert model.enc.weight is model.dec.weight
+
+
+def test_copies_and_torchinits_own_parameters_are_not_made_meta(swapping):
+    """Inside deferred(): a deep copy or an unpickled copy of a real module, a module's conversion, and what
+    materialize_ itself makes stay real, as on a torch with swap_tensors."""
+    import copy
+    import io
+    import pickle
+
+    pretrained = nn.Linear(3, 3)
+    saved = pickle.dumps(pretrained)
+    original_new = vars(nn.Parameter)["__new__"]
+    with ti.deferred():
+        assert vars(nn.Parameter)["__new__"] is original_new or swapping == "no swap_tensors"
+        twin, loaded = copy.deepcopy(pretrained), pickle.loads(saved)
+        converted = nn.Linear(3, 3).to(torch.float64)  # built here: meta, converted on meta
+        real_converted = copy.deepcopy(pretrained).double()
+        inner = nn.Linear(3, 3)
+        ti.materialize_(inner, seed=0)  # inside the open block
+        stored = torch.load(io.BytesIO(_saved_with_torch(pretrained)), weights_only=False)
+    assert not any(p.is_meta for m in (twin, loaded, real_converted, inner, stored) for p in m.parameters())
+    assert converted.weight.is_meta
+    assert torch.equal(twin.weight, pretrained.weight) and torch.equal(loaded.weight, pretrained.weight)
+    assert vars(nn.Parameter)["__new__"] is original_new  # the staticmethod itself is back
+
+
+def _saved_with_torch(module: nn.Module) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    return buffer.getvalue()

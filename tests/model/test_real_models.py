@@ -291,7 +291,24 @@ def build_deferred(spec: Spec) -> nn.Module:
         return spec.build()
 
 
+def _weight_norm_on_meta_problem() -> str | None:
+    """Why torch cannot build the deprecated weight norm on meta itself (torch 2.1 has no meta kernel for it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            nn.utils.weight_norm(nn.Linear(2, 2, device="meta"))
+    except (NotImplementedError, TypeError) as err:
+        return f"torch {torch.__version__} cannot build nn.utils.weight_norm on meta (eagerly, without torchinit): " \
+               f"{type(err).__name__}: {str(err).splitlines()[0][:100]}"
+    return None
+
+
+WEIGHT_NORM_ON_META = _weight_norm_on_meta_problem()
+
+
 def build_meta(spec: Spec, how: str) -> nn.Module:
+    if spec.id == "old_weight_norm" and how != "to" and WEIGHT_NORM_ON_META is not None:
+        pytest.skip(WEIGHT_NORM_ON_META)
     if how == "device":
         with torch.device("meta"):
             model = spec.build()
@@ -471,6 +488,8 @@ def test_reenactment_of_old_weight_norm():
     # Regression: a module built with the deprecated torch.nn.utils.weight_norm under torch.device("meta") (or
     # accelerate) gave a KeyError from Replay.tensor: the stand-in's empty_like read a meta tensor from outside
     # the recording. Its plain ``weight`` attribute must be real afterwards, as eagerly.
+    if WEIGHT_NORM_ON_META is not None:
+        pytest.skip(WEIGHT_NORM_ON_META)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         with torch.device("meta"):

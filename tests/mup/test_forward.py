@@ -163,3 +163,24 @@ def test_a_deep_copy_carries_the_changes_and_refuses_them_twice():
 def test_a_compiled_module_is_named():
     with pytest.raises(TypeError, match=r"torch.compile'd module: pass the module it compiles \(model._orig_mod\)"):
         mup.forward_changes(torch.compile(LM(64)), on_meta(LM, 16))
+
+
+class _MHA(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)
+
+
+def test_an_attention_scale_out_of_reach_is_named_when_the_head_dim_grows():
+    """nn.MultiheadAttention computes 1/sqrt(d) inside its forward: a growing head dim cannot get muP's 1/d, and the
+    warning says so; growing the number of heads instead needs no change and says nothing."""
+    with torch.device("meta"):
+        base, wider_heads_fixed, more_heads = _MHA(16, 2), _MHA(64, 2), _MHA(64, 8)
+    with pytest.warns(UserWarning, match=r"head dim of attn \(MultiheadAttention, head dim 8 -> 32\) grows"):
+        changes = mup.forward_changes(wider_heads_fixed, base)
+    assert changes.changes == []
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mup.forward_changes(more_heads, base).changes == []  # head dim 8 at both widths

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -41,7 +42,11 @@ def choice(name: str, value: Any, valid: Iterable[str], *, fold_case: bool = Fal
 
 def is_bool(value: Any) -> bool:
     """A Python or NumPy bool."""
-    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool"))
+    if isinstance(value, bool):
+        return True
+    if "numpy" not in sys.modules:  # a NumPy bool exists only once NumPy is imported (and torch 2.1's Dynamo can
+        return False  # trace this, not a look at the type's module name)
+    return isinstance(value, sys.modules["numpy"].bool_)
 
 
 def is_real(value: Any) -> bool:
@@ -67,7 +72,8 @@ def real_number(name: str, value: Any) -> float:
     Accepts Python and NumPy reals and one-element real tensors.
     """
     if not is_real(value):
-        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex \
+                and value.dtype != torch.bool:
             value = value.item()
         else:
             raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
@@ -162,8 +168,14 @@ def check_generator(generator: Any, t: Tensor, name: str = "generator") -> None:
 
 
 def _compiling() -> bool:
+    """Whether torch.compile is tracing this call. torch 2.1 and 2.2 have no ``torch.compiler.is_compiling``: Dynamo
+    itself says, and it is imported whenever it traces (so it is never imported here)."""
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    if "torch._dynamo" not in sys.modules:  # (written so that torch 2.1's Dynamo can trace it)
+        return False
+    return bool(sys.modules["torch._dynamo"].is_compiling())
 
 
 #: No normal draw exceeds this many std: Box-Muller from 53-bit uniforms reaches sqrt(2 * 53 * ln 2) ~ 8.6.
@@ -189,7 +201,7 @@ def finite_gain(gain: Any, dtype: torch.dtype) -> float:
 def float_tensor(target: Any, name: str = "tensor", *, complex_ok: bool = True) -> Tensor:
     """``as_tensor`` (for writing) plus a floating-point (optionally complex) dtype check."""
     t = as_tensor(target, name)
-    if t.is_floating_point() or (complex_ok and t.is_complex()):
+    if t.dtype.is_floating_point or (complex_ok and t.dtype.is_complex):
         return t
     kinds = "floating-point or complex" if complex_ok else "real floating-point"
     raise TypeError(f"{name} must have a {kinds} dtype; got {t.dtype}")

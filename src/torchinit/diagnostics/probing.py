@@ -39,7 +39,7 @@ Loss = Callable[[Any], Tensor]
 def first_tensor(output: Any) -> Tensor | None:
     """The first floating-point tensor of a module's output (a tensor, or a tuple/list/dict holding tensors)."""
     if isinstance(output, Tensor):
-        return output if output.is_floating_point() else None
+        return output if output.dtype.is_floating_point else None
     items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
     for item in items:
         found = first_tensor(item)
@@ -259,7 +259,7 @@ def probe(model: nn.Module, inputs: Any, *, loss: Loss | None = None) -> SignalR
     # refuses what it could not restore, before anything runs; .grad is set aside (None inside), and everything
     # is put back on the way out; the passes' random draws come from private generators
     with Snapshot.everything(model), private_random() as rng:
-        args = tuple(a.requires_grad_(True) if isinstance(a, Tensor) and a.is_floating_point() else a
+        args = tuple(a.requires_grad_(True) if isinstance(a, Tensor) and a.dtype.is_floating_point else a
                      for a in _as_args(copy_inputs(inputs)))  # fmt: skip
         with recorder.hooked(model):
             output = model(*args)
@@ -355,7 +355,7 @@ def jacobian_spectrum(model: nn.Module, x: Tensor) -> Tensor:
         >>> int(bn.num_batches_tracked), bool((bn.running_mean == 0).all()), bn.training
         (0, True, True)
     """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
         raise TypeError("x must be a floating-point tensor")
 
     def flat_output(inp: Tensor) -> Tensor:

@@ -17,6 +17,9 @@ whose recording stayed behind, and ``materialize_`` says so (:func:`refuse_lost_
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -142,8 +145,8 @@ def _install() -> list[tuple[Any, str, Any, Any]]:
     entries: list[tuple[Any, str, Any, Callable[..., Any]]] = [
         (holder, key, original, recorded_call) for holder, key, original in _meta_skipping_inits()]
     entries += [(holder, key, original, recorded_factory) for holder, key, original in _data_factories()]
-    if not hasattr(torch.utils, "swap_tensors"):
-        entries.append((nn.Parameter, "__new__", nn.Parameter.__new__, _meta_at_birth))
+    if not hasattr(torch.utils, "swap_tensors"):  # the staticmethod itself, put back as it was
+        entries.append((nn.Parameter, "__new__", vars(nn.Parameter)["__new__"], _meta_at_birth))
     try:
         for holder, key, original, recorder in entries:
             patched = recorder(original)
@@ -170,7 +173,8 @@ def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn
         return None
     recording, mode = stack[-1]
     if not param.is_meta:
-        param = _make_meta(param, recording, mode)
+        ref, meta = recording.replaced.get(id(param), (None, None))
+        param = cast("nn.Parameter", meta) if ref is not None and ref() is param else _make_meta(param, recording, mode)
     if recording.knows(param):
         claim(param, recording)
         watch_registration(module, name, param, recording)
@@ -179,21 +183,49 @@ def _defer_registration(module: nn.Module, name: str, param: nn.Parameter) -> nn
     return param
 
 
-def _meta_at_birth(original: Callable[..., Any]) -> Callable[..., Any]:
+def _meta_at_birth(original: staticmethod) -> staticmethod:
     """``nn.Parameter.__new__`` for a torch without ``torch.utils.swap_tensors`` (before 2.3), where registration
-    cannot turn the constructor's own parameter into the meta one: in a thread inside ``deferred()``, a parameter is
-    meta from its creation, so that the constructor's references, a second registration (a tie) and writes made
-    through them all see the recorded tensor."""
+    cannot turn the constructor's own parameter into the meta one: in a thread inside ``deferred()``, a parameter that
+    construction makes is meta from its creation, so that the constructor's references, a second registration (a
+    tie) and writes made through them all see the recorded tensor. Parameters that torch makes as copies (a deep
+    copy, an unpickled one, a module's conversion) and those torchinit makes itself stay as they are made, as they
+    do on a newer torch."""
+    make = original.__func__
 
     def __new__(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
-        param = original(cls, data, requires_grad)
+        param = make(cls, data, requires_grad)
         stack = thread_recordings()
-        if not stack or param.is_meta or is_uninitialized(param):
+        if not stack or param.is_meta or is_uninitialized(param) or _made_as_a_copy(sys._getframe(1)):
             return param
         recording, mode = stack[-1]
         return _make_meta(param, recording, mode)
 
-    return __new__
+    return staticmethod(__new__)
+
+
+def _made_as_a_copy(frame: Any) -> bool:
+    """Whether the code creating a parameter (``frame``, above any ``__new__`` of a subclass) is torch's copying
+    code (``Parameter.__deepcopy__``, unpickling, ``Module._apply``) or torchinit's own."""
+    while frame is not None and frame.f_code.co_name == "__new__":
+        frame = frame.f_back
+    if frame is None:
+        return False
+    filename = frame.f_code.co_filename
+    return filename in _copying_files() or filename.startswith(_PACKAGE_DIR)
+
+
+#: torchinit's source directory: a parameter made by its code is its own, not construction's.
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+@functools.lru_cache(maxsize=1)
+def _copying_files() -> frozenset[str]:
+    """The source files of torch that make parameters as copies of existing ones."""
+    import torch._utils
+    import torch.nn.modules.module
+    import torch.nn.parameter
+
+    return frozenset(m.__file__ for m in (torch._utils, torch.nn.modules.module, torch.nn.parameter) if m.__file__)
 
 
 def _watch_buffer(module: nn.Module, name: str, buffer: torch.Tensor | None) -> None:
@@ -227,6 +259,8 @@ def _make_meta(param: nn.Parameter, recording: Recording, mode: RecordingMode) -
         value = UNDEFINED if undefined else param.detach()
         mode.release(param)
         recording.add_leaf(meta, value)
+        if meta is not param and isinstance(param, nn.Parameter):  # not swapped: a tie must find the same stand-in
+            recording.replaced[id(param)] = (weakref.ref(param), meta)
     finally:
         mode.paused = False
     return meta
@@ -270,7 +304,13 @@ class _Inherited:
 
 
 def _get_entry(holder: Any, key: str) -> Any:
-    return holder.get(key) if isinstance(holder, dict) else getattr(holder, key, None)
+    """The entry as stored: for a class's own attribute, its ``__dict__`` value (a staticmethod, not the function
+    attribute access gives), so that putting it back leaves the class as it was."""
+    if isinstance(holder, dict):
+        return holder.get(key)
+    if isinstance(holder, type) and key in vars(holder):
+        return vars(holder)[key]
+    return getattr(holder, key, None)
 
 
 def _set_entry(holder: Any, key: str, value: Any) -> None:

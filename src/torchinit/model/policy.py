@@ -319,9 +319,9 @@ def parameter_shape(t: Tensor) -> tuple[int, ...]:
 def _std(t: Tensor) -> float | None:
     if is_uninitialized(t) or is_dtensor(t):
         return None  # a DTensor's std is a collective: printing the report on one rank must not hang
-    if t.is_meta or t.numel() < 2 or not (t.is_floating_point() or t.is_complex()):
+    if t.is_meta or t.numel() < 2 or not (t.dtype.is_floating_point or t.dtype.is_complex):
         return None
-    return float(t.detach().float().std()) if not t.is_complex() else float(t.detach().abs().std())
+    return float(t.detach().float().std()) if not t.dtype.is_complex else float(t.detach().abs().std())
 
 
 class Policy:

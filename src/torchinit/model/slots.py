@@ -176,7 +176,7 @@ UNINITIALIZED_MAGNITUDE = 1e30
 def _holds_no_weight(t: torch.Tensor) -> bool:
     """Whether ``t``'s values cannot be a weight anyone set: a float tensor with a non-finite value or one beyond
     :data:`UNINITIALIZED_MAGNITUDE` (what uninitialized memory often holds)."""
-    if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):
+    if t.numel() == 0 or not (t.dtype.is_floating_point or t.dtype.is_complex):
         return False
     values = t.detach()
     return bool(~torch.isfinite(values).all() or values.abs().max() > UNINITIALIZED_MAGNITUDE)

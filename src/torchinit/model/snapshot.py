@@ -357,7 +357,7 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.layout != torch.strided:
         return False
     try:
-        if a.is_floating_point() or a.is_complex():
+        if a.dtype.is_floating_point or a.dtype.is_complex:
             as_int = _BITS.get(a.element_size())
             if as_int is None:
                 return False

@@ -116,7 +116,7 @@ def regression_loss(inputs: Tensor, seed: int = 0) -> Callable[[nn.Module], Tens
 
     def loss(model: nn.Module) -> Tensor:
         out = model(inputs)
-        if not isinstance(out, Tensor) or not out.is_floating_point():
+        if not isinstance(out, Tensor) or not out.dtype.is_floating_point:
             raise TypeError(f"the model returned {type(out).__name__}; a coordinate check needs a float tensor")
         target = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
         return F.mse_loss(out, target.to(out.device))
@@ -381,7 +381,7 @@ class _recording:
     def _hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             out = output[0] if isinstance(output, (tuple, list)) and output else output
-            if isinstance(out, Tensor) and out.is_floating_point() and out.numel() > 0:
+            if isinstance(out, Tensor) and out.dtype.is_floating_point and out.numel() > 0:
                 self.record[name] = float(out.detach().abs().mean())
 
         return hook

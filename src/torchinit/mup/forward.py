@@ -13,7 +13,8 @@ Two places need them (Yang et al., "Tensor Programs V", Table 3 and section 4):
   Qwen2 and the others built on the same attention interface) and timm's ``Attention`` (``scale`` beside
   ``head_dim``; its fused path ignores ``scale``, so ``fused_attn`` is turned off for the changed modules). When
   heads grow and the head dim stays, nothing changes. ``torch.nn.MultiheadAttention`` computes its scale inside
-  ``F.multi_head_attention_forward`` and cannot be changed from outside: keep its head dim fixed.
+  ``F.multi_head_attention_forward`` and cannot be changed from outside (nor can transformers 4's attention
+  classes): a warning names such a module when its head dim grows; keep its head dim fixed.
 
 An untied readout needs nothing in the forward pass: :func:`~torchinit.mup.policy` and
 :func:`~torchinit.mup.param_groups` give it its ``1/m``.
@@ -27,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from torchinit._util.warn import warn
 from torchinit.model.policy import named_parameter_owners
 from torchinit.mup.depth import Depth, block_renamer, check_alpha, depth_of
 from torchinit.mup.roles import registration_role, roles
@@ -121,16 +123,21 @@ def forward_changes(model: nn.Module, base: nn.Module, *, delta: nn.Module | Non
                          "model carries them): call remove() on the ForwardChanges that forward_changes returned "
                          "first")  # fmt: skip
     done = ForwardChanges()
+    unreachable: list[str] = []
     try:
         if readout:
             _tied_readouts(model, base, delta, done)
         if attention:
-            _attention_scales(model, base, done)
+            unreachable = _attention_scales(model, base, done)
         if depth is not None and depth.ratio != 1:
             _branch_multipliers(model, depth, depth.branch_multiplier(depth_alpha), done)  # type: ignore[arg-type]
     except BaseException:
         done.remove()  # all or nothing
         raise
+    if unreachable:
+        warn(f"forward_changes: the head dim of {', '.join(unreachable)} grows, but its attention scale is computed "
+             "inside its forward (no `scaling` or `scale` attribute to change): its logits keep 1/sqrt(d), not "
+             "muP's 1/d. Keep the head dim fixed (grow the number of heads), or scale its queries yourself.")
     return done
 
 
@@ -158,16 +165,21 @@ class _DivideInput:
         return (args[0] / self.divisor, *args[1:])
 
 
-def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -> None:
+def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -> list[str]:
+    """Scale the logits of every attention module whose head dim grew; return those whose scale torchinit cannot
+    reach (an int ``head_dim`` but no ``scaling``/``scale`` attribute: ``nn.MultiheadAttention``, transformers 4's
+    attention classes, which compute ``1/sqrt(d)`` inside their forward)."""
     base_modules = dict(base.named_modules())
     rename = block_renamer(model, base)  # a deeper model's block i: the base's block i * L0 // L
+    unreachable = []
     for name, module in model.named_modules():
-        attr = _scale_attribute(module)
         counterpart = base_modules.get(rename(f"{name}.x").removesuffix(".x") if name else name)
-        if attr is None or counterpart is None:
+        d, d0 = getattr(module, "head_dim", None), getattr(counterpart, "head_dim", None)
+        if counterpart is None or not isinstance(d, int) or not isinstance(d0, int) or d == d0:
             continue
-        d, d0 = module.head_dim, getattr(counterpart, "head_dim", None)
-        if not isinstance(d0, int) or d == d0:
+        attr = _scale_attribute(module)
+        if attr is None:
+            unreachable.append(f"{name} ({type(module).__name__}, head dim {d0} -> {d})")
             continue
         old = getattr(module, attr)
         done.changed(module)
@@ -177,6 +189,7 @@ def _attention_scales(model: nn.Module, base: nn.Module, done: ForwardChanges) -
             done._attributes.append((module, "fused_attn", True))
             module.fused_attn = False
         done.changes.append(f"{name}: attention scale x sqrt({d0}/{d}) (1/d instead of 1/sqrt(d))")
+    return unreachable
 
 
 def _branch_multipliers(model: nn.Module, depth: Depth, multiplier: float, done: ForwardChanges) -> None:

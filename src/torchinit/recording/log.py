@@ -82,6 +82,7 @@ class Op:
     undefined: bool = False  # it creates storage with undefined contents
     whole: bool = False  # a function call that writes every element of its tensor
     shape_only: bool = False  # a factory that takes only the metadata of its tensor arguments (zeros_like)
+    out_keys: frozenset[int] = frozenset()  # storages it writes through ``out=`` arguments (schema ``is_out``)
 
     @property
     def name(self) -> str:
@@ -91,17 +92,15 @@ class Op:
             return recorded_name(self.func)
         return op_name(self.func)
 
-    @property
-    def out_variant(self) -> bool:
-        """An ATen ``out=`` overload (``eye.out`` of ``nn.init.eye_``): it writes its ``out`` tensor without reading
-        what it held."""
-        return getattr(self.func, "_overloadname", "").endswith("out") and not self.name.endswith("_")
-
     def overwrites(self) -> set[int]:
-        """Storages this operation sets entirely without reading their previous values."""
-        if not self.whole and self.name not in OVERWRITES and not self.out_variant:
-            return set()
-        return {w.key for w in self.writes if w.covers_storage() and w.key not in self.reads}
+        """Storages this operation sets entirely without reading their previous values: every write of an overwrite
+        (``fill_``, a whole init call), and the ``out=`` arguments of an ATen ``out`` overload (``eye.out`` of
+        ``nn.init.eye_``; its other mutable arguments, a batch norm's running stats, are read as well)."""
+        if self.whole or self.name in OVERWRITES:
+            candidates = self.writes
+        else:
+            candidates = tuple(w for w in self.writes if w.key in self.out_keys)
+        return {w.key for w in candidates if w.covers_storage() and w.key not in self.reads}
 
     def read_partial_writes(self) -> None:
         """Count as read every storage it writes but does not overwrite: what it modifies depends on it."""
@@ -145,6 +144,10 @@ class Recording:
         #: converted storage -> (source dtype, dtype): the conversions found after ``deferred()`` exited, whose
         #: intermediate steps nobody saw (``.half().to(torch.bfloat16)`` looks like one conversion to bfloat16)
         self.found_conversions: dict[int, tuple[torch.dtype, torch.dtype]] = {}
+        #: id of a real parameter -> (a weak reference to it, the meta parameter that replaced it), where torch could
+        #: not swap it in place (torch < 2.3, a ``_make_subclass`` parameter): a second registration of the same
+        #: object (a tie) gets the same meta parameter
+        self.replaced: dict[int, tuple[Callable[[], torch.Tensor | None], torch.Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"Recording({len(self.ops)} operations, {len(self.produced)} storages)"
@@ -220,6 +223,7 @@ class Recording:
             random=_takes_generator(func) or name in RANDOM_WITHOUT_GENERATOR,
             undefined=name in UNDEFINED_FACTORIES,
             shape_only=shape_only,
+            out_keys=_out_keys(schema, args, kwargs),
         )
         op.read_partial_writes()  # an in-place op that is not an overwrite reads what it modifies
         for ref in outputs:
@@ -356,6 +360,13 @@ def _run(
         out = op.func(*args, **kwargs)
     for ref, t in zip(op.outputs, tensors(out)):
         result.storages[ref.key] = t
+
+
+def _out_keys(schema: Any, args: tuple, kwargs: dict) -> frozenset[int]:
+    """The storages of the meta tensors an op is given as its ``out=`` arguments."""
+    bound = bind(schema, args, kwargs)
+    return frozenset(storage_key(t) for i, a in enumerate(schema.arguments) if getattr(a, "is_out", False)
+                     for t in tensors(bound[i]) if t.is_meta)  # fmt: skip
 
 
 def _takes_generator(func: Any) -> bool:

@@ -265,7 +265,7 @@ class KeyedSampler(Sampler):
         return _as_dtensor(t).to_local(), KeyedSampler(self.stream, region)
 
     def _fill(self, fill: Callable[..., Tensor], buf: Tensor, a: float, b: float, start: int) -> Tensor:
-        if buf.is_complex():  # the real and imaginary parts of element i are values 2i and 2i + 1
+        if buf.dtype.is_complex:  # the real and imaginary parts of element i are values 2i and 2i + 1
             if self.region is not None:
                 raise ValueError("complex DTensor shards are computed whole (torchinit.rng.sampling.shardable)")
             if buf.is_conj():  # a conjugate view has no real view: fill a plain tensor, then copy (conjugating)
@@ -283,7 +283,7 @@ class KeyedSampler(Sampler):
         return buf
 
     def normal_(self, buf: Tensor, mean: float = 0.0, std: float = 1.0, *, start: int = 0) -> Tensor:
-        if buf.is_complex():  # torch's complex normal: each part N(mean, std^2 / 2)
+        if buf.dtype.is_complex:  # torch's complex normal: each part N(mean, std^2 / 2)
             std = std / math.sqrt(2.0)
         return self._fill(keyed.normal_, buf, mean, std, start)
 
@@ -377,4 +377,4 @@ def shardable(local: Callable[[Tensor], bool] | None = None) -> Callable[[Callab
 
 def real_dtype(t: Tensor) -> bool:
     """``shardable``'s test for element-wise schemes whose values are element-wise for real dtypes only."""
-    return not t.is_complex()
+    return not t.dtype.is_complex

@@ -73,7 +73,7 @@ def haar_semi_orthogonal(
         g = g.mT
     q, r = torch.linalg.qr(g)
     d = torch.diagonal(r, dim1=-2, dim2=-1)
-    q *= (torch.sgn(d) if q.is_complex() else d.sign()).unsqueeze(-2)
+    q *= (torch.sgn(d) if q.dtype.is_complex else d.sign()).unsqueeze(-2)
     if rows < cols:
         q = q.mT
     return q.reshape(blocks, rows, cols)

@@ -186,7 +186,7 @@ def trunc_normal_(
         >>> bool(w.abs().max() <= 0.04)
         True
     """
-    if isinstance(tensor, Tensor) and tensor.is_complex():
+    if isinstance(tensor, Tensor) and tensor.dtype.is_complex:
         raise TypeError(
             f"tensor must have a real floating-point dtype; got {tensor.dtype}: a and b bound real values. "
             "For a complex tensor use trunc_normal_std_, which truncates the modulus"
@@ -274,11 +274,11 @@ def truncated_std_(tensor: Tensor, std: float, k: float, mean: float, sampler: S
     t = float_tensor(tensor, complex_ok=True)
     std = non_negative("std", std)
     k = _positive_k(k)
-    factor = complex_truncated_std_factor(k) if t.is_complex() else truncated_std_factor(k)
+    factor = complex_truncated_std_factor(k) if t.dtype.is_complex else truncated_std_factor(k)
     mean = finite("mean", mean)
     sigma_u = std / factor
     within_dtype("mean, std, k", abs(mean) + min(k, NORMAL_REACH) * sigma_u, t.dtype)
-    if t.is_complex():
+    if t.dtype.is_complex:
         if nothing_to_write(t):
             return tensor
         with torch.no_grad():

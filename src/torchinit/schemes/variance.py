@@ -123,7 +123,7 @@ def _init(
     if t.is_meta:
         return written
     std = scaled_std(gain, f, mode)
-    cplx = t.is_complex()
+    cplx = t.dtype.is_complex
     reach = {
         "normal": NORMAL_REACH,
         "uniform": math.sqrt(2.0) if cplx else 2.0 * math.sqrt(3.0),  # real: torch also needs the span to be finite
