@@ -115,14 +115,20 @@ def sweep(make: Callable[[], Any], call: Callable[[Any], Any], state: Callable[[
 
 
 def thread_modes() -> tuple[Any, ...]:
-    """The grad mode and the dispatch and torch-function mode stacks.
+    """The grad mode, the dispatch and torch-function mode stacks, and torchinit's own per-thread state (its
+    warnings not silenced, no open recording, no patch installed).
 
     Not torch's Python-level record of a dispatch mode being active (``is_in_torch_dispatch_mode``):
     ``TorchDispatchMode.__enter__`` sets it in Python before it pushes the mode, so an interrupt in
     between leaves it set with no mode pushed, which no caller can repair (torch's code, not ours).
     """
+    from torchinit._util.warn import _QUIET
+    from torchinit.model.deferral import _PATCH
+    from torchinit.recording.threads import thread_recordings
+
     functions = tuple(id(torch._C._get_function_stack_at(i)) for i in range(torch._C._len_torch_function_stack()))
-    return torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack(), functions
+    torchinits = _QUIET.get(), len(thread_recordings()), _PATCH["depth"]  # warnings on, no recording or patch left
+    return torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack(), functions, torchinits
 
 
 def tensor_state(t: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,14 @@ def test_policy_warnings_point_at_the_call():
     assert "matches no parameter" in str(caught[0].message)
 
 
+def test_lsuv_warnings_point_at_the_call():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    data = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    caught = _caught(lambda: ti.lsuv_(model, data, max_iter=1, seed=3))
+    assert caught and "did not reach std" in str(caught[-1].message)
+    assert {(w.filename, w.lineno) for w in caught} == {(__file__, _line_of("lambda: ti.lsuv_(model, data"))}
+
+
 def _line_of(text: str) -> int:
     with open(__file__) as f:
         return next(i for i, line in enumerate(f, 1) if text in line and "_line_of" not in line)

@@ -49,8 +49,9 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """Silence torchinit's own warnings in this thread (and task) for the duration of the block."""
-    token = _QUIET.set(True)
-    try:
+    previous = _QUIET.get()
+    try:  # set inside the try: a Ctrl-C right after it still puts the previous value back
+        _QUIET.set(True)
         yield
     finally:
-        _QUIET.reset(token)
+        _QUIET.set(previous)

@@ -209,7 +209,6 @@ def lsuv_(
             f"lsuv_: {len(report.not_converged)} layer(s) did not reach std {target_std} ± {tol} in {max_iter} "
             f"iterations: {', '.join(report.not_converged)}",
             UserWarning,
-            stacklevel=2,
         )
     return report
 

@@ -39,11 +39,12 @@ def claim(t: torch.Tensor, recording: Recording) -> None:
     """Note that the meta tensor ``t`` came from ``recording`` (by identity: tensors compare by value)."""
     ident = id(t)
 
-    def forget(_: Any, ident: int = ident) -> None:
-        with _OWNERS_LOCK:
-            entry = _OWNED.get(ident)
+    # the lock and the table are bound now: at interpreter shutdown the module's globals may already be None
+    def forget(_: Any, ident: int = ident, lock: Any = _OWNERS_LOCK, owned: dict = _OWNED) -> None:
+        with lock:
+            entry = owned.get(ident)
             if entry is not None and entry[0]() is None:
-                del _OWNED[ident]
+                del owned[ident]
 
     with _OWNERS_LOCK:
         _OWNED[ident] = (weakref.ref(t, forget), recording, TensorRef.of(t))
