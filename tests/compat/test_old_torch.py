@@ -314,3 +314,16 @@ def _saved_with_torch(module: nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save(module, buffer)
     return buffer.getvalue()
+
+
+def test_is_bool_with_numpy_hidden_or_absent(monkeypatch):
+    """``is_bool`` looks NumPy up in ``sys.modules`` (traceable by torch 2.1's Dynamo): hidden (None) or absent,
+    a NumPy bool cannot exist and nothing fails."""
+    import sys
+
+    from torchinit._util.checks import is_bool
+
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    assert is_bool(True) and not is_bool(1.0) and not is_bool(0)
+    monkeypatch.delitem(sys.modules, "numpy")
+    assert is_bool(False) and not is_bool(2)

@@ -44,9 +44,10 @@ def is_bool(value: Any) -> bool:
     """A Python or NumPy bool."""
     if isinstance(value, bool):
         return True
-    if "numpy" not in sys.modules:  # a NumPy bool exists only once NumPy is imported (and torch 2.1's Dynamo can
-        return False  # trace this, not a look at the type's module name)
-    return isinstance(value, sys.modules["numpy"].bool_)
+    if _compiling():  # torch 2.1's Dynamo cannot look at a module or a type's module name here
+        return False
+    numpy = sys.modules.get("numpy")  # a NumPy bool exists only once NumPy is imported (None: hidden)
+    return numpy is not None and isinstance(value, numpy.bool_)
 
 
 def is_real(value: Any) -> bool:
