@@ -44,3 +44,34 @@ def test_a_mode_the_caller_pushed_stays():
             _skips_its_exits(True)
         assert torch._C._len_torch_dispatch_stack() == depth == 1
     assert torch._C._len_torch_dispatch_stack() == 0
+
+
+class _HalfExited(_Passing):
+    """A mode whose first ``__exit__`` is cut off as a Ctrl-C can cut torch's own: its bookkeeping done (here: all
+    of it), its entry still on the dispatch stack, and an exception; running ``__exit__`` again would fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exits = 0
+
+    def __exit__(self, *exc):
+        self.exits += 1
+        if self.exits > 1:
+            raise IndexError("pop from an empty deque")  # what torch's __exit__ raises when run a second time
+        super().__exit__(*exc)
+        torch._C._push_on_torch_dispatch_stack(self)
+        raise KeyboardInterrupt
+
+
+@keeps_thread_modes
+def _exits_half(mode: _HalfExited):
+    with mode:
+        pass
+
+
+def test_a_mode_whose_exit_was_cut_off_is_taken_off_the_stack():
+    depth = torch._C._len_torch_dispatch_stack()
+    mode = _HalfExited()
+    with pytest.raises(KeyboardInterrupt):
+        _exits_half(mode)
+    assert torch._C._len_torch_dispatch_stack() == depth and mode.exits == 2

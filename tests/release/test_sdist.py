@@ -1,4 +1,5 @@
-"""The source distribution carries what its tests need: built here, unpacked, and its suite collected."""
+"""The source distribution carries what its tests need: built here, unpacked, its suite collected and a part of it
+run on the sdist's own code; the wheel is one per platform, checked by auditwheel."""
 
 import os
 import subprocess
@@ -35,6 +36,16 @@ def test_the_sdist_tests_collect(dist, tmp_path):
                                cwd=unpacked, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-2000:]
     assert "error" not in collected.stdout.lower()
+    # and they pass on the sdist's own code (its src/ first on the path; no kernel is built there, so the keyed
+    # stream runs on torch operations): the golden digests of the function API and the older-torch paths
+    env = {**os.environ, "PYTHONPATH": str(unpacked / "src")}
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/compat",
+                          "tests/golden", "-k", "compat or fn/normal_ or fn/orthogonal_ or fn/trunc_normal_"],
+                         cwd=unpacked, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    where = subprocess.run([sys.executable, "-c", "import torchinit; print(torchinit.__file__)"], cwd=unpacked,
+                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert where.stdout.strip().startswith(str(unpacked)), where.stdout + where.stderr
 
 
 @pytest.mark.subprocess

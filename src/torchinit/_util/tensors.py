@@ -68,9 +68,30 @@ def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             torch._C._set_grad_enabled(grad)
             while torch._C._len_torch_dispatch_stack() > modes:  # left by an interrupted __exit__: exit it now
-                torch._C._get_dispatch_stack_at(torch._C._len_torch_dispatch_stack() - 1).__exit__(None, None, None)
+                _exit_top_mode()
 
     return wrapper
+
+
+def _exit_top_mode() -> None:
+    """Exit the innermost dispatch mode, which an interrupted ``__exit__`` left on the stack. Where that ``__exit__``
+    was interrupted after its own bookkeeping (torch's mode-flag deques popped, the stack entry not), running it
+    again fails; then only the stack entry is left to remove."""
+    top = torch._C._get_dispatch_stack_at(torch._C._len_torch_dispatch_stack() - 1)
+    try:
+        top.__exit__(None, None, None)
+    except Exception:
+        depth = torch._C._len_torch_dispatch_stack()
+        if depth and torch._C._get_dispatch_stack_at(depth - 1) is top:
+            _pop_dispatch_stack(getattr(top, "_mode_key", None))
+
+
+def _pop_dispatch_stack(key: Any) -> None:
+    """Take the innermost entry off the dispatch stack: by its mode key on torch 2.2 and later, none before."""
+    try:
+        torch._C._pop_torch_dispatch_stack(key)
+    except TypeError:  # torch 2.1: no argument
+        torch._C._pop_torch_dispatch_stack()
 
 
 def write_pattern(t: Tensor, index: Any, values: Any) -> None:
