@@ -327,3 +327,22 @@ def test_is_bool_with_numpy_hidden_or_absent(monkeypatch):
     assert is_bool(True) and not is_bool(1.0) and not is_bool(0)
     monkeypatch.delitem(sys.modules, "numpy")
     assert is_bool(False) and not is_bool(2)
+
+
+def test_the_torch_operations_stream_runs_under_a_dispatch_mode():
+    """The keyed stream's torch-operations path (no compiled kernel) under a dispatch mode, as materialize_ inside
+    an open deferred() runs it: torch 2.1 refuses ``tensor ^ int`` there, so the keys are 0-dim tensors."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from torchinit.rng import keyed
+
+    class Passing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    stream = keyed.Stream.of(0, "weight")
+    plain = keyed.reference_words(stream, 3, 50)
+    with Passing():
+        assert torch.equal(keyed.reference_words(stream, 3, 50), plain)
+    assert [int(w) for w in keyed.reference_words(keyed.Stream(0, 0), 0, 4)] == list(keyed.philox4x32_10((0, 0, 0, 0),
+                                                                                                        (0, 0)))

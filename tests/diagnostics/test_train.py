@@ -100,7 +100,7 @@ def test_the_architecture_specific_schemes():
     blocks = [b for b in model.blocks if isinstance(b, ResidualBlock)]
     assert len(blocks) == len(model.blocks) and all(bool((b.fc2.weight == 0).all()) for b in blocks)
     assert bool((model.head.weight == 0).all()) and bool((model.head.bias == 0).all())
-    assert float(blocks[0].fc1.weight.std()) > 0
+    assert float(blocks[0].fc1.weight.detach().std()) > 0
     with pytest.raises(ValueError, match="fixup needs residual blocks"):
         SCHEMES["fixup"].apply(nn.Sequential(nn.Linear(4, 4)), None, torch.Generator())
     cnn = SmallCNN()

@@ -214,7 +214,9 @@ def _reference_blocks(stream: Stream, first_block: int, count: int, device: torc
     for _ in range(10):
         hi0, lo0 = _mulhilo(_M0, x0)
         hi1, lo1 = _mulhilo(_M1, x2)
-        x0, x1, x2, x3 = hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0
+        # the keys as 0-dim tensors: under a dispatch mode (deferred()'s), torch 2.1 refuses ``tensor ^ int``
+        key0, key1 = (torch.tensor(k, dtype=torch.int64, device=device) for k in (k0, k1))
+        x0, x1, x2, x3 = hi1 ^ x1 ^ key0, lo1, hi0 ^ x3 ^ key1, lo0
         k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
     return torch.stack([x0, x1, x2, x3], dim=1)
 
