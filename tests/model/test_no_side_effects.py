@@ -40,7 +40,7 @@ print(before, matplotlib.get_backend(), plt.get_fignums())
     assert (tmp_path / "probe.png").read_bytes()[:4] == b"\x89PNG" == (tmp_path / "train.png").read_bytes()[:4]
 
 
-@pytest.mark.filterwarnings("ignore:trunc_normal_: the bounds")  # the worker's rule truncates nothing, and says so
+@pytest.mark.filterwarnings("ignore:trunc_normal_. the bounds")  # the worker's rule truncates nothing, and says so
 def test_warning_filters_added_by_another_thread_are_never_lost():
     """Building initializers and applying a policy (both validate on meta tensors, silently) while another thread
     adds warning filters: every filter is kept (warnings.catch_warnings would swap the list under it)."""

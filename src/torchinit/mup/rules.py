@@ -110,7 +110,7 @@ def policy(model: nn.Module, base: nn.Module, *, std: float | None = None, reado
         ...     base = mlp(64)
         >>> model = mlp(256)
         >>> report = mup.policy(model, base, std=0.02).apply_(model, seed=0)
-        >>> abs(float(model[2].weight.std()) - 0.02 / 4) < 0.0005  # the readout's std shrinks as 1/m
+        >>> abs(float(model[2].weight.detach().std()) - 0.02 / 4) < 0.0005  # the readout's std shrinks as 1/m
         True
     """
     readout = checked_init(std, readout)
