@@ -128,8 +128,7 @@ def test_user_model_file(tmp_path):
     assert "shortcut" in proc.stdout and "fc1" in proc.stdout
 
 
-@pytest.mark.subprocess
-@pytest.mark.parametrize("argv,culprit", [
+BAD_INPUT = [
     (["compare", "--model", "nosuchmodule:make", "--input-shape", "8"], "nosuchmodule"),
     (["compare", "--model", "usermodel:nothing", "--input-shape", "8"], "nothing"),
     (["compare", "--model", "usermodel:broken", "--input-shape", "8"], "no weights today"),
@@ -143,8 +142,24 @@ def test_user_model_file(tmp_path):
     (["probe", "--init", "glassy"], "glassy"),
     (["compare", "--batch", "0"], "--batch"),
     (["compare", "--format", "xml"], "--format"),
-])
-def test_bad_input_exit_2_one_line_no_traceback(tmp_path, argv, culprit):
+]
+
+
+@pytest.mark.parametrize("argv,culprit", BAD_INPUT)
+def test_bad_input_exit_2_one_line_no_traceback(tmp_path, monkeypatch, capsys, argv, culprit):
+    (tmp_path / "usermodel.py").write_text(USER_MODEL)
+    monkeypatch.chdir(tmp_path)  # the user's model is imported from the current directory
+    monkeypatch.delitem(sys.modules, "usermodel", raising=False)
+    code, out, err = run_main(capsys, *argv)
+    sys.modules.pop("usermodel", None)
+    assert code == 2 and out == ""
+    assert "Traceback" not in err and culprit in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("argv,culprit", [BAD_INPUT[0], BAD_INPUT[2], BAD_INPUT[-1]])
+def test_bad_input_exit_2_one_line_no_traceback_in_a_real_process(tmp_path, argv, culprit):
     proc = run_cli(tmp_path, *argv)
     assert proc.returncode == 2
     assert proc.stdout == ""
