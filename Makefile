@@ -33,14 +33,11 @@ demo: $(VENV)/.installed
 	mkdir -p build
 	$(BIN)/torchinit compare --out build/compare.png
 
-# beside the suite, the same bits without the compiled kernel: the golden digests once more, on the torch-operations
-# stream (in parallel: one core's work, about 20 seconds); both must pass
+# the suite on two workers (pytest-xdist; a module's tests stay on one worker: its fixtures run once), then the
+# same bits without the compiled kernel: the golden digests once more, on the torch-operations stream
 test: $(VENV)/.installed-dev
-	mkdir -p build
-	TORCHINIT_NO_KERNEL=1 $(BIN)/python -m pytest -q tests/golden -p no:cacheprovider > build/golden-no-kernel.log 2>&1 & \
-	golden=$$!; $(BIN)/python -m pytest; suite=$$?; wait $$golden; nokernel=$$?; \
-	echo "golden digests without the kernel:"; tail -n 3 build/golden-no-kernel.log; \
-	test $$suite -eq 0 -a $$nokernel -eq 0
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+	TORCHINIT_NO_KERNEL=1 $(BIN)/python -m pytest -q tests/golden -p no:cacheprovider
 
 quick: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow and not distributed"
@@ -73,7 +70,7 @@ $(COMPAT)/.installed: pyproject.toml constraints-compat.txt setup.py src/torchin
 
 # the whole suite on the floor; what needs a newer torch (FSDP2, DTensor) or a newer transformers skips with the reason
 compat: $(COMPAT)/.installed
-	$(COMPAT)/bin/python -m pytest -p no:cacheprovider -rs
+	$(COMPAT)/bin/python -m pytest -n 2 --dist loadfile -p no:cacheprovider -rs
 
 wheel: $(VENV)/.installed-dev
 	rm -rf dist

@@ -202,6 +202,14 @@ def test_bad_config_fails_in_from_config():
         ti.Initializer.from_config(config)
 
 
+def _param_id(value: object) -> str:
+    """A tensor's test id from its shape and dtype, not its (uninitialized) values: the same ids in every process
+    (pytest-xdist's workers must collect the same tests)."""
+    if isinstance(value, torch.Tensor):
+        return f"{tuple(value.shape)}-{value.dtype}"
+    return repr(value)
+
+
 @pytest.mark.parametrize(
     "init,target",
     [
@@ -219,7 +227,7 @@ def test_bad_config_fails_in_from_config():
         (ti.Constant(2**40), torch.empty(3, dtype=torch.int64)),
         (ti.TruncNormal(a=1.0000000001, b=1.0000000002, mean=1.0, std=1.0), torch.empty(3, dtype=torch.float64)),
     ],
-    ids=repr,
+    ids=_param_id,
 )
 def test_settings_that_fit_some_tensors_are_accepted(init, target):
     assert init(target, generator=gen()) is target
@@ -235,7 +243,7 @@ def test_settings_that_fit_some_tensors_are_accepted(init, target):
         (ti.Constant(True), torch.empty(3), "val"),
         (ti.TruncNormal(a=1.0000000001, b=1.0000000002, mean=1.0, std=1.0), torch.empty(3), "bounds"),
     ],
-    ids=repr,
+    ids=_param_id,
 )
 def test_settings_that_do_not_fit_the_target_fail_when_applied_without_writing(init, target, named):
     before = target.clone() if target.dtype == torch.bool else target.fill_(0.5).clone()
