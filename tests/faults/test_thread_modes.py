@@ -75,3 +75,21 @@ def test_a_mode_whose_exit_was_cut_off_is_taken_off_the_stack():
     with pytest.raises(KeyboardInterrupt):
         _exits_half(mode)
     assert torch._C._len_torch_dispatch_stack() == depth and mode.exits == 2
+
+
+@keeps_thread_modes
+def _leaves_a_fake_mode_on():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    FakeTensorMode().__enter__()  # as a Ctrl-C at the start of its __exit__ would leave it
+
+
+def test_a_torch_mode_left_on_is_exited_and_the_callers_own_mode_stays():
+    """torch 2.2 and later list their own modes (fake, proxy, functional) before the others: the mode left on is
+    found by identity, not taken as the last entry of the stack, which is the caller's here."""
+    caller = _Passing()
+    with caller:
+        _leaves_a_fake_mode_on()
+        stack = [torch._C._get_dispatch_stack_at(i) for i in range(torch._C._len_torch_dispatch_stack())]
+        assert stack == [caller]
+    assert torch._C._len_torch_dispatch_stack() == 0

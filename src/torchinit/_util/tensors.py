@@ -62,28 +62,50 @@ def keeps_thread_modes(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if _compiling():  # traced by torch.compile: no Python runs at call time to interrupt, nothing to put back
             return func(*args, **kwargs)
-        grad, modes = torch.is_grad_enabled(), torch._C._len_torch_dispatch_stack()
+        grad, before = torch.is_grad_enabled(), _dispatch_stack()
         try:
             return func(*args, **kwargs)
         finally:
             torch._C._set_grad_enabled(grad)
-            while torch._C._len_torch_dispatch_stack() > modes:  # left by an interrupted __exit__: exit it now
-                _exit_top_mode()
+            _exit_modes_pushed_since(before)  # left by an interrupted __exit__: exit them now
 
     return wrapper
 
 
-def _exit_top_mode() -> None:
-    """Exit the innermost dispatch mode, which an interrupted ``__exit__`` left on the stack. Where that ``__exit__``
-    was interrupted after its own bookkeeping (torch's mode-flag deques popped, the stack entry not), running it
-    again fails; then only the stack entry is left to remove."""
-    top = torch._C._get_dispatch_stack_at(torch._C._len_torch_dispatch_stack() - 1)
-    try:
-        top.__exit__(None, None, None)
-    except Exception:
-        depth = torch._C._len_torch_dispatch_stack()
-        if depth and torch._C._get_dispatch_stack_at(depth - 1) is top:
-            _pop_dispatch_stack(getattr(top, "_mode_key", None))
+def _dispatch_stack() -> list[Any]:
+    return [torch._C._get_dispatch_stack_at(i) for i in range(torch._C._len_torch_dispatch_stack())]
+
+
+def _exit_modes_pushed_since(before: list[Any]) -> None:
+    """Exit the dispatch modes on the stack now that were not on it in ``before``, the latest listed first, never one
+    the caller pushed: torch 2.2 and later list their own modes (fake, proxy, functional) before the others, so the
+    last entry is not the last pushed. Where a mode's ``__exit__`` was cut off after its bookkeeping (torch's flag
+    deques popped, the stack entry not), running it again fails: then only its stack entry is removed."""
+    kept = {id(m) for m in before}
+    while True:
+        stack = _dispatch_stack()
+        new = [m for m in stack if id(m) not in kept]
+        if not new:
+            return
+        mode = new[-1]
+        try:
+            mode.__exit__(None, None, None)
+        except Exception:
+            _remove_from_stack(mode)
+        if len(_dispatch_stack()) >= len(stack):
+            return  # no progress: leave it rather than loop
+
+
+def _remove_from_stack(mode: Any) -> None:
+    """Take ``mode`` off the dispatch stack: one of torch's by its key, any other only when it is the last entry."""
+    stack = _dispatch_stack()
+    if not any(m is mode for m in stack):
+        return
+    key = mode.__dict__.get("_mode_key")
+    if key is not None:
+        torch._C._pop_torch_dispatch_stack(key)
+    elif stack[-1] is mode:
+        _pop_dispatch_stack(None)
 
 
 def _pop_dispatch_stack(key: Any) -> None:
